@@ -1,0 +1,99 @@
+"""Generation accuracy on cfg3f: sample from BOS, parse, report the share the grammar accepts."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from datamodules.cfg import BOS_ID, EOS_ID
+from oe.cfg import MAX_LENGTH, accepts_padded
+from oe.model import generate
+
+
+class GenerationAccuracy(L.Callback):
+    """Every ``every_n_validations`` validations, sample ``num_samples`` sentences and parse them.
+
+    Sampling uses the raw next-token distribution (temperature 1, no top-k or top-p) from BOS
+    until EOS or 729 symbols, batched with the key/value cache; the samples are split over the
+    ranks. Logs ``val/gen_acc`` (share accepted), ``val/gen_length`` (mean symbols) and, on W&B,
+    a table of a few samples.
+
+    Args:
+        num_samples: sentences sampled in total (the paper: 10,000).
+        every_n_validations: run on every n-th validation (1: each one).
+        batch_size: rows generated together.
+        seed: the sampling generator's seed (offset by rank and validation count).
+        log_samples: how many samples go into the W&B table.
+    """
+
+    def __init__(self, num_samples: int = 10_000, every_n_validations: int = 1,
+                 batch_size: int = 500, seed: int = 1234, log_samples: int = 8) -> None:
+        super().__init__()
+        if num_samples < 1 or every_n_validations < 1 or batch_size < 1:
+            raise ValueError("GenerationAccuracy: num_samples, every_n_validations and "
+                             "batch_size must be >= 1")
+        self.num_samples = num_samples
+        self.every_n_validations = every_n_validations
+        self.batch_size = batch_size
+        self.seed = seed
+        self.log_samples = log_samples
+        self._validations = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations:
+            return
+        share = self.num_samples // trainer.world_size + (
+            trainer.global_rank < self.num_samples % trainer.world_size
+        )
+        generator = torch.Generator(device=pl_module.device)
+        generator.manual_seed(self.seed + 1_000_003 * self._validations + trainer.global_rank)
+        accepted, lengths, samples = sample_and_check(
+            pl_module.model, share, self.batch_size, generator
+        )
+        device = pl_module.device
+        totals = torch.tensor([accepted.sum(), len(accepted), lengths.sum()],
+                              dtype=torch.float64, device=device)
+        totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0) if trainer.world_size > 1 else totals
+        pl_module.log("val/gen_acc", float(totals[0] / totals[1]), rank_zero_only=True)
+        pl_module.log("val/gen_length", float(totals[2] / totals[1]), rank_zero_only=True)
+        if trainer.is_global_zero:
+            self._log_table(trainer, samples[: self.log_samples], accepted[: self.log_samples])
+
+    def _log_table(self, trainer: L.Trainer, samples: list[str], accepted: np.ndarray) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_text"):
+                logger.log_text(
+                    key="val/gen_samples", columns=["step", "valid", "length", "sentence"],
+                    data=[[trainer.global_step, bool(ok), len(s), s]
+                          for s, ok in zip(samples, accepted)],
+                )
+
+
+@torch.no_grad()
+def sample_and_check(model, num_samples: int, batch_size: int,
+                     generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Sample sentences from ``model`` and parse them.
+
+    Returns ``(accepted [N] bool, lengths [N], texts)``; a sample that reaches 729 symbols
+    without EOS, or that holds a non-terminal token, is rejected.
+    """
+    was_training = model.training
+    model.eval()
+    accepted, lengths, texts = [], [], []
+    try:
+        for start in range(0, num_samples, batch_size):
+            rows = min(batch_size, num_samples - start)
+            tokens, length = generate(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1, generator)
+            tokens, length = tokens.cpu().numpy(), length.cpu().numpy()
+            ended = length <= MAX_LENGTH
+            ok = accepts_padded(tokens, np.minimum(length, MAX_LENGTH)) & ended
+            accepted.append(ok)
+            lengths.append(length)
+            texts += ["".join(str(t) for t in tokens[r, : length[r]]) for r in range(rows)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(accepted), np.concatenate(lengths), texts

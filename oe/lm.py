@@ -1,0 +1,154 @@
+"""The LightningModule shared by every model kind: baseline and Over-Encoding.
+
+The kinds differ only in the input embedding, chosen by ``over_encoding`` (None: the
+baseline). Training, validation, optimisation and logging are written once here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.model import GPT, BackboneConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW for the dense parameters, with linear warm-up and cosine decay."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.1
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.1
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the non-ignored targets, and their number."""
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+class LanguageModel(L.LightningModule):
+    """A GPT-2 language model; Over-Encoding when ``over_encoding`` is given.
+
+    Args:
+        vocab_size: token ids are ``0 .. vocab_size-1`` (linked from the data module).
+        pad_id: padding id, never counted in the loss (linked from the data module).
+        backbone: the transformer's shape.
+        over_encoding: the n-gram tables; None for the baseline.
+        optimizer: dense optimiser and schedule.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 6,
+        pad_id: int = 0,
+        backbone: BackboneConfig = BackboneConfig(),
+        over_encoding: OverEncodingConfig | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+    ) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"model.vocab_size must be >= 2, got {vocab_size}")
+        if optimizer.warmup_steps < 0 or optimizer.lr <= 0:
+            raise ValueError("model.optimizer.lr must be > 0 and warmup_steps >= 0")
+        self.save_hyperparameters()
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.backbone_config = backbone
+        self.over_encoding = over_encoding
+        self.optimizer_config = optimizer
+        if over_encoding is None:
+            embedding = TokenEmbedding(vocab_size, backbone.n_embd)
+        else:
+            embedding = OverEncoding(vocab_size, backbone.n_embd, over_encoding, pad_id)
+        self.model = GPT(backbone, embedding, vocab_size)
+        self._last_step_time: float | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.over_encoding is None:
+            return "baseline"
+        return "oe" + "".join(str(n) for n in [1, *sorted(self.over_encoding.orders)])
+
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(tokens, doc_ids)
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        ids = batch["input_ids"]
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        doc_ids = batch.get("doc_ids")
+        if doc_ids is not None:
+            doc_ids = doc_ids[:, :-1]
+        targets = targets.masked_fill(targets == self.pad_id, IGNORE_INDEX)
+        logits = self(inputs, doc_ids)
+        return next_token_loss(logits, targets)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum, n_tokens = self._loss(batch)
+        loss = loss_sum / max(n_tokens, 1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n_tokens)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            rate = n_tokens * self.trainer.world_size / (now - self._last_step_time)
+            self.log("train/tokens_per_s", rate, prog_bar=True)
+        self._last_step_time = now
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss_sum, n_tokens = self._loss(batch)
+        self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=n_tokens, sync_dist=True,
+                 prog_bar=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._last_step_time = None  # validation time is not training throughput
+
+    def table_parameters(self) -> list[torch.nn.Parameter]:
+        embedding = self.model.embedding
+        return embedding.table_parameters() if hasattr(embedding, "table_parameters") else []
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        tables = {id(p) for p in self.table_parameters()}
+        dense = [p for p in self.parameters() if p.requires_grad and id(p) not in tables]
+        decay = [p for p in dense if p.dim() >= 2]
+        no_decay = [p for p in dense if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        table_params = [p for p in self.table_parameters() if p.requires_grad]
+        if table_params:
+            oe = self.over_encoding
+            groups.append({
+                "params": table_params,
+                "weight_decay": oe.table_weight_decay,
+                "lr": oe.table_lr if oe.table_lr is not None else cfg.lr,
+            })
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(cfg.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, warmup, total, cfg.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,222 @@
+"""A GPT-2 decoder that takes its input embedding as a part.
+
+The embedding (``oe.embedding.TokenEmbedding`` or ``OverEncoding``) owns the 1-gram table; the
+output head shares it. Attention is PyTorch's scaled_dot_product_attention. Generation keeps a
+key/value cache, so each new token costs one position of work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BackboneConfig:
+    """Shape of the transformer. Presets: ``gpt2_2m4`` and ``gpt2_85m`` (see ``PRESETS``)."""
+
+    n_layer: int = 12
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+
+
+PRESETS: dict[str, BackboneConfig] = {
+    "gpt2_2m4": BackboneConfig(n_layer=12, n_head=4, n_embd=128),
+    "gpt2_85m": BackboneConfig(n_layer=12, n_head=12, n_embd=768),
+    "gpt2_small": BackboneConfig(n_layer=12, n_head=12, n_embd=768),
+}
+
+
+def check_backbone(config: BackboneConfig) -> None:
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"model.backbone.{name} must be >= 1, got {getattr(config, name)}")
+    if config.n_embd % config.n_head:
+        raise ValueError(
+            f"model.backbone.n_embd ({config.n_embd}) must be divisible by "
+            f"model.backbone.n_head ({config.n_head})"
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"model.backbone.dropout must be in [0, 1), got {config.dropout}")
+
+
+class KVCache:
+    """Keys and values of every layer for a batch, preallocated to ``capacity`` positions."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, capacity: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (n_layer, batch, n_head, capacity, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.out = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).split(dim, dim=2)
+        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        # With a cache and one new query, every cached position is visible: no mask needed.
+        causal = cache is None or length > 1
+        if cache is not None and length > 1 and cache.length > 0:
+            raise ValueError("a multi-token step is only supported on an empty cache")
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), cache, layer))
+        return x + self.dropout(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    """GPT-2 over a given input embedding module."""
+
+    def __init__(self, config: BackboneConfig, embedding: nn.Module, vocab_size: int) -> None:
+        super().__init__()
+        check_backbone(config)
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embedding = embedding
+        self.position = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head = None if config.tie_embeddings else nn.Linear(config.n_embd, vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer).
+        nn.init.normal_(self.position.weight, std=0.02)
+        for name, p in self.blocks.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith(("out.weight", "down.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=0.02)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embedding.token.weight if self.head is None else self.head.weight
+        return F.linear(hidden, weight)
+
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = 0 if cache is None else cache.length
+        length = x.shape[1]
+        if start + length > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + length} positions exceeds model.backbone.block_size "
+                f"({self.config.block_size})"
+            )
+        positions = torch.arange(start, start + length, device=x.device)
+        x = self.drop(x + self.position(positions))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += length
+        return self.ln_f(x)
+
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] for token ids [B, T]."""
+        return self.logits(self.hidden(self.embedding(tokens, doc_ids)))
+
+    def new_cache(self, batch: int, capacity: int, device: torch.device) -> KVCache:
+        c = self.config
+        dtype = self.position.weight.dtype
+        return KVCache(c.n_layer, batch, c.n_head, capacity, c.n_embd // c.n_head, dtype, device)
+
+    def step(self, recent: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] of the token after the newest of ``recent`` [B, L], using the cache."""
+        return self.logits(self.hidden(self.embedding.forward_last(recent), cache))[:, -1]
+
+    def num_parameters(self, include_ngram_tables: bool = False) -> int:
+        tables = set()
+        if not include_ngram_tables and hasattr(self.embedding, "table_parameters"):
+            tables = {id(p) for p in self.embedding.table_parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in tables)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    batch: int,
+    bos_id: int,
+    eos_id: int,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``batch`` sequences from BOS with the raw next-token distribution.
+
+    Returns ``(tokens [B, max_new_tokens], lengths [B])``: the sampled tokens after BOS, up to and
+    including EOS (``lengths`` counts the tokens before EOS; a row without EOS has the full length
+    and ``ended`` False, reported as the second value being ``max_new_tokens``).
+    """
+    device = model.position.weight.device
+    context = model.embedding.context_size + 1
+    # The last `context` tokens of each row; pad (0) before BOS reads as the start of the row.
+    recent = torch.zeros(batch, context, dtype=torch.long, device=device)
+    recent[:, -1] = bos_id
+    cache = model.new_cache(batch, max_new_tokens + 1, device)
+    out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        logits = model.step(recent, cache).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        probs = torch.softmax(logits, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        out[:, t] = nxt
+        newly_done = (nxt == eos_id) & ~done
+        lengths[newly_done] = t
+        done |= newly_done
+        if bool(done.all()):
+            break
+        recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
+    return out, lengths
