@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m oe.bench NAME [options]``; each prints a table and writes JSON."""
