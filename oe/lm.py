@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig
 from oe.model import GPT, BackboneConfig
 
 IGNORE_INDEX = -100
@@ -55,6 +56,7 @@ class LanguageModel(L.LightningModule):
         pad_id: padding id, never counted in the loss (linked from the data module).
         backbone: the transformer's shape.
         over_encoding: the n-gram tables; None for the baseline.
+        heads: training-only extra heads (Over-Decoding, MTP); None for the next-token head alone.
         optimizer: dense optimiser and schedule.
     """
 
@@ -64,6 +66,7 @@ class LanguageModel(L.LightningModule):
         pad_id: int = 0,
         backbone: BackboneConfig = BackboneConfig(),
         over_encoding: OverEncodingConfig | None = None,
+        heads: OutputHeadsConfig | None = None,
         optimizer: OptimizerConfig = OptimizerConfig(),
     ) -> None:
         super().__init__()
@@ -82,31 +85,46 @@ class LanguageModel(L.LightningModule):
         else:
             embedding = OverEncoding(vocab_size, backbone.n_embd, over_encoding, pad_id)
         self.model = GPT(backbone, embedding, vocab_size)
+        self.heads_config = heads
+        self.heads = (None if heads is None or heads.empty
+                      else OutputHeads(heads, backbone, vocab_size, pad_id))
         self._last_step_time: float | None = None
 
     @property
     def kind(self) -> str:
+        heads = "" if self.heads is None else "+" + self.heads_config.kind
         if self.over_encoding is None:
-            return "baseline"
-        return "oe" + "".join(str(n) for n in [1, *sorted(self.over_encoding.orders)])
+            return "baseline" + heads
+        return "oe" + "".join(str(n) for n in [1, *sorted(self.over_encoding.orders)]) + heads
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(tokens, doc_ids)
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, int, list[HeadLoss]]:
+        """Summed next-token loss, its number of targets, and the extra heads' losses."""
         ids = batch["input_ids"]
         inputs, targets = ids[:, :-1], ids[:, 1:]
-        doc_ids = batch.get("doc_ids")
-        if doc_ids is not None:
-            doc_ids = doc_ids[:, :-1]
+        row_doc_ids = batch.get("doc_ids")
+        doc_ids = None if row_doc_ids is None else row_doc_ids[:, :-1]
         targets = targets.masked_fill(targets == self.pad_id, IGNORE_INDEX)
-        logits = self(inputs, doc_ids)
-        return next_token_loss(logits, targets)
+        if self.heads is None:
+            return (*next_token_loss(self(inputs, doc_ids), targets), [])
+        # The extra heads read the very hidden states and input embeddings of the main path.
+        embedded = self.model.embedding(inputs, doc_ids)
+        hidden = self.model.hidden(embedded)
+        loss_sum, n_tokens = next_token_loss(self.model.logits(hidden), targets)
+        extra = self.heads.losses(hidden, embedded, ids, self.model.logits, row_doc_ids)
+        return loss_sum, n_tokens, extra
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss_sum, n_tokens = self._loss(batch)
+        loss_sum, n_tokens, extra = self._loss(batch)
         loss = loss_sum / max(n_tokens, 1)
         self.log("train/loss", loss, prog_bar=True, batch_size=n_tokens)
+        if extra:  # train/loss stays the next-token loss, comparable across model kinds
+            for head in extra:
+                self.log(f"train/loss_{head.name}", head.mean, batch_size=max(head.count, 1))
+            loss = loss + sum(head.weight * head.mean for head in extra)
+            self.log("train/loss_total", loss, batch_size=n_tokens)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
         now = time.perf_counter()
         if self._last_step_time is not None:
@@ -116,9 +134,12 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss_sum, n_tokens = self._loss(batch)
+        loss_sum, n_tokens, extra = self._loss(batch)
         self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=n_tokens, sync_dist=True,
                  prog_bar=True)
+        for head in extra:
+            self.log(f"val/loss_{head.name}", head.mean, batch_size=max(head.count, 1),
+                     sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._last_step_time = None  # validation time is not training throughput
