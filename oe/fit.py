@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from oe.lm import LanguageModel
+from oe.rundir import place_run, requeue_resume_path
 
 
 def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
@@ -38,6 +39,16 @@ class FitCLI(LightningCLI):
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume from")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="one folder for all this run writes: default_root_dir, the "
+                                 "loggers' save_dir and <run_dir>/checkpoints")
+        parser.add_argument("--run_name", type=str | None, default=None, help="W&B run name")
+        parser.add_argument("--run_group", type=str | None, default=None,
+                            help="W&B group (a sweep's name)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        place_run(config.trainer, config.run_dir, config.run_name, config.run_group)
 
     def before_fit(self) -> None:
         model, data, trainer = self.model, self.datamodule, self.trainer
@@ -77,7 +88,10 @@ def main(args: list[str] | None = None) -> int:
         cli = FitCLI(LanguageModel, L.LightningDataModule, subclass_mode_data=True,
                      save_config_kwargs={"overwrite": True}, args=args, run=False)
         cli.before_fit()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        ckpt_path = cli.config.ckpt_path or requeue_resume_path(
+            cli.trainer.default_root_dir,
+            [cb.dirpath for cb in cli.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)])
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         succeeded = True
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
