@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig
 from oe.model import GPT, BackboneConfig
+from oe.parallelize import TablePlan, parallelize, sharded_collections, table_parameter_names
+from oe.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
 
 IGNORE_INDEX = -100
 
@@ -58,6 +61,10 @@ class LanguageModel(L.LightningModule):
         over_encoding: the n-gram tables; None for the baseline.
         heads: training-only extra heads (Over-Decoding, MTP); None for the next-token head alone.
         optimizer: dense optimiser and schedule.
+        frequent_ngrams: mined n-gram rows (oe.mine) instead of hashed tables; None: none.
+        pretrained: GPT-2 weights in HF format (hub id or local directory) for the backbone,
+            whose shape then comes from the checkpoint; n-gram tables start afresh.
+        freeze_backbone: train only the n-gram tables (and their projection).
     """
 
     def __init__(
@@ -68,6 +75,9 @@ class LanguageModel(L.LightningModule):
         over_encoding: OverEncodingConfig | None = None,
         heads: OutputHeadsConfig | None = None,
         optimizer: OptimizerConfig = OptimizerConfig(),
+        frequent_ngrams: FrequentNgramConfig | None = None,
+        pretrained: str | None = None,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         if vocab_size < 2:
@@ -75,16 +85,31 @@ class LanguageModel(L.LightningModule):
         if optimizer.warmup_steps < 0 or optimizer.lr <= 0:
             raise ValueError("model.optimizer.lr must be > 0 and warmup_steps >= 0")
         self.save_hyperparameters()
+        if over_encoding is not None and frequent_ngrams is not None:
+            raise ValueError("set model.over_encoding or model.frequent_ngrams, not both")
+        if pretrained is not None:
+            backbone = pretrained_backbone(pretrained, backbone, vocab_size)
+            # A checkpoint of this model rebuilds the same shape without the source.
+            self.hparams["backbone"] = backbone
+        self.frequent_ngrams = frequent_ngrams
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         self.backbone_config = backbone
         self.over_encoding = over_encoding
         self.optimizer_config = optimizer
-        if over_encoding is None:
+        if frequent_ngrams is not None:
+            embedding = FrequentNgramEmbedding(vocab_size, backbone.n_embd, frequent_ngrams, pad_id)
+        elif over_encoding is None:
             embedding = TokenEmbedding(vocab_size, backbone.n_embd)
         else:
             embedding = OverEncoding(vocab_size, backbone.n_embd, over_encoding, pad_id)
         self.model = GPT(backbone, embedding, vocab_size)
+        if pretrained is not None:
+            load_gpt2_weights(self.model, pretrained)
+            if isinstance(embedding, FrequentNgramEmbedding):
+                embedding.reset_ngram_tables()  # rows start from the loaded 1-gram table
+        if freeze_backbone:
+            freeze_all_but_ngrams(self.model)
         self.heads_config = heads
         self.heads = (None if heads is None or heads.empty
                       else OutputHeads(heads, backbone, vocab_size, pad_id))
@@ -93,6 +118,8 @@ class LanguageModel(L.LightningModule):
     @property
     def kind(self) -> str:
         heads = "" if self.heads is None else "+" + self.heads_config.kind
+        if self.frequent_ngrams is not None:
+            return "frequent" + "".join(str(n) for n in [1, *sorted(self.frequent_ngrams.orders)]) + heads
         if self.over_encoding is None:
             return "baseline" + heads
         return "oe" + "".join(str(n) for n in [1, *sorted(self.over_encoding.orders)]) + heads
@@ -148,9 +175,26 @@ class LanguageModel(L.LightningModule):
         embedding = self.model.embedding
         return embedding.table_parameters() if hasattr(embedding, "table_parameters") else []
 
+    def configure_model(self) -> None:
+        # Training shards the Over-Encoding tables row-wise over all ranks (one rank too) with
+        # their optimiser fused into the backward pass (oe.parallelize); DDP leaves them alone.
+        # Outside fit (evaluation, generation) the plain tables serve.
+        if self.over_encoding is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        oe = self.over_encoding
+        plan = TablePlan(
+            optimizer=oe.table_optimizer,
+            lr=oe.table_lr if oe.table_lr is not None else self.optimizer_config.lr,
+            weight_decay=oe.table_weight_decay, seed=self.model.embedding.table_seed,
+            init_std=oe.init_std, betas=tuple(self.optimizer_config.betas),
+        )
+        parallelize(self.model.embedding, plan, self.device)
+        self._ddp_params_and_buffers_to_ignore = table_parameter_names(self)
+
     def configure_optimizers(self):
         cfg = self.optimizer_config
         tables = {id(p) for p in self.table_parameters()}
+        fused = {id(p) for c in sharded_collections(self).values() for p in c.parameters()}
         dense = [p for p in self.parameters() if p.requires_grad and id(p) not in tables]
         decay = [p for p in dense if p.dim() >= 2]
         no_decay = [p for p in dense if p.dim() < 2]
@@ -158,9 +202,9 @@ class LanguageModel(L.LightningModule):
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        table_params = [p for p in self.table_parameters() if p.requires_grad]
+        table_params = [p for p in self.table_parameters() if p.requires_grad and id(p) not in fused]
         if table_params:
-            oe = self.over_encoding
+            oe = self.over_encoding or self.frequent_ngrams
             groups.append({
                 "params": table_params,
                 "weight_decay": oe.table_weight_decay,
