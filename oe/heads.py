@@ -105,6 +105,13 @@ class HeadLoss(NamedTuple):
         return self.loss_sum / max(self.count, 1)
 
 
+def total_loss(next_token: torch.Tensor, extra: list[HeadLoss]) -> torch.Tensor:
+    """The training objective CE_1 + sum_j weight_j CE_j from the mean next-token loss."""
+    for head in extra:
+        next_token = next_token + head.weight * head.mean
+    return next_token
+
+
 def shifted_targets(ids: torch.Tensor, offset: int, pad_id: int,
                     doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Targets [B, T+1-offset] of a head that predicts ``offset`` tokens ahead.

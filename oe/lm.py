@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
 from oe.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
-from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig
+from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig, total_loss
 from oe.model import GPT, BackboneConfig
 from oe.parallelize import TablePlan, parallelize, sharded_collections, table_parameter_names
 from oe.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
@@ -150,7 +150,7 @@ class LanguageModel(L.LightningModule):
         if extra:  # train/loss stays the next-token loss, comparable across model kinds
             for head in extra:
                 self.log(f"train/loss_{head.name}", head.mean, batch_size=max(head.count, 1))
-            loss = loss + sum(head.weight * head.mean for head in extra)
+            loss = total_loss(loss, extra)
             self.log("train/loss_total", loss, batch_size=n_tokens)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
         now = time.perf_counter()
