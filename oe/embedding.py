@@ -17,6 +17,7 @@ each slice keeps its own block of coordinates.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,9 +40,36 @@ class OverEncodingConfig:
     project: bool = True
     init_std: float = 0.02
     combine: Literal["mean", "sum"] = "mean"
-    # Optimiser of the n-gram tables, apart from the dense parameters (None: as the dense ones).
+    # Optimiser of the n-gram tables, fused into the backward pass apart from the dense
+    # parameters (oe.parallelize); adam needs a GPU. table_lr None: the dense learning rate.
+    table_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     table_lr: float | None = None
     table_weight_decay: float = 0.0
+
+
+ROW_BLOCK = 1 << 16  # rows drawn from one generator; fixed, so values do not depend on the split
+
+
+def table_rows(seed: int, table: int, start: int, stop: int, width: int, std: float,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Initial values of rows ``start .. stop-1`` of table number ``table``: N(0, std^2).
+
+    Each block of ROW_BLOCK rows has its own generator, seeded from (seed, table, block), so any
+    range of rows can be drawn alone and agrees with the same rows drawn as part of the table.
+    Written into ``out`` [stop - start, width] when given (no second copy of a large table).
+    """
+    out = torch.empty(stop - start, width) if out is None else out
+    if std == 0:
+        return out.zero_()
+    for block in range(start // ROW_BLOCK, math.ceil(stop / ROW_BLOCK)):
+        first, last = block * ROW_BLOCK, (block + 1) * ROW_BLOCK
+        generator = torch.Generator().manual_seed(
+            (seed * 0x9E3779B97F4A7C15 + table * 0xBF58476D1CE4E5B9 + block) % (1 << 63)
+        )
+        values = torch.randn(ROW_BLOCK, width, generator=generator)
+        lo, hi = max(first, start), min(last, stop)
+        out[lo - start : hi - start] = values[lo - first : hi - first] * std
+    return out
 
 
 class TokenEmbedding(nn.Module):
@@ -136,6 +164,9 @@ class OverEncoding(nn.Module):
             device=torch.device("cpu"),
         )
         self.projection = nn.Linear(dim, dim, bias=False) if config.project else None
+        # Keys the tables' initial values (with table and row block), so they do not depend on
+        # how the rows are later split over ranks; drawn from torch's seeded generator.
+        self.table_seed = int(torch.randint(0, 2**62, ()))
         n_terms = 1 + len(self.tables)
         self.scale = 1.0 / n_terms if config.combine == "mean" else 1.0
         nn.init.normal_(self.token.weight, std=0.02)
@@ -157,11 +188,10 @@ class OverEncoding(nn.Module):
 
     @torch.no_grad()
     def reset_ngram_tables(self) -> None:
-        for weight in self.table_parameters():
-            if self.config.init_std == 0:
-                weight.zero_()
-            else:
-                weight.normal_(0.0, self.config.init_std)
+        for index, t in enumerate(self.tables):
+            weight = self.ngram.embeddings[t.name].weight
+            table_rows(self.table_seed, index, 0, t.modulus, t.width, self.config.init_std,
+                       out=weight)
 
     def _ngram_vectors(self, ids: list[torch.Tensor]) -> torch.Tensor:
         """Sum of the projected n-gram slices, from one id tensor [B, T] per table."""

@@ -1,0 +1,237 @@
+"""The parallel plan of the n-gram tables: row-wise shards over every rank, optimiser fused in backward.
+
+The model (``oe.embedding.OverEncoding``) holds its n-gram tables as one TorchRec
+``EmbeddingCollection`` and knows nothing of ranks. Training replaces that collection with a
+``ShardedEmbeddingCollection``: every table is split by rows over all ranks of the default process
+group (one rank included, so a single process runs the very same code), ids travel to the rank
+that owns their row, and FBGEMM updates the touched rows inside the backward pass. The dense
+optimiser therefore never sees the tables, and a step costs the same whatever the number of rows.
+
+Initial values come from a generator keyed by (seed, table, row block), never by rank: a table
+sharded over any number of ranks starts from the same values, and no two shards are alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec import EmbeddingCollection
+from torchrec.distributed.embedding import EmbeddingCollectionSharder, ShardedEmbeddingCollection
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise
+from torchrec.distributed.types import ShardingEnv
+
+from oe.embedding import OverEncoding, table_rows
+
+TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+GPU_ONLY_OPTIMIZERS = ("adam",)
+
+
+def state_floats_per_row(optimizer: str, width: int) -> int:
+    """Optimiser state kept per table row, in floats: what ``oe.plan`` and the README quote."""
+    per_row = {"sgd": 0, "rowwise_adagrad": 1, "adagrad": width, "adam": 2 * width}
+    if optimizer not in per_row:
+        raise ValueError(
+            f"over_encoding.table_optimizer must be one of {', '.join(TABLE_OPTIMIZERS)}, "
+            f"got {optimizer!r}"
+        )
+    return per_row[optimizer]
+
+
+def fused_params(optimizer: str, lr: float, weight_decay: float, device: torch.device,
+                 betas: tuple[float, float] = (0.9, 0.999)) -> dict:
+    """FBGEMM's fused-optimiser settings, or one ValueError naming the field."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    state_floats_per_row(optimizer, 1)  # validates the name
+    if optimizer in GPU_ONLY_OPTIMIZERS and device.type != "cuda":
+        raise ValueError(
+            f"over_encoding.table_optimizer {optimizer!r} needs a GPU: FBGEMM has no fused "
+            f"{optimizer} on {device.type}; choose rowwise_adagrad, adagrad or sgd"
+        )
+    if lr <= 0:
+        raise ValueError(f"over_encoding.table_lr must be > 0, got {lr}")
+    kinds = {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
+             "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": EmbOptimType.ADAM}
+    params = {"optimizer": kinds[optimizer], "learning_rate": lr, "eps": 1e-8,
+              "weight_decay": weight_decay}
+    if optimizer == "adam":
+        params.update(beta1=betas[0], beta2=betas[1])
+    return params
+
+
+def row_split(rows: int, world_size: int) -> list[tuple[int, int]]:
+    """(first row, row count) of each rank's shard: blocks of ceil(rows / W), the last shorter."""
+    block = math.ceil(rows / world_size)
+    return [(min(r * block, rows), max(0, min(block, rows - r * block))) for r in range(world_size)]
+
+
+def check_world_size(tables: dict[str, int], world_size: int) -> None:
+    """Every rank must own rows of every table; otherwise one ValueError."""
+    for name, rows in tables.items():
+        empty = [r for r, (_, n) in enumerate(row_split(rows, world_size)) if n == 0]
+        if empty:
+            raise ValueError(
+                f"n-gram table {name} has {rows} rows, which cannot be split row-wise over "
+                f"{world_size} ranks (ranks {empty} would own none); use at most "
+                f"{_largest_world(rows)} ranks or a larger over_encoding.modulus"
+            )
+
+
+def _largest_world(rows: int) -> int:
+    return max(w for w in range(1, rows + 1) if all(n for _, n in row_split(rows, w)))
+
+
+def ensure_process_group() -> None:
+    """A one-rank gloo group when none exists, so that one process shards exactly like N."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+@dataclass
+class TablePlan:
+    """What ``shard_tables`` needs to know of an OverEncoding module."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    seed: int
+    init_std: float
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
+                 device: torch.device) -> ShardedEmbeddingCollection:
+    """``collection`` sharded row-wise over all ranks with a fused optimiser, same values.
+
+    Rows are copied from ``collection`` when its tables are materialised, so that weights set
+    before training are kept; from a meta-device collection each rank draws only its own rows.
+    """
+    ensure_process_group()
+    world_size = dist.get_world_size()
+    configs = collection.embedding_configs()
+    check_world_size({c.name: c.num_embeddings for c in configs}, world_size)
+    sharder = EmbeddingCollectionSharder(
+        fused_params=fused_params(plan.optimizer, plan.lr, plan.weight_decay, device, plan.betas)
+    )
+    module_plan = construct_module_sharding_plan(
+        collection,
+        per_param_sharding={c.name: row_wise(compute_kernel="fused") for c in configs},
+        local_size=world_size,
+        world_size=world_size,
+        device_type=device.type,
+        sharder=sharder,
+    )
+    env = ShardingEnv.from_process_group(dist.group.WORLD)
+    sources = {c.name: collection.embeddings[c.name].weight for c in configs}
+    sharded = sharder.shard(collection, module_plan, env, device)
+    rank = dist.get_rank()
+    with torch.no_grad():
+        for index, config in enumerate(configs):
+            start, count = row_split(config.num_embeddings, world_size)[rank]
+            local = local_shard(sharded, config.name)
+            if local.shape[0] != count:
+                raise RuntimeError(f"TorchRec split table {config.name} unlike oe.parallelize.row_split")
+            source = sources[config.name]
+            if source.is_meta:
+                rows = table_rows(plan.seed, index, start, start + count, config.embedding_dim,
+                                  plan.init_std)
+            else:
+                rows = source[start : start + count]
+            local.copy_(rows.to(local.device))
+    return sharded
+
+
+def local_shard(sharded: ShardedEmbeddingCollection, table: str) -> torch.Tensor:
+    """This rank's rows of ``table`` (a view: writing to it changes the table)."""
+    weight = sharded.state_dict()[f"embeddings.{table}.weight"]
+    return weight.local_shards()[0].tensor
+
+
+def sharded_collections(module: nn.Module) -> dict[str, ShardedEmbeddingCollection]:
+    """Every sharded collection under ``module``, by its name there."""
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, ShardedEmbeddingCollection)}
+
+
+def table_parameter_names(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of the sharded tables: what DDP must leave alone."""
+    names = []
+    for prefix, collection in sharded_collections(module).items():
+        names += [f"{prefix}.{n}" for n, _ in collection.named_parameters()]
+        names += [f"{prefix}.{n}" for n, _ in collection.named_buffers()]
+    return names
+
+
+def parallelize(embedding: nn.Module, plan: TablePlan, device: torch.device) -> None:
+    """Shard ``embedding.ngram`` in place (no-op when it is sharded already)."""
+    if isinstance(embedding.ngram, ShardedEmbeddingCollection):
+        return
+    embedding.ngram = shard_tables(embedding.ngram, plan, device)
+
+
+def table_owners(module: nn.Module) -> dict[str, OverEncoding]:
+    """Every OverEncoding under ``module``, by the name of its table collection there."""
+    return {f"{name}.ngram" if name else "ngram": m for name, m in module.named_modules()
+            if isinstance(m, OverEncoding)}
+
+
+def table_signature(module: nn.Module) -> dict[str, dict]:
+    """What a checkpoint's tables must agree with: vocabulary, orders, k, moduli, optimiser."""
+    return {
+        prefix: {
+            "vocab_size": owner.vocab_size,
+            "orders": sorted(owner.config.orders),
+            "k": owner.config.k,
+            "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
+            "table_optimizer": owner.config.table_optimizer,
+        }
+        for prefix, owner in table_owners(module).items()
+    }
+
+
+def table_state(module: nn.Module) -> dict[str, dict]:
+    """The tables of ``module`` (sharded or not) and, when sharded, their optimiser state.
+
+    Values are the live tensors (or ShardedTensors over them), as torch.distributed.checkpoint
+    wants them for saving and for loading in place.
+    """
+    state = {}
+    for prefix, owner in table_owners(module).items():
+        state[f"{prefix}.tables"] = dict(owner.ngram.state_dict())
+        if isinstance(owner.ngram, ShardedEmbeddingCollection):
+            state[f"{prefix}.optimizer"] = owner.ngram.fused_optimizer.state_dict()["state"]
+    return state
+
+
+def load_table_state(module: nn.Module, state: dict[str, dict]) -> None:
+    """Copy ``state`` (as from ``table_state``, then filled by DCP) into the module's tables."""
+    for prefix, owner in table_owners(module).items():
+        owner.ngram.load_state_dict(state[f"{prefix}.tables"])
+        if isinstance(owner.ngram, ShardedEmbeddingCollection):
+            owner.ngram.fused_optimizer.load_state_dict({"state": state[f"{prefix}.optimizer"]})
+
+
+@torch.no_grad()
+def load_full_tables(module: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Copy whole tables (``{state key: [rows, width]}``) into the module: own rows when sharded."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    for prefix, owner in table_owners(module).items():
+        for t in owner.tables:
+            key = f"{prefix}.embeddings.{t.name}.weight"
+            if key not in full:
+                raise ValueError(f"the checkpoint has no {key}")
+            if tuple(full[key].shape) != (t.modulus, t.width):
+                raise ValueError(f"{key} is {tuple(full[key].shape)} in the checkpoint, "
+                                 f"({t.modulus}, {t.width}) in the model")
+        for t in owner.tables:
+            source = full[f"{prefix}.embeddings.{t.name}.weight"]
+            if isinstance(owner.ngram, ShardedEmbeddingCollection):
+                start, count = row_split(t.modulus, world)[rank]
+                local_shard(owner.ngram, t.name).copy_(source[start : start + count])
+            else:
+                owner.ngram.embeddings[t.name].weight.copy_(source)

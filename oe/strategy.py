@@ -1,0 +1,129 @@
+"""A Lightning strategy for row-wise sharded n-gram tables: DDP for the rest, lossless checkpoints.
+
+The model shards its tables in ``configure_model`` (``oe.parallelize``) and names their
+parameters in ``_ddp_params_and_buffers_to_ignore``, so DDP averages only the dense gradients.
+Lightning's own checkpointing would keep rank 0's file alone, losing every other rank's rows; here
+a checkpoint ``X.ckpt`` is the dense state (written by rank 0, as usual) plus ``X.ckpt.tables/``,
+every rank's rows and fused-optimiser state written with torch.distributed.checkpoint (DCP).
+DCP reshards on load, so a checkpoint from W ranks resumes on any number of ranks.
+
+Before anything is loaded the checkpoint's tables (vocabulary, orders, k, moduli, widths,
+optimiser) are compared with the model's: a mismatch is one ValueError and the model is left as
+it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from lightning.pytorch.strategies import DDPStrategy
+
+from oe.parallelize import (load_full_tables, load_table_state, sharded_collections, table_owners,
+                            table_signature, table_state)
+
+TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
+
+
+def table_dir(checkpoint_path: str | Path) -> Path:
+    """Where the tables of checkpoint ``checkpoint_path`` live."""
+    return Path(f"{checkpoint_path}.tables")
+
+
+def check_tables(checkpoint: Mapping[str, Any], module: torch.nn.Module, path: str | Path) -> None:
+    """One ValueError unless ``checkpoint``'s n-gram tables fit ``module``'s exactly."""
+    ours = table_signature(module)
+    theirs = checkpoint.get(TABLE_KEY)
+    if theirs is None:
+        full = [k for k in checkpoint.get("state_dict", {})
+                if any(k.startswith(f"{p}.") for p in ours)]
+        if ours and not full:
+            raise ValueError(
+                f"checkpoint {path} holds no n-gram tables (neither {TABLE_KEY!r} nor the table "
+                f"weights); it was not written by this model kind"
+            )
+        return
+    if not ours:
+        raise ValueError(f"checkpoint {path} holds n-gram tables, but this model has none")
+    for prefix, mine in ours.items():
+        saved = theirs.get(prefix)
+        if saved is None:
+            raise ValueError(f"checkpoint {path} has no tables for {prefix}")
+        diff = [f"{key}: checkpoint {saved.get(key)!r}, model {value!r}"
+                for key, value in mine.items() if saved.get(key) != value]
+        if diff:
+            raise ValueError(
+                f"checkpoint {path} was written for other n-gram tables ({'; '.join(diff)}); "
+                "model.over_encoding (orders, k, modulus, table_optimizer) and data.vocab_size "
+                "must match the checkpoint"
+            )
+    if TABLE_KEY in checkpoint and not (table_dir(path) / ".metadata").is_file() and not any(
+        k.startswith(tuple(f"{p}." for p in ours)) for k in checkpoint.get("state_dict", {})
+    ):
+        raise ValueError(f"checkpoint {path}: its table directory {table_dir(path)} is missing")
+
+
+class ShardedTableStrategy(DDPStrategy):
+    """DDP for the dense parameters; sharded n-gram tables saved and loaded by every rank."""
+
+    strategy_name = "ddp_sharded_tables"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._loading_from: str | None = None
+
+    def _table_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{p}." for p in sharded_collections(self.lightning_module))
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        prefixes = self._table_prefixes()
+        state = super().lightning_module_state_dict()
+        return {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
+                        storage_options: Any | None = None) -> None:
+        module = self.lightning_module
+        directory = table_dir(filepath)
+        if self.is_global_zero and directory.exists():
+            shutil.rmtree(directory)  # files of an earlier save, perhaps from more ranks
+        self.barrier("ShardedTableStrategy.save_checkpoint")
+        dcp.save(table_state(module), checkpoint_id=str(directory))
+        checkpoint[TABLE_KEY] = table_signature(module)
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def remove_checkpoint(self, filepath: str | Path) -> None:
+        super().remove_checkpoint(filepath)
+        if self.is_global_zero:
+            shutil.rmtree(table_dir(filepath), ignore_errors=True)
+
+    def load_checkpoint(self, checkpoint_path: str | Path,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        check_tables(checkpoint, self.lightning_module, checkpoint_path)
+        self._loading_from = str(checkpoint_path)
+        return checkpoint
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        module = self.lightning_module
+        prefixes = tuple(f"{p}." for p in table_owners(module))
+        if not prefixes:
+            return super().load_model_state_dict(checkpoint, strict=strict)
+        dense = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+        full = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefixes)}
+        missing, unexpected = module.load_state_dict(dense, strict=False)
+        missing = [k for k in missing if not k.startswith(prefixes)]
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"checkpoint {self._loading_from}: missing keys {missing}, unexpected {unexpected}"
+            )
+        if full:  # a single-device checkpoint (oe.export): every row, no optimiser state
+            load_full_tables(module, full)
+            return None
+        state = table_state(module)
+        dcp.load(state, checkpoint_id=str(table_dir(self._loading_from)))
+        load_table_state(module, state)
+        return None
