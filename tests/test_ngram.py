@@ -1,0 +1,113 @@
+"""ngram_ids: exactness against big integers, range, determinism, resets, incremental form."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oe.ngram import last_ngram_ids, ngram_ids
+
+
+def reference(tokens, order, vocab, modulus, pad=0, docs=None):
+    """Python big-integer arithmetic, no modular tricks."""
+    out = []
+    for b, row in enumerate(tokens):
+        ids = []
+        for i in range(len(row)):
+            total = 0
+            for j in range(1, order + 1):
+                p = i - j + 1
+                same_doc = docs is None or (p >= 0 and docs[b][p] == docs[b][i])
+                x = row[p] if p >= 0 and same_doc else pad
+                total += x * vocab ** (j - 1)
+            ids.append(total % modulus)
+        out.append(ids)
+    return out
+
+
+@pytest.mark.parametrize(
+    "vocab,order,modulus",
+    [(6, 3, 1009), (50257, 5, 12_800_001), (50257, 5, 12_800_003), (2**31 - 1, 8, 2**40 - 1),
+     (50257, 2, 7), (3, 4, 1)],
+)
+def test_matches_big_integer_reference(vocab, order, modulus):
+    gen = torch.Generator().manual_seed(order)
+    tokens = torch.randint(0, vocab, (3, 17), generator=gen)
+    got = ngram_ids(tokens, order, vocab, modulus)
+    assert got.tolist() == reference(tokens.tolist(), order, vocab, modulus)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 2**31 - 1),
+    order=st.integers(1, 8),
+    modulus=st.integers(1, 2**40 - 1),
+    data=st.data(),
+)
+def test_range_and_agreement_property(vocab, order, modulus, data):
+    length = data.draw(st.integers(1, 12))
+    rows = data.draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=length,
+                                       max_size=length), min_size=1, max_size=3))
+    tokens = torch.tensor(rows)
+    got = ngram_ids(tokens, order, vocab, modulus)
+    assert got.dtype == torch.int64
+    assert bool(((got >= 0) & (got < modulus)).all())
+    assert got.tolist() == reference(rows, order, vocab, modulus)
+
+
+def test_deterministic_across_processes():
+    code = (
+        "import torch; from oe.ngram import ngram_ids; "
+        "t = torch.arange(40).reshape(2, 20) * 7919 % 50257; "
+        "print(ngram_ids(t, 5, 50257, 12_800_001).sum().item())"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, timeout=120).stdout
+        for _ in range(2)
+    }
+    tokens = torch.arange(40).reshape(2, 20) * 7919 % 50257
+    assert outputs == {f"{ngram_ids(tokens, 5, 50257, 12_800_001).sum().item()}\n"}
+
+
+def test_row_start_and_document_boundaries_read_as_pad():
+    tokens = torch.tensor([[5, 1, 2, 3, 4, 2]])
+    docs = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    vocab, pad = 7, 6
+    got = ngram_ids(tokens, 3, vocab, 10**9, pad_id=pad, doc_ids=docs)
+    assert got.tolist() == reference(tokens.tolist(), 3, vocab, 10**9, pad, docs.tolist())
+    # Position 3 starts document 1: its 3-gram is (pad, pad, 3).
+    assert got[0, 3].item() == 3 + pad * vocab + pad * vocab**2
+    # Without doc ids it reaches back into document 0.
+    assert ngram_ids(tokens, 3, vocab, 10**9, pad_id=pad)[0, 3].item() == 3 + 2 * 7 + 1 * 49
+
+
+def test_incremental_equals_full():
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 50257, (4, 30), generator=gen)
+    for order in (2, 3, 5):
+        full = ngram_ids(tokens, order, 50257, 12_800_001)
+        for t in range(30):
+            recent = tokens[:, max(0, t - order + 1) : t + 1]
+            if recent.shape[1] < order:  # a row that began recently: left pad
+                recent = torch.cat([torch.zeros(4, order - recent.shape[1], dtype=torch.long),
+                                    recent], dim=1)
+            step = last_ngram_ids(recent, order, 50257, 12_800_001)
+            assert torch.equal(step, full[:, t])
+
+
+def test_bad_arguments_are_named():
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="order"):
+        ngram_ids(tokens, 9, 10, 10)
+    with pytest.raises(ValueError, match="modulus"):
+        ngram_ids(tokens, 2, 10, 2**40)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ngram_ids(tokens, 2, 2**31, 10)
+    with pytest.raises(ValueError, match="doc_ids"):
+        ngram_ids(tokens, 2, 10, 10, doc_ids=torch.zeros(1, 4))
