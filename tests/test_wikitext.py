@@ -1,0 +1,113 @@
+"""WikitextDataModule on local text in Wikitext's format: articles, packing, order, resume."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.wikitext import EOT, WikitextDataModule, split_articles
+
+WORDS = ("the of and to in a is was for on as with by he at from his an were are which this "
+         "be had it not or have first one their its new after but who they has her two been "
+         "river city team album song war game film year season church school island").split()
+
+
+def write_corpus(path, n_articles: int, seed: int, paragraphs: int = 3) -> str:
+    """A Wikitext-format file: ' = Title = ' headings, ' = = Section = = ', text lines."""
+    rng = random.Random(seed)
+    lines = []
+    for a in range(n_articles):
+        lines += ["", f" = Article {seed} {a} = ", ""]
+        for p in range(paragraphs):
+            if p == 1:
+                lines += [f" = = Section {p} = = ", ""]
+            words = [rng.choice(WORDS) for _ in range(rng.randint(30, 80))]
+            lines += [" " + " ".join(words) + " . ", ""]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return {"train": write_corpus(tmp_path / "train.txt", 40, seed=0),
+            "validation": write_corpus(tmp_path / "valid.txt", 8, seed=1)}
+
+
+def _module(tmp_path, corpus, **kw):
+    args = dict(data_files=corpus, tokenizer="bpe", bpe_vocab_size=300, block_size=32,
+                batch_size=4, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    return WikitextDataModule(**{**args, **kw})
+
+
+def test_articles_split_at_level_one_headings():
+    rows = ["", " = A = \n", "", " = = Sub = = \n", " text a \n", "", " = B = \n", " text b \n"]
+    assert list(split_articles(rows)) == [" = A = \n = = Sub = = \n text a \n",
+                                          " = B = \n text b \n"]
+
+
+def test_blocks_carry_article_ids_and_eot_separators(tmp_path, corpus):
+    dm = _module(tmp_path, corpus)
+    assert dm.tokenizer.token_to_id(EOT) == dm.pad_id == 0 and dm.vocab_size == 300
+    stream = dm.train_stream()
+    batch = stream.batch(0)
+    ids, docs = batch["input_ids"], batch["doc_ids"]
+    assert ids.shape == docs.shape == (4, 33)
+    tokens_path, starts_path = dm.token_files("train")
+    tokens, starts = np.load(tokens_path), np.load(starts_path)
+    assert len(starts) == 40 and (tokens[starts] == dm.pad_id).all()  # every article opens with EOT
+    assert int((tokens == dm.pad_id).sum()) == 40  # and EOT appears nowhere else
+    # A new document id begins exactly where an EOT token stands.
+    changes = docs[:, 1:] != docs[:, :-1]
+    assert torch.equal(changes, ids[:, 1:] == dm.pad_id)
+    # Text round trip: an article decodes back to its source text.
+    article = tokens[starts[3]:starts[4]]
+    text = dm.tokenizer.decode(article[1:].tolist())
+    assert text.startswith(" = Article 0 3 = \n")
+
+
+def test_order_is_seeded_covers_every_block_and_resumes(tmp_path, corpus):
+    dm = _module(tmp_path, corpus, epochs=2)
+    stream = dm.train_stream()
+    n, per_epoch = stream.n_blocks, stream.batches_per_epoch
+    seen = np.concatenate([stream.blocks_of(p) for p in range(per_epoch)])
+    assert len(set(seen.tolist())) == len(seen) == per_epoch * 4 <= n
+    assert not np.array_equal(stream.blocks_of(0), stream.blocks_of(per_epoch))  # epochs differ
+    again = _module(tmp_path, corpus, epochs=2).train_stream()
+    assert all(np.array_equal(stream.blocks_of(p), again.blocks_of(p)) for p in range(2 * per_epoch))
+    # Two ranks read disjoint blocks of one global batch.
+    r0, r1 = (dm.train_stream(rank, 2).blocks_of(0) for rank in (0, 1))
+    assert not set(r0.tolist()) & set(r1.tolist())
+    # Resume: the state sends a fresh module (and 2 loader workers) on from the next batch.
+    full = [b["position"] for b in stream]
+    dm.next_position = 5
+    resumed = _module(tmp_path, corpus, epochs=2)
+    resumed.load_state_dict(dm.state_dict())
+    loader = torch.utils.data.DataLoader(pickle.loads(pickle.dumps(resumed.train_stream())),
+                                         batch_size=None, num_workers=2)
+    got = [(b["position"], b["input_ids"]) for b in loader]
+    assert [p for p, _ in got] == full[5:]
+    assert torch.equal(got[0][1], stream.batch(5)["input_ids"])
+    with pytest.raises(ValueError, match="seed"):
+        _module(tmp_path, corpus, seed=1).load_state_dict(dm.state_dict())
+
+
+def test_token_cache_is_reused(tmp_path, corpus):
+    dm = _module(tmp_path, corpus)
+    path, _ = dm.token_files("train")
+    stamp = path.stat().st_mtime_ns
+    again = _module(tmp_path, corpus)
+    assert again.token_files("train")[0] == path and path.stat().st_mtime_ns == stamp
+    assert again.fingerprint == dm.fingerprint
+
+
+def test_bad_input_is_named(tmp_path, corpus):
+    with pytest.raises(FileNotFoundError, match="data.data_files.train"):
+        _module(tmp_path, {"train": str(tmp_path / "missing.txt")})
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        _module(tmp_path, corpus, block_size=100_000).train_stream()
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        _module(tmp_path, corpus, tokenizer=str(tmp_path / "nope"))
