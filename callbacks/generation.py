@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import numpy as np
 import torch
@@ -51,9 +53,14 @@ class GenerationAccuracy(L.Callback):
         )
         generator = torch.Generator(device=pl_module.device)
         generator.manual_seed(self.seed + 1_000_003 * self._validations + trainer.global_rank)
+        # Sharded n-gram lookups are collective: every rank samples the same number of rows, in
+        # the same batches, for as many steps as the slowest rank; surplus rows are dropped.
+        most = -(-self.num_samples // trainer.world_size)
         accepted, lengths, samples = sample_and_check(
-            pl_module.model, share, self.batch_size, generator
+            pl_module.model, most, self.batch_size, generator,
+            all_done=lambda done: trainer.strategy.reduce_boolean_decision(done, all=True),
         )
+        accepted, lengths, samples = accepted[:share], lengths[:share], samples[:share]
         device = pl_module.device
         totals = torch.tensor([accepted.sum(), len(accepted), lengths.sum()],
                               dtype=torch.float64, device=device)
@@ -74,12 +81,14 @@ class GenerationAccuracy(L.Callback):
 
 
 @torch.no_grad()
-def sample_and_check(model, num_samples: int, batch_size: int,
-                     generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.Generator,
+                     all_done: Callable[[bool], bool] = bool,
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sample sentences from ``model`` and parse them.
 
     Returns ``(accepted [N] bool, lengths [N], texts)``; a sample that reaches 729 symbols
-    without EOS, or that holds a non-terminal token, is rejected.
+    without EOS, or that holds a non-terminal token, is rejected. ``all_done``: as in
+    ``oe.model.generate``.
     """
     was_training = model.training
     model.eval()
@@ -87,7 +96,8 @@ def sample_and_check(model, num_samples: int, batch_size: int,
     try:
         for start in range(0, num_samples, batch_size):
             rows = min(batch_size, num_samples - start)
-            tokens, length = generate(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1, generator)
+            tokens, length = generate(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1, generator,
+                                      all_done=all_done)
             tokens, length = tokens.cpu().numpy(), length.cpu().numpy()
             ended = length <= MAX_LENGTH
             ok = accepts_padded(tokens, np.minimum(length, MAX_LENGTH)) & ended

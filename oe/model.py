@@ -8,6 +8,7 @@ key/value cache, so each new token costs one position of work.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -190,12 +191,15 @@ def generate(
     max_new_tokens: int,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
+    all_done: Callable[[bool], bool] = bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``batch`` sequences from BOS with the raw next-token distribution.
 
     Returns ``(tokens [B, max_new_tokens], lengths [B])``: the sampled tokens after BOS, up to and
     including EOS (``lengths`` counts the tokens before EOS; a row without EOS has the full length
     and ``ended`` False, reported as the second value being ``max_new_tokens``).
+    ``all_done`` turns this process's "every row ended" into the stopping decision; with
+    sharded n-gram tables every rank must take as many steps, so it agrees over the ranks.
     """
     device = model.position.weight.device
     context = model.embedding.context_size + 1
@@ -216,7 +220,7 @@ def generate(
         newly_done = (nxt == eos_id) & ~done
         lengths[newly_done] = t
         done |= newly_done
-        if bool(done.all()):
+        if all_done(bool(done.all())):
             break
         recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
     return out, lengths

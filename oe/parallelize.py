@@ -186,6 +186,7 @@ def table_signature(module: nn.Module) -> dict[str, dict]:
             "vocab_size": owner.vocab_size,
             "orders": sorted(owner.config.orders),
             "k": owner.config.k,
+            "modulus": owner.config.modulus,
             "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
             "table_optimizer": owner.config.table_optimizer,
         }

@@ -102,6 +102,9 @@ class ShardedTableStrategy(DDPStrategy):
 
     def load_checkpoint(self, checkpoint_path: str | Path,
                         weights_only: bool | None = None) -> dict[str, Any]:
+        # A run's own checkpoint: its hyper-parameters are pickled config dataclasses, which
+        # torch.load's default weights_only=True refuses.
+        weights_only = False if weights_only is None else weights_only
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         check_tables(checkpoint, self.lightning_module, checkpoint_path)
         self._loading_from = str(checkpoint_path)
@@ -114,6 +117,9 @@ class ShardedTableStrategy(DDPStrategy):
             return super().load_model_state_dict(checkpoint, strict=strict)
         dense = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
         full = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefixes)}
+        # The tables' own entries keep them as they are here; they are filled below.
+        for prefix, owner in table_owners(module).items():
+            dense.update({f"{prefix}.{k}": v for k, v in owner.ngram.state_dict().items()})
         missing, unexpected = module.load_state_dict(dense, strict=False)
         missing = [k for k in missing if not k.startswith(prefixes)]
         if strict and (missing or unexpected):
