@@ -1,0 +1,277 @@
+"""``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze, scored as lm-evaluation-harness does.
+
+    python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa
+    python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt --tasks hellaswag --limit 500
+    python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --output results.json
+
+For each item and choice the model reads ``context + " " + choice`` (the harness's encoding: the
+pair is tokenised whole and the context's tokens cut off its front; an empty context is the
+end-of-text token; the longest sequences are cut from the left to the model's block size). The
+score is the summed log-probability of the choice's tokens only, each predicted from the
+position before it. acc: the argmax score is the gold choice; acc_norm: the same with each
+score divided by the choice's length in characters. Both come with the standard error of the
+mean (sample standard deviation / sqrt(n)), on the full validation sets unless ``--limit``.
+
+Scoring is batched: requests are sorted by length and right-padded; with causal attention and
+positions counted from the left, padding never reaches a scored position, and only the scored
+positions go through the output head. An Over-Encoding model computes its n-gram ids over the
+whole context + choice in the same forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oe.model import GPT
+from oe.tasks import TASKS, Item, TaskDataError, load_items
+
+
+@dataclass(frozen=True)
+class Request:
+    item: int
+    choice: int
+    context: list[int]
+    continuation: list[int]
+
+
+def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as the harness splits them."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:  # trailing whitespace of the context belongs to the continuation
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation).ids
+    context_ids = tokenizer.encode(context).ids if context else []
+    continuation_ids = whole[len(context_ids):]
+    if not context_ids:
+        context_ids = [eot_id]
+    return context_ids, continuation_ids
+
+
+def build_requests(items: list[Item], tokenizer, eot_id: int) -> list[Request]:
+    requests = []
+    for i, item in enumerate(items):
+        for c, choice in enumerate(item.choices):
+            context, continuation = encode_pair(tokenizer, item.context, " " + choice, eot_id)
+            if not continuation:
+                raise TaskDataError(f"item {i} choice {c} ({choice!r}) has no tokens to score")
+            requests.append(Request(i, c, context, continuation))
+    return requests
+
+
+def _window(request: Request, max_length: int) -> tuple[list[int], int]:
+    """The model's input (context + continuation, cut to ``max_length`` from the left, last
+    token dropped) and how many of its final positions predict continuation tokens."""
+    full = (request.context + request.continuation)[-(max_length + 1):]
+    return full[:-1], min(len(request.continuation), len(full) - 1)
+
+
+@torch.no_grad()
+def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
+                   pad_id: int = 0) -> np.ndarray:
+    """Summed log-probability of each request's continuation tokens, batched."""
+    device = model.position.weight.device
+    max_length = model.config.block_size
+    was_training = model.training
+    model.eval()
+    scores = np.zeros(len(requests), dtype=np.float64)
+    order = sorted(range(len(requests)),
+                   key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
+    try:
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            windows = [_window(requests[i], max_length) for i in chosen]
+            width = max(len(w) for w, _ in windows)
+            tokens = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+            rows, positions, targets = [], [], []
+            for r, (i, (inputs, n_scored)) in enumerate(zip(chosen, windows)):
+                tokens[r, :len(inputs)] = torch.tensor(inputs)
+                rows += [r] * n_scored
+                positions += range(len(inputs) - n_scored, len(inputs))
+                targets += requests[i].continuation[-n_scored:]
+            hidden = model.hidden(model.embedding(tokens.to(device)))
+            picked = hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
+            logp = model.logits(picked).float().log_softmax(dim=-1)
+            per_token = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
+            sums = torch.zeros(len(chosen), dtype=torch.float64, device=device)
+            sums.index_add_(0, torch.tensor(rows, device=device), per_token.double())
+            scores[chosen] = sums.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def item_correct(items: list[Item], requests: list[Request], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: 1.0 where acc (raw scores) and acc_norm (scores / choice characters) hit the gold."""
+    per_item: list[list[float]] = [[0.0] * len(item.choices) for item in items]
+    for request, score in zip(requests, scores):
+        per_item[request.item][request.choice] = score
+    acc = np.zeros(len(items))
+    acc_norm = np.zeros(len(items))
+    for i, item in enumerate(items):
+        lls = np.array(per_item[i])
+        lengths = np.array([float(len(c)) for c in item.choices])
+        acc[i] = float(np.argmax(lls) == item.gold)
+        acc_norm[i] = float(np.argmax(lls / lengths) == item.gold)
+    return acc, acc_norm
+
+
+def mean_stderr(values: np.ndarray) -> float:
+    n = len(values)
+    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def summarise(acc: np.ndarray, acc_norm: np.ndarray) -> dict:
+    return {"acc": float(acc.mean()), "acc_stderr": mean_stderr(acc),
+            "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": mean_stderr(acc_norm),
+            "n": int(len(acc))}
+
+
+def evaluate_task(model: GPT, tokenizer, eot_id: int, items: list[Item], batch_size: int = 32,
+                  pad_id: int = 0) -> dict:
+    started = time.perf_counter()
+    requests = build_requests(items, tokenizer, eot_id)
+    scores = loglikelihoods(model, requests, batch_size, pad_id)
+    result = summarise(*item_correct(items, requests, scores))
+    result["items_per_s"] = len(items) / (time.perf_counter() - started)
+    return result
+
+
+# -- model and tokenizer sources ----------------------------------------------------------------
+
+def load_pretrained(source: str, tokenizer_source: str | None = None):
+    """(GPT, tokenizer) for an HF GPT-2 checkpoint: hub id or local directory."""
+    from oe.lm import LanguageModel
+    from oe.pretrained import check_tokenizer_matches, load_tokenizer, read_config
+
+    vocab_size = read_config(source)["vocab_size"]
+    tokenizer = load_tokenizer(tokenizer_source or source)
+    check_tokenizer_matches(tokenizer, vocab_size, f"the checkpoint {source}")
+    return LanguageModel(vocab_size=vocab_size, pretrained=source).model, tokenizer
+
+
+def load_checkpoint(path: str, tokenizer_source: str | None = None):
+    """(GPT, tokenizer) for a checkpoint of ``oe.fit``; the tokenizer recorded in it unless given."""
+    from oe.lm import LanguageModel
+    from oe.pretrained import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--ckpt {path} not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    data_state = checkpoint.get("WikitextDataModule", {})
+    source = tokenizer_source or data_state.get("tokenizer_file")
+    if source is None:
+        raise ValueError(f"{path} records no tokenizer (not trained on WikitextDataModule, or "
+                         "exported without it); pass --tokenizer")
+    tokenizer = load_tokenizer(source)
+    try:
+        # The backbone's shape is in the hyper-parameters; the weights are in the checkpoint.
+        lm = LanguageModel.load_from_checkpoint(path, map_location="cpu", pretrained=None)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not load into a LanguageModel ({str(err).splitlines()[0]}); "
+                         "a checkpoint with row-wise sharded tables needs `python -m oe.export` "
+                         "first") from err
+    check_tokenizer_matches(tokenizer, lm.vocab_size, f"the checkpoint {path}")
+    recorded = data_state.get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
+                         f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {recorded})")
+    return lm.model, tokenizer
+
+
+def eot_id_of(tokenizer) -> int:
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    if eot is None:
+        raise ValueError("the tokenizer has no <|endoftext|> token (GPT-2's end-of-text)")
+    return eot
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def print_results(results: dict[str, dict]) -> None:
+    from oe.bench.common import print_table
+
+    rows = [{"task": t, "n": r["n"], "acc": f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}",
+             "acc_norm": f"{r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}",
+             "items/s": r.get("items_per_s", float("nan"))} for t, r in results.items()]
+    print_table(rows, ["task", "n", "acc", "acc_norm", "items/s"])
+
+
+def log_wandb(results: dict[str, dict], project: str, name: str | None, config: dict) -> None:
+    import wandb
+
+    from oe.wandb_logger import choose_mode
+
+    run = wandb.init(project=project, name=name, job_type="eval", config=config, mode=choose_mode())
+    table = wandb.Table(columns=["task", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"])
+    for task, r in results.items():
+        table.add_data(task, r["n"], r["acc"], r["acc_stderr"], r["acc_norm"], r["acc_norm_stderr"])
+        run.summary.update({f"{task}/{k}": v for k, v in r.items()})
+    run.log({"downstream": table})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a checkpoint written by oe.fit")
+    source.add_argument("--pretrained", help="GPT-2 in HF format: hub id or local directory")
+    parser.add_argument("--tokenizer", help="tokenizer.json, its directory or a hub id "
+                                            "(default: the checkpoint's own)")
+    parser.add_argument("--tasks", default="hellaswag,piqa,storycloze",
+                        help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--data_dir", help="read <data_dir>/<task>.jsonl instead of the hub")
+    parser.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
+    parser.add_argument("--batch_size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument("--output", help="write {task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--wandb_project", default="oe-eval")
+    parser.add_argument("--wandb_name", default=None)
+    parser.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        parser.error(f"--tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
+    try:
+        if args.ckpt:
+            model, tokenizer = load_checkpoint(args.ckpt, args.tokenizer)
+        else:
+            model, tokenizer = load_pretrained(args.pretrained, args.tokenizer)
+        model.to(args.device)
+        eot = eot_id_of(tokenizer)
+        results = {}
+        for task in tasks:
+            items = load_items(task, args.data_dir, args.limit)
+            results[task] = evaluate_task(model, tokenizer, eot, items, args.batch_size, pad_id=eot)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_results(results)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(
+            {t: {k: r[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")}
+             for t, r in results.items()}, indent=2))
+        print(f"wrote {args.output}")
+    if not args.no_wandb:
+        log_wandb(results, args.wandb_project, args.wandb_name,
+                  {k: v for k, v in vars(args).items() if k not in ("no_wandb",)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

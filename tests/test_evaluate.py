@@ -1,0 +1,235 @@
+"""Zero-shot scoring: batched = a slow one-forward-per-choice reference, padding-free scores,
+gold labels from the data, the harness's formats, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.wikitext import train_bpe
+from oe.embedding import OverEncodingConfig
+from oe.evaluate import (build_requests, evaluate_task, item_correct, load_pretrained,
+                         loglikelihoods, main)
+from oe.lm import LanguageModel
+from oe.model import BackboneConfig
+from oe.tasks import TaskDataError, hellaswag_preprocess, load_items
+
+NOUNS = "man woman dog cat car boat ball knife cup bread water rope stick paper glass".split()
+VERBS = "takes opens cuts pours lifts throws holds cleans paints folds".split()
+
+
+def sentence(rng: random.Random, words: int = 8) -> str:
+    parts = [rng.choice(NOUNS if i % 2 == 0 else VERBS) for i in range(words)]
+    return " ".join(parts).capitalize() + "."
+
+
+def write_task_files(directory, n: int = 8, seed: int = 0) -> dict[str, list]:
+    """hellaswag.jsonl, piqa.jsonl and storycloze.jsonl with the hub data sets' field names."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = {"hellaswag": [], "piqa": [], "storycloze": []}
+    for i in range(n):
+        rows["hellaswag"].append({
+            "ind": i, "activity_label": "Cleaning a " + rng.choice(NOUNS),
+            "ctx_a": sentence(rng), "ctx_b": "then the " + rng.choice(NOUNS),
+            "ctx": "", "endings": [sentence(rng, rng.randint(3, 9)) + " [step]" * (j == 1)
+                                   for j in range(4)],
+            "source_id": f"src{i}", "split": "val", "split_type": "indomain",
+            "label": str(rng.randrange(4)),
+        })
+        rows["piqa"].append({"goal": "How do I " + sentence(rng, 4).lower(),
+                             "sol1": sentence(rng, rng.randint(2, 8)),
+                             "sol2": sentence(rng, rng.randint(2, 8)), "label": rng.randrange(2)})
+        story = {f"input_sentence_{k}": sentence(rng) for k in range(1, 5)}
+        rows["storycloze"].append({"story_id": f"s{i}", **story, "sentence_quiz1": sentence(rng, 5),
+                                   "sentence_quiz2": sentence(rng, 6),
+                                   "answer_right_ending": rng.randint(1, 2)})
+    for task, task_rows in rows.items():
+        (directory / f"{task}.jsonl").write_text("\n".join(json.dumps(r) for r in task_rows) + "\n")
+    return rows
+
+
+def tiny_gpt2_dir(directory, seed: int = 0):
+    """A random GPT-2 in HF format with a byte-level BPE tokenizer.json of its vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    rng = random.Random(seed)
+    text = [sentence(rng, 12) for _ in range(400)] + ["How do I Question: Answer: Cleaning a [title]"]
+    tokenizer = train_bpe(text, 320, directory / "tokenizer.json")
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=64,
+                                     n_embd=32, n_layer=2, n_head=4)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    rows = write_task_files(root / "tasks")
+    model_dir = tiny_gpt2_dir(root / "gpt2")
+    model, tokenizer = load_pretrained(str(model_dir))
+    return root, rows, model_dir, model, tokenizer
+
+
+def reference_scores(model, tokenizer, items) -> list[list[float]]:
+    """One forward pass per choice over context + " " + choice, an explicit loop over the choice tokens."""
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    out = []
+    for item in items:
+        lls = []
+        for choice in item.choices:
+            whole = tokenizer.encode(item.context + " " + choice).ids
+            context = tokenizer.encode(item.context).ids or [eot]
+            continuation = whole[len(tokenizer.encode(item.context).ids):]
+            sequence = (context + continuation)[-(model.config.block_size + 1):]
+            with torch.no_grad():
+                logp = model(torch.tensor([sequence[:-1]])).log_softmax(-1)[0]
+            total = 0.0
+            for j in range(len(continuation)):
+                position = len(sequence) - len(continuation) + j  # the token's index
+                total += float(logp[position - 1, sequence[position]])  # predicted one step before
+            lls.append(total)
+        out.append(lls)
+    return out
+
+
+def _check_against_reference(model, tokenizer, items):
+    requests = build_requests(items, tokenizer, tokenizer.token_to_id("<|endoftext|>"))
+    scores = loglikelihoods(model, requests, batch_size=5)
+    ref = reference_scores(model, tokenizer, items)
+    for request, score in zip(requests, scores):
+        assert score == pytest.approx(ref[request.item][request.choice], abs=1e-4)
+    acc, acc_norm = item_correct(items, requests, scores)
+    ref_acc = [float(np.argmax(r) == it.gold) for r, it in zip(ref, items)]
+    ref_norm = [float(np.argmax(np.array(r) / [len(c) for c in it.choices]) == it.gold)
+                for r, it in zip(ref, items)]
+    assert acc.tolist() == ref_acc and acc_norm.tolist() == ref_norm
+    return requests
+
+
+@pytest.mark.parametrize("task", ["hellaswag", "piqa", "storycloze"])
+def test_batched_scoring_equals_slow_reference(setup, task):
+    root, _, _, model, tokenizer = setup
+    requests = _check_against_reference(model, tokenizer, load_items(task, root / "tasks"))
+    if task == "storycloze":  # long enough that the left cut to the block size is exercised
+        assert max(len(r.context) + len(r.continuation) for r in requests) > model.config.block_size + 1
+
+
+def test_oe_model_scores_ngrams_over_context_and_choice(setup):
+    root, _, _, _, tokenizer = setup
+    torch.manual_seed(0)
+    lm = LanguageModel(vocab_size=tokenizer.get_vocab_size(), pad_id=0,
+                       backbone=BackboneConfig(n_layer=2, n_head=4, n_embd=32, block_size=64),
+                       over_encoding=OverEncodingConfig(orders=[2, 3], modulus=1001, init_std=0.5))
+    _check_against_reference(lm.model, tokenizer, load_items("hellaswag", root / "tasks"))
+
+
+def test_padding_never_changes_a_score(setup):
+    root, _, _, model, tokenizer = setup
+    items = load_items("hellaswag", root / "tasks")
+    requests = build_requests(items, tokenizer, 0)
+    lengths = [len(r.context) + len(r.continuation) for r in requests]
+    assert len(set(lengths)) > 4  # the batch below really mixes lengths
+    alone = np.array([loglikelihoods(model, [r], batch_size=1)[0] for r in requests[:8]])
+    batched = loglikelihoods(model, requests[:8], batch_size=8)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+
+
+def test_gold_labels_come_from_the_data(setup, tmp_path):
+    root, rows, _, model, tokenizer = setup
+    items = load_items("storycloze", root / "tasks")
+    assert [i.gold for i in items] == [r["answer_right_ending"] - 1 for r in rows["storycloze"]]
+    assert [i.gold for i in load_items("hellaswag", root / "tasks")] == \
+        [int(r["label"]) for r in rows["hellaswag"]]
+    # The other ending as gold: every 2-choice item flips (scores are never tied here).
+    flipped = [{**r, "label": 1 - r["label"]} for r in rows["piqa"]]
+    (tmp_path / "piqa.jsonl").write_text("\n".join(json.dumps(r) for r in flipped))
+    a = evaluate_task(model, tokenizer, 0, load_items("piqa", root / "tasks"))
+    b = evaluate_task(model, tokenizer, 0, load_items("piqa", tmp_path))
+    assert a["acc"] + b["acc"] == pytest.approx(1.0) and a["acc_norm"] + b["acc_norm"] == pytest.approx(1.0)
+
+
+def test_harness_formats():
+    assert hellaswag_preprocess("How to x [title] Do y. [step] Z  ") == "How to x. Do y. Z"
+    rows = {"activity_label": "Baking [title]", "ctx_a": "A man mixes flour.", "ctx_b": "he",
+            "endings": ["adds eggs.", "b", "c", "d [header] e"], "label": "2"}
+    from oe.tasks import hellaswag_item, piqa_item, storycloze_item
+
+    item = hellaswag_item(rows, "row")
+    assert item.context == "Baking. : A man mixes flour. He" and item.gold == 2
+    assert item.choices == ["adds eggs.", "b", "c", "d e"]
+    piqa = piqa_item({"goal": "Open a jar", "sol1": "Twist.", "sol2": "Pull.", "label": 1}, "row")
+    assert piqa.context == "Question: Open a jar\nAnswer:" and piqa.gold == 1
+    story = storycloze_item({**{f"input_sentence_{k}": f"S{k}." for k in range(1, 5)},
+                             "sentence_quiz1": "A.", "sentence_quiz2": "B.",
+                             "answer_right_ending": 2}, "row")
+    assert story.context == "S1. S2. S3. S4." and story.choices == ["A.", "B."] and story.gold == 1
+
+
+def test_continuation_is_scored_alone_with_the_space(setup):
+    _, _, _, _, tokenizer = setup
+    from oe.evaluate import encode_pair
+
+    context, continuation = encode_pair(tokenizer, "Question: x\nAnswer:", " Cut the rope.", 0)
+    assert tokenizer.decode(continuation) == " Cut the rope."
+    assert tokenizer.decode(context) == "Question: x\nAnswer:"
+    # A context's trailing space moves to the continuation, as in the harness.
+    assert encode_pair(tokenizer, "Answer: ", "yes", 0) == encode_pair(tokenizer, "Answer:", " yes", 0)
+
+
+def test_bad_input_names_the_file_and_line(setup, tmp_path):
+    root, rows, model_dir, _, _ = setup
+    with pytest.raises(FileNotFoundError, match="rocstories"):
+        load_items("storycloze", None)
+    with pytest.raises(FileNotFoundError, match="storycloze.jsonl"):
+        load_items("storycloze", tmp_path)
+    (tmp_path / "piqa.jsonl").write_text(json.dumps(rows["piqa"][0]) + "\n{not json\n")
+    with pytest.raises(TaskDataError, match=r"piqa.jsonl:2: not a JSON object"):
+        load_items("piqa", tmp_path)
+    (tmp_path / "piqa.jsonl").write_text(json.dumps({**rows["piqa"][0], "label": 2}) + "\n")
+    with pytest.raises(TaskDataError, match=r"piqa.jsonl:1: label 2 is out of range 0..1"):
+        load_items("piqa", tmp_path)
+    (tmp_path / "hellaswag.jsonl").write_text(json.dumps({**rows["hellaswag"][0], "label": ""}))
+    with pytest.raises(TaskDataError, match="not an integer"):
+        load_items("hellaswag", tmp_path)
+    bad = dict(rows["storycloze"][0])
+    del bad["sentence_quiz2"]
+    (tmp_path / "storycloze.jsonl").write_text(json.dumps(bad))
+    with pytest.raises(TaskDataError, match="missing field 'sentence_quiz2'"):
+        load_items("storycloze", tmp_path)
+    other = train_bpe([sentence(random.Random(1), 10) for _ in range(50)], 280, tmp_path / "t.json")
+    assert other.get_vocab_size() != json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    with pytest.raises(ValueError, match="not the tokenizer this model was trained with"):
+        load_pretrained(str(model_dir), str(tmp_path / "t.json"))
+
+
+def test_storycloze_reads_the_original_csv(setup, tmp_path):
+    root, rows, _, _, _ = setup
+    header = ("InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+              "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding")
+    lines = [header] + [",".join([r["story_id"], *(r[f"input_sentence_{k}"] for k in range(1, 5)),
+                                  r["sentence_quiz1"], r["sentence_quiz2"],
+                                  str(r["answer_right_ending"])]) for r in rows["storycloze"]]
+    (tmp_path / "cloze_test_val__spring2016 - cloze_test_ALL_val.csv").write_text("\n".join(lines))
+    assert load_items("storycloze", tmp_path) == load_items("storycloze", root / "tasks")
+
+
+def test_cli_writes_table_and_json(setup, tmp_path, capsys):
+    root, _, model_dir, _, _ = setup
+    out = tmp_path / "results.json"
+    code = main(["--pretrained", str(model_dir), "--tasks", "hellaswag,piqa,storycloze",
+                 "--data_dir", str(root / "tasks"), "--limit", "6", "--output", str(out),
+                 "--no_wandb", "--batch_size", "7"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"hellaswag", "piqa", "storycloze"}
+    for r in results.values():
+        assert r["n"] == 6 and 0 <= r["acc"] <= 1 and r["acc_stderr"] > 0
+        assert set(r) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
+    printed = capsys.readouterr().out
+    assert "hellaswag" in printed and "±" in printed
+    assert main(["--pretrained", str(model_dir), "--tasks", "storycloze", "--no_wandb"]) == 2
