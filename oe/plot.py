@@ -1,0 +1,115 @@
+"""``python -m oe.plot RUN_DIR ... --out FIG.png``: metric curves of runs, side by side.
+
+Reads each run's CSV metrics (``<run>/**/metrics.csv``, the last version when there are
+several), groups runs by label (``--label kind`` reads ``finished.json``-free run names such as
+``cfg_oe3-seed1`` up to ``-seed``; or give ``--labels`` explicitly), and draws one panel per
+metric: the mean over a group's runs as a line, the min-max band over its seeds shaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def find_metrics_csv(run_dir: Path) -> Path:
+    """The metrics.csv of a run directory (the newest logger version)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.name.endswith(".csv"):
+        return run_dir
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv under this run directory")
+    return found[-1]
+
+
+def read_curve(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``metric`` in a Lightning CSVLogger file; empty if never logged."""
+    steps, values = [], []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = row.get(metric, "")
+            if value not in ("", None):
+                steps.append(int(float(row["step"])))
+                values.append(float(value))
+    order = np.argsort(steps, kind="stable")
+    return np.asarray(steps)[order], np.asarray(values)[order]
+
+
+def default_label(run_dir: Path) -> str:
+    """A run's group: its directory name without a trailing seed (``-seed1``, ``_s0``...)."""
+    return re.sub(r"[-_](seed|s)\d+$", "", Path(run_dir).name)
+
+
+def plot_runs(runs: dict[str, list[Path]], metrics: list[str], out: Path,
+              title: str | None = None) -> Path:
+    """Draw ``metrics`` (one panel each) for groups of run directories; returns ``out``."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    missing = []
+    for ax, metric in zip(axes[0], metrics):
+        for label, dirs in runs.items():
+            curves = [read_curve(find_metrics_csv(d), metric) for d in dirs]
+            curves = [c for c in curves if len(c[0])]
+            if not curves:
+                missing.append(f"{label}: {metric}")
+                continue
+            common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+            stacked = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves])
+            mean = stacked.mean(0)
+            line, = ax.plot(common, mean, marker="o" if len(common) < 30 else None,
+                            markersize=3, label=f"{label} (n={len(curves)})")
+            if len(curves) > 1:
+                ax.fill_between(common, stacked.min(0), stacked.max(0), alpha=0.2,
+                                color=line.get_color())
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if missing and len(missing) == len(runs) * len(metrics):
+        plt.close(fig)
+        raise ValueError(f"none of the runs logged any of {metrics}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.plot", description=__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.csv)")
+    parser.add_argument("--metrics", nargs="+", default=["val/loss", "val/gen_acc"])
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one label per run (default: directory name without the seed)")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for i, run in enumerate(args.runs):
+        groups[args.labels[i] if args.labels else default_label(run)].append(run)
+    try:
+        path = plot_runs(dict(groups), args.metrics, args.out, args.title)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
