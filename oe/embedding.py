@@ -167,6 +167,8 @@ class OverEncoding(nn.Module):
         # Keys the tables' initial values (with table and row block), so they do not depend on
         # how the rows are later split over ranks; drawn from torch's seeded generator.
         self.table_seed = int(torch.randint(0, 2**62, ()))
+        self.keep_slices = False
+        self.last_slices: torch.Tensor | None = None
         n_terms = 1 + len(self.tables)
         self.scale = 1.0 / n_terms if config.combine == "mean" else 1.0
         nn.init.normal_(self.token.weight, std=0.02)
@@ -206,6 +208,8 @@ class OverEncoding(nn.Module):
         looked_up = self.ngram(features)
         slices = torch.cat([looked_up[t.name].values() for t in self.tables], dim=-1)
         slices = slices.view(batch, length, -1)
+        if self.keep_slices:  # for callbacks.ngram_stats, which reads them after the step
+            self.last_slices = slices.detach()
         return self.projection(slices) if self.projection is not None else slices
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:

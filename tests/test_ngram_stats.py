@@ -1,0 +1,49 @@
+"""callbacks.ngram_stats: rows touched and collisions are counted, norms are finite."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from callbacks.ngram_stats import NgramTableStats
+from oe.embedding import OverEncodingConfig
+from oe.lm import LanguageModel
+from oe.model import BackboneConfig
+
+
+class _Logged(LanguageModel):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.logged: dict[str, float] = {}
+
+    def log(self, name, value, *args, **kwargs):
+        self.logged[name] = float(value)
+
+
+def _run(modulus: int) -> dict[str, float]:
+    module = _Logged(vocab_size=6, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=8,
+                                                           block_size=32),
+                     over_encoding=OverEncodingConfig(orders=[2, 3], modulus=modulus))
+    # Row 0: BOS 1 2 3 1 2 3 EOS; row 1 repeats one 2-gram.
+    batch = {"input_ids": torch.tensor([[4, 1, 2, 3, 1, 2, 3, 5, 0], [4, 2, 2, 2, 2, 2, 2, 2, 5]])}
+    stats = NgramTableStats(every_n_steps=1)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    stats.on_train_batch_start(trainer, module, batch, 0)
+    module.model(batch["input_ids"][:, :-1])
+    stats.on_train_batch_end(trainer, module, None, batch, 0)
+    return module.logged
+
+
+def test_counts_match_a_hand_count():
+    logged = _run(modulus=1009)  # exact: one n-gram per row
+    # 2-grams at real positions: (0,4) (4,1) (1,2) (2,3) (3,1) (1,2) (2,3) (3,5) | (0,4) (4,2)
+    # (2,2) x5, (2,2) -> distinct: (0,4) (4,1) (1,2) (2,3) (3,1) (3,5) (4,2) (2,2) = 8
+    assert logged["ngram/order2/rows_touched"] == 8
+    assert logged["ngram/order2/ngrams_per_row"] == 1.0
+    assert logged["ngram/order2/norm_ratio"] > 0
+
+
+def test_collisions_show_as_more_than_one_ngram_per_row():
+    logged = _run(modulus=3)  # 3 rows for 8 distinct 2-grams
+    assert logged["ngram/order2/rows_touched"] <= 3
+    assert logged["ngram/order2/ngrams_per_row"] > 2.5
