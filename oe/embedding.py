@@ -45,6 +45,10 @@ class OverEncodingConfig:
     table_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     table_lr: float | None = None
     table_weight_decay: float = 0.0
+    # False: the tables stay ordinary parameters, updated by the dense AdamW on every row every
+    # step. Only sensible for small tables (cfg3f's exact ones), e.g. on a device for which
+    # TorchRec's fused kernels are not installed; table_optimizer is then unused.
+    shard_tables: bool = True
 
 
 ROW_BLOCK = 1 << 16  # rows drawn from one generator; fixed, so values do not depend on the split

@@ -181,6 +181,8 @@ class LanguageModel(L.LightningModule):
         # Outside fit (evaluation, generation) the plain tables serve.
         if self.over_encoding is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
+        if not self.over_encoding.shard_tables:
+            return
         oe = self.over_encoding
         plan = TablePlan(
             optimizer=oe.table_optimizer,
