@@ -54,28 +54,39 @@ def default_label(run_dir: Path) -> str:
 def plot_runs(runs: dict[str, list[Path]], metrics: list[str], out: Path,
               title: str | None = None) -> Path:
     """Draw ``metrics`` (one panel each) for groups of run directories; returns ``out``."""
+    curves = {metric: {label: [read_curve(find_metrics_csv(d), metric) for d in dirs]
+                       for label, dirs in runs.items()} for metric in metrics}
+    return plot_curves(curves, out, title)
+
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps, values)
+
+
+def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path,
+                title: str | None = None) -> Path:
+    """One panel per metric of ``curves[metric][label]`` (a label's runs: mean line, min-max band)."""
+    metrics = list(curves)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
     missing = []
     for ax, metric in zip(axes[0], metrics):
-        for label, dirs in runs.items():
-            curves = [read_curve(find_metrics_csv(d), metric) for d in dirs]
-            curves = [c for c in curves if len(c[0])]
-            if not curves:
+        for label, runs_curves in curves[metric].items():
+            curves_ = [c for c in runs_curves if len(c[0])]
+            if not curves_:
                 missing.append(f"{label}: {metric}")
                 continue
-            common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-            stacked = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves])
+            common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves_)))
+            stacked = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves_])
             mean = stacked.mean(0)
             line, = ax.plot(common, mean, marker="o" if len(common) < 30 else None,
-                            markersize=3, label=f"{label} (n={len(curves)})")
-            if len(curves) > 1:
+                            markersize=3, label=f"{label} (n={len(curves_)})")
+            if len(curves_) > 1:
                 ax.fill_between(common, stacked.min(0), stacked.max(0), alpha=0.2,
                                 color=line.get_color())
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if missing and len(missing) == len(runs) * len(metrics):
+    if missing and len(missing) == sum(len(by_label) for by_label in curves.values()):
         plt.close(fig)
         raise ValueError(f"none of the runs logged any of {metrics}")
     if title:
