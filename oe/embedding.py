@@ -165,12 +165,14 @@ class OverEncoding(nn.Module):
                 )
                 for t in self.tables
             ],
-            device=torch.device("cpu"),
+            # The current default device, so that `with torch.device("meta")` builds a model of
+            # any table size without memory (oe.plan); TorchRec would otherwise force the CPU.
+            device=torch.get_default_device(),
         )
         self.projection = nn.Linear(dim, dim, bias=False) if config.project else None
         # Keys the tables' initial values (with table and row block), so they do not depend on
         # how the rows are later split over ranks; drawn from torch's seeded generator.
-        self.table_seed = int(torch.randint(0, 2**62, ()))
+        self.table_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.keep_slices = False
         self.last_slices: torch.Tensor | None = None
         n_terms = 1 + len(self.tables)
@@ -196,6 +198,8 @@ class OverEncoding(nn.Module):
     def reset_ngram_tables(self) -> None:
         for index, t in enumerate(self.tables):
             weight = self.ngram.embeddings[t.name].weight
+            if weight.is_meta:  # no values yet; oe.parallelize draws each rank's own rows
+                continue
             table_rows(self.table_seed, index, 0, t.modulus, t.width, self.config.init_std,
                        out=weight)
 

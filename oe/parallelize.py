@@ -77,12 +77,14 @@ def check_world_size(tables: dict[str, int], world_size: int) -> None:
             raise ValueError(
                 f"n-gram table {name} has {rows} rows, which cannot be split row-wise over "
                 f"{world_size} ranks (ranks {empty} would own none); use at most "
-                f"{_largest_world(rows)} ranks or a larger over_encoding.modulus"
+                f"{_largest_world(rows, world_size)} ranks or a larger over_encoding.modulus"
             )
 
 
-def _largest_world(rows: int) -> int:
-    return max(w for w in range(1, rows + 1) if all(n for _, n in row_split(rows, w)))
+def _largest_world(rows: int, below: int) -> int:
+    """The largest world size under ``below`` that gives every rank rows of a ``rows`` table."""
+    return next(w for w in range(min(below - 1, rows), 0, -1)
+                if math.ceil(rows / w) * (w - 1) < rows)
 
 
 def ensure_process_group() -> None:
