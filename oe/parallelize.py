@@ -138,12 +138,11 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
             if local.shape[0] != count:
                 raise RuntimeError(f"TorchRec split table {config.name} unlike oe.parallelize.row_split")
             source = sources[config.name]
-            if source.is_meta:
-                rows = table_rows(plan.seed, index, start, start + count, config.embedding_dim,
-                                  plan.init_std)
+            if source.is_meta:  # draw straight into the shard: no second copy of the rows
+                table_rows(plan.seed, index, start, start + count, config.embedding_dim,
+                           plan.init_std, out=local)
             else:
-                rows = source[start : start + count]
-            local.copy_(rows.to(local.device))
+                local.copy_(source[start : start + count].to(local.device))
     return sharded
 
 

@@ -1,0 +1,118 @@
+"""The parallel plan of the n-gram tables, in one process without a process group.
+
+The two-process behaviour (sharded forward, fused step, checkpoints) is in
+tests/test_sharding_distributed.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oe.embedding import ROW_BLOCK, OverEncoding, OverEncodingConfig, table_rows
+from oe.lm import LanguageModel
+from oe.model import BackboneConfig
+from oe.parallelize import (check_world_size, fused_params, row_split, state_floats_per_row,
+                            table_signature)
+from oe.plan import main as plan_main
+from oe.strategy import TABLE_KEY, check_tables
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_initial_rows_do_not_depend_on_the_split(world: int) -> None:
+    rows, width = 2 * ROW_BLOCK + 5, 3
+    whole = table_rows(seed=5, table=1, start=0, stop=rows, width=width, std=0.02)
+    shards = [table_rows(5, 1, start, start + n, width, 0.02) for start, n in row_split(rows, world)]
+    assert torch.equal(torch.cat(shards), whole)
+    if world > 1:  # never identical shards
+        assert not torch.equal(shards[0][: len(shards[-1])], shards[-1])
+    assert abs(float(whole.std()) - 0.02) < 1e-3
+    assert not torch.equal(whole, table_rows(5, 2, 0, rows, width, 0.02))  # tables differ
+
+
+def test_over_encoding_tables_are_drawn_from_the_keyed_generator() -> None:
+    torch.manual_seed(0)
+    embedding = OverEncoding(6, 16, OverEncodingConfig(orders=[2, 3], k=2, modulus=101))
+    for index, t in enumerate(embedding.tables):
+        expected = table_rows(embedding.table_seed, index, 0, t.modulus, t.width, 0.02)
+        assert torch.equal(embedding.ngram.embeddings[t.name].weight.detach(), expected)
+
+
+def test_a_meta_device_model_holds_no_table_memory() -> None:
+    with torch.device("meta"):
+        model = LanguageModel(vocab_size=50257, backbone=BackboneConfig(n_layer=1, n_embd=64),
+                              over_encoding=OverEncodingConfig(modulus=50_000_001))
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_row_split_covers_every_row_once() -> None:
+    for rows in (1, 5, 101, 12_800_001):
+        for world in (1, 2, 3, 64):
+            if world > rows:
+                continue
+            split = row_split(rows, world)
+            assert split[0][0] == 0 and sum(n for _, n in split) == rows
+            assert all(a + n == b for (a, n), (b, _) in zip(split, split[1:]))
+
+
+def test_a_world_size_that_leaves_a_rank_without_rows_is_one_clear_error() -> None:
+    check_world_size({"ngram2_0": 6}, 3)
+    with pytest.raises(ValueError, match=r"ngram2_0 has 5 rows.*4 ranks.*at most 3 ranks"):
+        check_world_size({"ngram2_0": 5}, 4)
+
+
+def test_fused_optimisers_by_device() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for name in ("rowwise_adagrad", "adagrad", "sgd"):
+        assert fused_params(name, 0.1, 0.0, cpu)["learning_rate"] == 0.1
+    assert "beta1" in fused_params("adam", 0.1, 0.0, gpu)  # settings only: no GPU needed
+    with pytest.raises(ValueError, match="table_optimizer 'adam' needs a GPU"):
+        fused_params("adam", 0.1, 0.0, cpu)
+    with pytest.raises(ValueError, match="table_optimizer must be one of"):
+        fused_params("lamb", 0.1, 0.0, cpu)
+
+
+def test_optimizer_state_per_row() -> None:
+    assert [state_floats_per_row(o, 64) for o in ("sgd", "rowwise_adagrad", "adagrad", "adam")] \
+        == [0, 1, 64, 128]
+
+
+def _model(modulus: int = 101, vocab: int = 11, k: int = 2) -> LanguageModel:
+    torch.manual_seed(0)
+    return LanguageModel(vocab_size=vocab, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16),
+                         over_encoding=OverEncodingConfig(orders=[2, 3], k=k, modulus=modulus))
+
+
+@pytest.mark.parametrize("other,field", [(dict(modulus=103), "modulus"), (dict(k=1), "k"),
+                                         (dict(vocab=13), "vocab_size")])
+def test_a_checkpoint_of_other_tables_is_refused(other: dict, field: str, tmp_path) -> None:
+    path = tmp_path / "x.ckpt"
+    checkpoint = {TABLE_KEY: table_signature(_model(**other)), "state_dict": {}}
+    model = _model()
+    with pytest.raises(ValueError, match=f"{field}: checkpoint"):
+        check_tables(checkpoint, model, path)
+    ours = {TABLE_KEY: table_signature(_model()), "state_dict": {}}
+    with pytest.raises(ValueError, match="table directory .* is missing"):
+        check_tables(ours, model, path)
+    (tmp_path / "x.ckpt.tables").mkdir()
+    (tmp_path / "x.ckpt.tables" / ".metadata").touch()
+    check_tables(ours, model, path)
+
+
+def test_plan_at_the_papers_scale(capsys) -> None:
+    code = plan_main(["--config", "configs/cfg_oe3.yaml", "--world-size", "64", "--modulus",
+                      "12800001", "--n-embd", "2048", "--n-head", "16", "--vocab-size", "50257"])
+    assert code == 0
+    out = capsys.readouterr().out
+    # 2 tables of 12.8M rows x 1024: ceil(m / 64) = 200,001 rows each on the busiest rank,
+    # 400,002 x 1024 x 4 bytes = 1.53 GiB; RowWiseAdagrad adds one float per row.
+    assert "400,002" in out and "25,600,004" in out
+    assert "n-gram table                                    1.53 GiB       97.66 GiB" in out
+    assert "rowwise_adagrad (configured)       1.53 MiB" in out
+
+
+def test_plan_refuses_an_unsplittable_world_size(capsys) -> None:
+    code = plan_main(["--config", "configs/cfg_oe3.yaml", "--world-size", "2000",
+                      "--vocab-size", "6"])
+    assert code == 2
+    assert "cannot be split row-wise over 2000 ranks" in capsys.readouterr().err
