@@ -126,6 +126,13 @@ def read_wandb_records(path: Path):
             pending = b""
 
 
+def _update_config(config: dict, items) -> None:
+    for item in items:
+        key = item.key or "/".join(item.nested_key)
+        if not key.startswith("_"):
+            config[key] = json.loads(item.value_json)
+
+
 def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]], dict]:
     """(config, history, run info) of an offline W&B run file."""
     config: dict = {}
@@ -133,14 +140,12 @@ def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]
     info: dict = {}
     for record in read_wandb_records(path):
         kind = record.WhichOneof("record_type")
-        if kind == "run":
+        if kind == "run":  # the config given to wandb.init comes with the run record
             info = {"name": record.run.display_name, "group": record.run.run_group,
                     "id": record.run.run_id}
-        elif kind == "config":
-            for item in record.config.update:
-                key = item.key or "/".join(item.nested_key)
-                value = json.loads(item.value_json)
-                config[key] = value.get("value", value) if isinstance(value, dict) else value
+            _update_config(config, record.run.config.update)
+        elif kind == "config":  # later config.update() calls
+            _update_config(config, record.config.update)
         elif kind == "history":
             row = {(i.key or "/".join(i.nested_key)): i.value_json for i in record.history.item}
             step = row.get("trainer/global_step", row.get("_step"))

@@ -32,6 +32,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import yaml
 
@@ -148,7 +149,9 @@ def check_point(point: Point) -> None:
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # LightningCLI reads sys.argv too when given no args; ours are oe.sweep's, not the point's.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            mock.patch.object(sys, "argv", ["oe.fit"]):
         try:
             FitCLI(LanguageModel, L.LightningDataModule, subclass_mode_data=True,
                    args=[*point.fit_args, "--print_config"], run=False)

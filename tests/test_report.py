@@ -1,0 +1,118 @@
+"""oe.report: reading runs (CSV versions, offline W&B files), the log-linear fit, the rendering."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+
+from oe.report import (PAPER_SLOPE, ReportError, fit_log_linear, main, read_csv_history,
+                       read_run_dir, student_t_quantile)
+
+
+def make_run(root: Path, name: str, group: str, m: int | None,
+             versions: list[list[tuple[int, dict]]]) -> Path:
+    """A run folder as oe.fit writes it: csv/version_N/metrics.csv (by CSVLogger) + config.yaml."""
+    run_dir = root / name
+    for rows in versions:
+        logger = CSVLogger(run_dir, name="csv")
+        for step, metrics in rows:
+            logger.log_metrics(metrics, step=step)
+        logger.save()
+        config = {"run_name": name, "run_group": group,
+                  "model": {"over_encoding": None if m is None else {"modulus": m, "orders": [2]}}}
+        (Path(logger.log_dir) / "config.yaml").write_text(yaml.safe_dump(config))
+    return run_dir
+
+
+@pytest.mark.parametrize("dof, expected", [(1, 12.7062), (2, 4.3027), (10, 2.2281), (100, 1.9840)])
+def test_student_t_quantile_matches_tables(dof, expected):
+    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-3)
+
+
+def test_fit_recovers_the_slope_and_its_interval_covers_it():
+    m = [10**k for k in (2, 3, 4, 5, 6)]
+    exact = fit_log_linear(m, [2.6754 + PAPER_SLOPE * math.log10(x) for x in m])
+    assert exact.slope == pytest.approx(PAPER_SLOPE, abs=1e-12)
+    assert exact.intercept == pytest.approx(2.6754, abs=1e-12)
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(200):
+        noisy = [2.6754 + PAPER_SLOPE * math.log10(x) + rng.normal(0, 0.01) for x in m]
+        fit = fit_log_linear(m, noisy)
+        covered += fit.ci95[0] <= PAPER_SLOPE <= fit.ci95[1]
+    assert 0.88 <= covered / 200 <= 0.99  # a 95% interval, 200 draws
+    two = fit_log_linear([100, 1000], [2.0, 1.9])
+    assert two.slope == pytest.approx(-0.1) and math.isnan(two.slope_stderr)
+    with pytest.raises(ReportError, match="two or more values of m"):
+        fit_log_linear([7, 7], [1.0, 1.1])
+
+
+def test_resumed_run_versions_are_merged_at_the_resume_step(tmp_path):
+    run = make_run(tmp_path, "r", "g", 7, [
+        [(s, {"train/loss": 3.0 - 0.01 * s}) for s in range(0, 50, 5)],   # preempted after 45
+        [(s, {"train/loss": 2.0 - 0.01 * s}) for s in range(30, 80, 5)],  # resumed from step 30
+    ])
+    history = read_csv_history(run / "csv")["train/loss"]
+    assert [s for s, _ in history] == list(range(0, 80, 5))
+    assert dict(history)[25] == pytest.approx(2.75) and dict(history)[30] == pytest.approx(1.7)
+
+
+def test_offline_wandb_run_is_read_when_there_is_no_csv(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "w"
+    run_dir.mkdir()
+    run = wandb.init(dir=str(run_dir), project="p", group="grp", name="wrun",
+                     config={"model": {"over_encoding": {"modulus": 37}}})
+    for step in range(0, 600, 10):  # enough rows to cross the file's 32 KiB blocks
+        run.log({"val/loss": 2.0 - step / 1000, "trainer/global_step": step,
+                 "note": "x" * 200})
+    run.finish()
+    wandb.teardown()  # the W&B service writes the file's last blocks when it shuts down
+    loaded = read_run_dir(run_dir)
+    assert (loaded.name, loaded.group, loaded.modulus) == ("wrun", "grp", 37)
+    steps, values = zip(*loaded.history["val/loss"])
+    assert list(steps) == list(range(0, 600, 10))
+    assert values[-1] == pytest.approx(2.0 - 0.59)
+    assert "note" not in loaded.history  # only numbers are metrics
+
+
+def test_report_renders_curves_fit_and_downstream(tmp_path):
+    runs = tmp_path / "runs" / "sw"
+    losses = {7: 1.30, 37: 1.27, 211: 1.25}
+    for m, final in losses.items():
+        rows = [(s, {"train/loss": final + 0.5 / (1 + s)}) for s in range(0, 100, 10)]
+        rows += [(99, {"val/loss": final, "val/gen_acc": 0.5,
+                       "downstream/piqa/acc": 0.6, "downstream/piqa/acc_stderr": 0.01})]
+        make_run(runs, f"m={m}", "sw", m, [rows])
+    make_run(runs, "baseline", "sw", None, [[(99, {"val/loss": 1.4, "train/loss": 1.4,
+                                                    "val/gen_acc": 0.4})]])
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out)]) == 0
+    for png in ("curves_sw.png", "loglinear.png"):
+        assert (out / png).stat().st_size > 10_000
+    text = (out / "report.md").read_text()
+    fit = fit_log_linear(list(losses), list(losses.values()))
+    assert f"{fit.slope:+.4f}" in text and f"{PAPER_SLOPE:+.4f}" in text
+    assert f"[{fit.ci95[0]:+.4f}, {fit.ci95[1]:+.4f}]" in text
+    assert "| m=37 | sw | 0.6000 ± 0.0100 |" in text  # downstream table
+    assert "| baseline | sw | – |" in text
+
+
+def test_a_metric_some_run_lacks_is_one_error_before_rendering(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", "g", 7, [[(10, {"val/loss": 1.0})]])
+    make_run(runs, "b", "g", 37, [[(10, {"train/loss": 1.0})]])
+    out = tmp_path / "out"
+    assert main([str(runs / "a"), str(runs / "b"), "--out", str(out), "--metrics", "val/loss"]) == 2
+    err = capsys.readouterr().err
+    assert "'val/loss' is missing from 1 run(s): b" in err and "train/loss" in err
+    assert not out.exists()
+    assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
