@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
@@ -19,6 +19,7 @@ from oe.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig, total_loss
 from oe.model import GPT, BackboneConfig
 from oe.parallelize import TablePlan, parallelize, sharded_collections, table_parameter_names
+from oe.strategy import ShardedTableStrategy
 from oe.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
 
 IGNORE_INDEX = -100
@@ -89,8 +90,10 @@ class LanguageModel(L.LightningModule):
             raise ValueError("set model.over_encoding or model.frequent_ngrams, not both")
         if pretrained is not None:
             backbone = pretrained_backbone(pretrained, backbone, vocab_size)
-            # A checkpoint of this model rebuilds the same shape without the source.
-            self.hparams["backbone"] = backbone
+            # A checkpoint of this model rebuilds the same shape without the source (the CLI
+            # records configs as mappings, a direct call as dataclasses).
+            given = self.hparams.get("backbone")
+            self.hparams["backbone"] = asdict(backbone) if isinstance(given, dict) else backbone
         self.frequent_ngrams = frequent_ngrams
         self.vocab_size = vocab_size
         self.pad_id = pad_id
@@ -190,6 +193,15 @@ class LanguageModel(L.LightningModule):
             weight_decay=oe.table_weight_decay, seed=self.model.embedding.table_seed,
             init_std=oe.init_std, betas=tuple(self.optimizer_config.betas),
         )
+        if self.trainer.checkpoint_callbacks and not isinstance(self.trainer.strategy,
+                                                                ShardedTableStrategy):
+            raise ValueError(
+                "sharded n-gram tables are checkpointed only by trainer.strategy "
+                "oe.strategy.ShardedTableStrategy (the OE configs' default); with "
+                f"{type(self.trainer.strategy).__name__} the table optimiser state (and on several "
+                "ranks, other ranks' rows) would be lost. Set that strategy, or "
+                "model.over_encoding.shard_tables false for small tables"
+            )
         parallelize(self.model.embedding, plan, self.device)
         self._ddp_params_and_buffers_to_ignore = table_parameter_names(self)
 

@@ -116,3 +116,15 @@ def test_plan_refuses_an_unsplittable_world_size(capsys) -> None:
                       "--vocab-size", "6"])
     assert code == 2
     assert "cannot be split row-wise over 2000 ranks" in capsys.readouterr().err
+
+
+def test_training_sharded_tables_with_a_lossy_checkpointing_strategy_is_refused(tmp_path) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    batches = [{"input_ids": torch.randint(1, 11, (2, 9))} for _ in range(2)]
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpointed only by trainer.strategy"):
+        trainer.fit(_model(), DataLoader(batches, batch_size=None))
