@@ -175,7 +175,8 @@ def load_checkpoint(path: str, tokenizer_source: str | None = None):
     tokenizer = load_tokenizer(source)
     try:
         # The backbone's shape is in the hyper-parameters; the weights are in the checkpoint.
-        lm = LanguageModel.load_from_checkpoint(path, map_location="cpu", pretrained=None)
+        lm = LanguageModel.load_from_checkpoint(path, map_location="cpu", weights_only=False,
+                                                 pretrained=None)
     except RuntimeError as err:
         raise ValueError(f"{path} does not load into a LanguageModel ({str(err).splitlines()[0]}); "
                          "a checkpoint with row-wise sharded tables needs `python -m oe.export` "

@@ -61,7 +61,7 @@ def tiny_gpt2_dir(directory, seed: int = 0):
     tokenizer = train_bpe(text, 320, directory / "tokenizer.json")
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=64,
-                                     n_embd=32, n_layer=2, n_head=4)
+                                     n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
     transformers.GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
 
