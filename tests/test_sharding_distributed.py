@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from oe.export import read_tables, single_device_checkpoint
+from oe.export import main as export_main
+from oe.export import read_tables
 from oe.strategy import table_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,12 @@ def test_export_gives_a_single_device_checkpoint_with_identical_logits(runs: Pat
     from oe.lm import LanguageModel
 
     out = runs / "exported.ckpt"
-    torch.save(single_device_checkpoint(runs / "step_w2.ckpt"), out)
+    assert export_main([str(runs / "step_w2.ckpt"), str(out)]) == 0
+    written = out.read_bytes()
+    assert export_main([str(runs / "step_w1.ckpt"), str(out)]) == 2  # never overwrites unasked
+    assert out.read_bytes() == written
+    state = torch.load(out, weights_only=False)["state_dict"]
+    assert state["model.embedding.ngram.embeddings.ngram3_1.weight"].shape == (107, 4)
     model = LanguageModel.load_from_checkpoint(out, weights_only=False).eval()
     torch.set_num_threads(1)
     with torch.no_grad():
