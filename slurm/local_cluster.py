@@ -142,8 +142,10 @@ def _wait_idle(env: dict[str, str], timeout: float) -> None:
 
 
 def stop(root: Path, timeout: float = 15.0) -> None:
-    """Stop the daemons started by :func:`start` in ``root``, by the pids in their pid files."""
+    """Cancel this cluster's jobs, then stop its daemons by the pids in their pid files."""
     root = Path(root).resolve()
+    if (root / "slurmctld.pid").exists():
+        _cancel_jobs(environment(root), timeout)
     for name in DAEMONS:
         pid_file = root / f"{name}.pid"
         if not pid_file.exists():
@@ -153,6 +155,21 @@ def stop(root: Path, timeout: float = 15.0) -> None:
         except (ValueError, IndexError):
             continue
         _terminate(pid, timeout)
+
+
+def _cancel_jobs(env: dict[str, str], timeout: float) -> None:
+    """Cancel every job of this cluster and wait until slurmd has cleaned up their processes."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True)
+    jobs = listed.stdout.split() if listed.returncode == 0 else []
+    if not jobs:
+        return
+    subprocess.run(["scancel", "--full", *jobs], env=env, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = subprocess.run(["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True)
+        if left.returncode != 0 or not left.stdout.strip():
+            return
+        time.sleep(0.5)
 
 
 def _terminate(pid: int, timeout: float) -> None:
