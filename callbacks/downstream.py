@@ -73,7 +73,12 @@ class DownstreamEvaluation(L.Callback):
         for task in self.tasks:
             items = self._items[task][rank::world]
             requests = build_requests(items, tokenizer, eot)
-            scores = loglikelihoods(pl_module.model, requests, self.batch_size, pad_id=eot)
+            # Every rank makes as many forward passes as the busiest one (sharded tables'
+            # lookups are collective calls).
+            per_rank = [sum(len(i.choices) for i in self._items[task][r::world]) for r in range(world)]
+            batches = max(math.ceil(n / self.batch_size) for n in per_rank)
+            scores = loglikelihoods(pl_module.model, requests, self.batch_size, pad_id=eot,
+                                    min_batches=batches)
             acc, acc_norm = item_correct(items, requests, scores)
             totals = torch.tensor([acc.sum(), acc_norm.sum(), len(acc)], dtype=torch.float64,
                                   device=pl_module.device)

@@ -77,8 +77,12 @@ def _window(request: Request, max_length: int) -> tuple[list[int], int]:
 
 @torch.no_grad()
 def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
-                   pad_id: int = 0) -> np.ndarray:
-    """Summed log-probability of each request's continuation tokens, batched."""
+                   pad_id: int = 0, min_batches: int = 0) -> np.ndarray:
+    """Summed log-probability of each request's continuation tokens, batched.
+
+    ``min_batches``: run at least this many forward passes (one-token ones after the real
+    batches), so that ranks sharing row-wise sharded tables make equally many collective calls.
+    """
     device = model.position.weight.device
     max_length = model.config.block_size
     was_training = model.training
@@ -105,6 +109,8 @@ def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
             sums = torch.zeros(len(chosen), dtype=torch.float64, device=device)
             sums.index_add_(0, torch.tensor(rows, device=device), per_token.double())
             scores[chosen] = sums.cpu().numpy()
+        for _ in range(min_batches - math.ceil(len(order) / batch_size)):
+            model.hidden(model.embedding(torch.full((1, 1), pad_id, device=device)))
     finally:
         model.train(was_training)
     return scores

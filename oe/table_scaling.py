@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="docs/frozen_gpt2_table_scaling.json")
     parser.add_argument("--moduli", default="1001,4001,16001,64001", help="hashed rows per table")
     parser.add_argument("--top_k", default="100,1000,10000", help="frequent rows per order")
-    parser.add_argument("--pretrain_steps", type=int, default=400)
-    parser.add_argument("--table_steps", type=int, default=200)
+    parser.add_argument("--pretrain_steps", type=int, default=300)
+    parser.add_argument("--table_steps", type=int, default=100)
+    parser.add_argument("--block_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--reuse_backbone", action="store_true",
+                        help="keep <work_dir>/gpt2 from an earlier run instead of training it again")
     parser.add_argument("--lr", type=float, default=1e-3, help="dense (projection) learning rate")
     parser.add_argument("--hashed_table_lr", type=float, default=0.05,
                         help="hashed tables' fused row-wise Adagrad learning rate")
@@ -125,22 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     from oe.pretrained import save_gpt2
 
     corpus = write_corpus(work / "corpus")
-    block, batch = 128, 16
+    block, batch = args.block_size, args.batch_size
     data = {"data_files": {k: str(v) for k, v in corpus.items()}, "block_size": block,
-            "batch_size": batch, "val_blocks": 64, "num_workers": 0,
+            "batch_size": batch, "val_blocks": 128, "num_workers": 0,
             "cache_dir": str(work / "cache"), "tokenizer": "bpe", "bpe_vocab_size": 4096}
 
     # 2. The backbone, trained from scratch and written in HF format.
     root = work / "pretrain"
-    shutil.rmtree(root, ignore_errors=True)
-    _fit(["--config", "configs/wikitext_baseline.yaml", "--config", "configs/wikitext_quick.yaml",
-          "--config", str(_overlay(root / OVERLAY, data, root)),
-          "--trainer.max_steps", str(args.pretrain_steps),
-          "--trainer.val_check_interval", str(args.pretrain_steps),
-          "--seed_everything", "0"], root)
-    lm = LanguageModel.load_from_checkpoint(root / "checkpoints" / "last.ckpt", map_location="cpu",
-                                          weights_only=False)
-    gpt2 = save_gpt2(lm.model, work / "gpt2")
+    gpt2 = work / "gpt2"
+    if not (args.reuse_backbone and (gpt2 / "config.json").is_file()):
+        shutil.rmtree(root, ignore_errors=True)
+        _fit(["--config", "configs/wikitext_baseline.yaml", "--config", "configs/wikitext_quick.yaml",
+              "--config", str(_overlay(root / OVERLAY, data, root)),
+              "--trainer.max_steps", str(args.pretrain_steps),
+              "--trainer.val_check_interval", str(args.pretrain_steps),
+              "--seed_everything", "0"], root)
+        lm = LanguageModel.load_from_checkpoint(root / "checkpoints" / "last.ckpt",
+                                                map_location="cpu", weights_only=False)
+        save_gpt2(lm.model, gpt2)
     dm = WikitextDataModule(**data)
     shutil.copy(dm.tokenizer_file, gpt2 / "tokenizer.json")
     frozen = frozen_loss(str(gpt2), dm)

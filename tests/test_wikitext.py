@@ -111,3 +111,12 @@ def test_bad_input_is_named(tmp_path, corpus):
         _module(tmp_path, corpus, block_size=100_000).train_stream()
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         _module(tmp_path, corpus, tokenizer=str(tmp_path / "nope"))
+
+
+def test_streaming_reads_the_same_tokens(tmp_path, corpus):
+    dm = _module(tmp_path, corpus)
+    streamed = _module(tmp_path, corpus, streaming=True, tokenizer=dm.tokenizer_file,
+                       cache_dir=str(tmp_path / "cache_streamed"))
+    for split in ("train", "validation"):
+        for a, b in zip(dm.token_files(split), streamed.token_files(split)):
+            assert a != b and np.array_equal(np.load(a), np.load(b))
