@@ -1,9 +1,10 @@
 """``python -m oe.plot RUN_DIR ... --out FIG.png``: metric curves of runs, side by side.
 
-Reads each run's CSV metrics (``<run>/**/metrics.csv``, the last version when there are
-several), groups runs by label (``--label kind`` reads ``finished.json``-free run names such as
-``cfg_oe3-seed1`` up to ``-seed``; or give ``--labels`` explicitly), and draws one panel per
-metric: the mean over a group's runs as a line, the min-max band over its seeds shaded.
+Reads each run's CSV metrics (``<run>/**/metrics.csv``, the newest when there are several),
+groups runs by label (by default the directory name without its seed suffix, so ``cfg_oe3-seed0``
+and ``cfg_oe3-seed1`` form ``cfg_oe3``; or ``--labels``), and draws one panel per metric: the
+mean over a group's runs at the steps they all logged, with the min-max band shaded.
+``--summary-step S`` also prints the values at step S as a markdown table.
 """
 
 from __future__ import annotations
@@ -99,6 +100,31 @@ def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path,
     return out
 
 
+def values_at(runs: dict[str, list[Path]], metric: str, step: int) -> dict[str, list[float]]:
+    """Each group's values of ``metric`` at ``step`` (runs that did not log it there are left out)."""
+    table = {}
+    for label, dirs in runs.items():
+        values = []
+        for d in dirs:
+            steps, vals = read_curve(find_metrics_csv(d), metric)
+            values += [float(v) for s, v in zip(steps.tolist(), vals.tolist()) if s == step]
+        table[label] = values
+    return table
+
+
+def print_summary(runs: dict[str, list[Path]], metrics: list[str], step: int) -> None:
+    """A markdown table: each group's mean (min..max over runs) of each metric at ``step``."""
+    print(f"| group (step {step}) | " + " | ".join(metrics) + " |")
+    print("| --- |" + " --- |" * len(metrics))
+    columns = [values_at(runs, m, step) for m in metrics]
+    for label in runs:
+        cells = []
+        for column in columns:
+            v = column[label]
+            cells.append("-" if not v else f"{np.mean(v):.4f} ({min(v):.4f}..{max(v):.4f}, n={len(v)})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oe.plot", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.csv)")
@@ -106,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one label per run (default: directory name without the seed)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--summary-step", type=int, default=None,
+                        help="also print a markdown table of the metrics at this step")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
@@ -119,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    if args.summary_step is not None:
+        print_summary(dict(groups), args.metrics, args.summary_step)
     return 0
 
 
