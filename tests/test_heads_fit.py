@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,9 @@ def test_cfg_ot3_runs_20_steps(tmp_path):
     assert math.isclose(metrics["train/loss_total"], expected, rel_tol=1e-4)
     # Next-token loss of a uniform guess over 6 ids is log 6; 20 steps must have moved below it.
     assert metrics["train/loss"] < math.log(6)
+    # The checkpoint holds the heads and the config that rebuilds them.
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=False)  # holds pickled config objects; our own file
+    assert checkpoint["hyper_parameters"]["heads"]["mtp"]  # a plain dict under LightningCLI
+    keys = checkpoint["state_dict"].keys()
+    assert {"heads.mtp.project.weight", "heads.mtp.block.attn.qkv.weight"} <= set(keys)
