@@ -142,7 +142,7 @@ def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]
         kind = record.WhichOneof("record_type")
         if kind == "run":  # the config given to wandb.init comes with the run record
             info = {"name": record.run.display_name, "group": record.run.run_group,
-                    "id": record.run.run_id}
+                    "id": record.run.run_id, "tags": list(record.run.tags)}  # the last one wins
             _update_config(config, record.run.config.update)
         elif kind == "config":  # later config.update() calls
             _update_config(config, record.config.update)

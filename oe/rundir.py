@@ -65,17 +65,18 @@ def place_run(trainer: Namespace, run_dir: str | None, name: str | None,
 
 
 def requeue_resume_path(default_root_dir: str, checkpoint_dirs: list[str]) -> str | None:
-    """On a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0): the newest checkpoint, else None.
+    """On a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0): the checkpoint to resume from.
 
-    Candidates are Lightning's ``hpc_ckpt_*.ckpt`` (saved when the requeue signal arrived) and each
-    ModelCheckpoint's ``last.ckpt`` (the periodic one; all there is after a preemption that sent
-    no signal first).
+    Lightning's newest ``hpc_ckpt_N.ckpt`` when there is one: it is complete by construction (the
+    requeue is only asked for once it is written), whereas the run goes on for a few steps until it
+    is killed and may be cut off while writing ``last.ckpt``. Without one (a preemption that sent no
+    signal first), each ModelCheckpoint's ``last.ckpt``, the newest first. None outside a requeue.
     """
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return None
-    candidates = list(Path(default_root_dir).glob("hpc_ckpt_*.ckpt"))
-    candidates += [Path(d) / "last.ckpt" for d in checkpoint_dirs]
-    existing = [p for p in candidates if p.exists()]
-    if not existing:
-        return None
-    return str(max(existing, key=lambda p: p.stat().st_mtime))
+    hpc = [(int(m.group(1)), p) for p in Path(default_root_dir).glob("hpc_ckpt_*.ckpt")
+           if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    if hpc:
+        return str(max(hpc)[1])
+    last = [p for p in (Path(d) / "last.ckpt" for d in checkpoint_dirs) if p.exists()]
+    return str(max(last, key=lambda p: p.stat().st_mtime)) if last else None

@@ -211,6 +211,7 @@ def test_sweep_array_runs_every_point_and_reports(jobs, tmp_path):
         (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
         config, _, info = read_wandb_run(wandb_file)
         assert (info["name"], info["group"]) == (f"m={m}", "slurm_m")
+        assert {"kind=oe123", "orders=1+2+3", f"m={m}", "k=1", "seed=3"} <= set(info["tags"])
         assert config["model"]["over_encoding"]["modulus"] == m  # the full config is logged
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
     out = tmp_path / "report"

@@ -1,0 +1,68 @@
+"""oe.rundir: where a run's outputs go, and which checkpoint a requeued SLURM job resumes from."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from jsonargparse import Namespace
+
+from oe.rundir import place_run, requeue_resume_path
+
+
+def trainer_config() -> Namespace:
+    return Namespace(
+        default_root_dir="runs/x",
+        logger=[
+            Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                      init_args=Namespace(save_dir="runs/x", name="csv")),
+            Namespace(class_path="oe.wandb_logger.AutoWandbLogger",
+                      init_args=Namespace(save_dir="runs/x", name="x", group="g", id=None)),
+        ],
+        callbacks=[
+            Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                      init_args=Namespace(dirpath="runs/x/checkpoints")),
+            Namespace(class_path="callbacks.generation.GenerationAccuracy",
+                      init_args=Namespace(num_samples=8)),
+        ],
+    )
+
+
+def test_place_run_moves_every_output_and_names_the_wandb_run(monkeypatch):
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    config = trainer_config()
+    place_run(config, "runs/sw/m=7", "m=7", "sw")
+    assert config.default_root_dir == "runs/sw/m=7"
+    assert [lg.init_args.save_dir for lg in config.logger] == ["runs/sw/m=7"] * 2
+    wandb = config.logger[1].init_args
+    assert (wandb.name, wandb.group, wandb.id) == ("m=7", "sw", None)  # no SLURM: a new run each time
+    assert config.callbacks[0].init_args.dirpath == str(Path("runs/sw/m=7") / "checkpoints")
+    assert config.callbacks[1].init_args == Namespace(num_samples=8)
+
+
+def test_a_slurm_array_task_keeps_one_wandb_id_across_requeues(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "120")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "118")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    config = trainer_config()
+    place_run(config, None, "m=37", None)
+    assert config.logger[1].init_args.id == "m-37-118_2"
+    assert config.logger[1].init_args.group == "g"  # untouched when not given
+    assert config.default_root_dir == "runs/x"
+
+
+def test_requeued_job_prefers_the_newest_hpc_checkpoint(tmp_path, monkeypatch):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"x")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert requeue_resume_path(str(tmp_path), [str(ckpts)]) is None  # a first start: from scratch
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeue_resume_path(str(tmp_path), [str(ckpts)]) == str(ckpts / "last.ckpt")
+    for n in (2, 10):
+        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"x")
+    later = time.time() + 5
+    os.utime(ckpts / "last.ckpt", (later, later))  # written after the signal: may be cut off
+    assert requeue_resume_path(str(tmp_path), [str(ckpts)]) == str(tmp_path / "hpc_ckpt_10.ckpt")
