@@ -1,4 +1,4 @@
-"""The parallel plan of the n-gram tables: row-wise shards over every rank, optimiser fused in backward.
+"""The parallel plan of the n-gram tables: row-wise shards on every rank, optimiser in backward.
 
 The model (``oe.embedding.OverEncoding``) holds its n-gram tables as one TorchRec
 ``EmbeddingCollection`` and knows nothing of ranks. Training replaces that collection with a
@@ -136,7 +136,9 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
             start, count = row_split(config.num_embeddings, world_size)[rank]
             local = local_shard(sharded, config.name)
             if local.shape[0] != count:
-                raise RuntimeError(f"TorchRec split table {config.name} unlike oe.parallelize.row_split")
+                raise RuntimeError(
+                    f"TorchRec split table {config.name} unlike oe.parallelize.row_split"
+                )
             source = sources[config.name]
             if source.is_meta:  # draw straight into the shard: no second copy of the rows
                 table_rows(plan.seed, index, start, start + count, config.embedding_dim,

@@ -91,7 +91,8 @@ def probe_logits(model: LanguageModel) -> torch.Tensor:
 
 def trainer(world: int, max_epochs: int, callbacks: list, **kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=world, strategy=ShardedTableStrategy(process_group_backend="gloo"),
+        accelerator="cpu", devices=world,
+        strategy=ShardedTableStrategy(process_group_backend="gloo"),
         max_epochs=max_epochs, logger=False, enable_checkpointing=bool(kwargs.pop("checkpoint", 0)),
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, callbacks=callbacks, **kwargs,
@@ -104,7 +105,7 @@ def loader(world: int) -> DataLoader:
 
 
 def step(out: Path, world: int) -> None:
-    """Probe logits of the sharded model, rows per rank, one step on global batch 0, a checkpoint."""
+    """Probe logits of the sharded model, rows per rank, one step on batch 0, a checkpoint."""
     model = make_model()
     record = Record()
     t = trainer(world, max_epochs=1, callbacks=[record], max_steps=1)

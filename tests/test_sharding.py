@@ -22,7 +22,8 @@ from oe.strategy import TABLE_KEY, check_tables
 def test_initial_rows_do_not_depend_on_the_split(world: int) -> None:
     rows, width = 2 * ROW_BLOCK + 5, 3
     whole = table_rows(seed=5, table=1, start=0, stop=rows, width=width, std=0.02)
-    shards = [table_rows(5, 1, start, start + n, width, 0.02) for start, n in row_split(rows, world)]
+    shards = [table_rows(5, 1, start, start + n, width, 0.02)
+              for start, n in row_split(rows, world)]
     assert torch.equal(torch.cat(shards), whole)
     if world > 1:  # never identical shards
         assert not torch.equal(shards[0][: len(shards[-1])], shards[-1])

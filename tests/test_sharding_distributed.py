@@ -98,7 +98,8 @@ def _same_checkpoint(a: Path, b: Path) -> None:
         assert torch.equal(tensors_a[key], tensors_b[key]), key
     for key in ckpt_a["state_dict"]:
         assert torch.equal(ckpt_a["state_dict"][key], ckpt_b["state_dict"][key]), key
-    state_a, state_b = ckpt_a["optimizer_states"][0]["state"], ckpt_b["optimizer_states"][0]["state"]
+    state_a = ckpt_a["optimizer_states"][0]["state"]
+    state_b = ckpt_b["optimizer_states"][0]["state"]
     for index in state_a:
         for name, value in state_a[index].items():
             assert torch.equal(value, state_b[index][name]), (index, name)

@@ -103,7 +103,8 @@ def run(world: int, args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench shard", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m oe.bench shard",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--m", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--ids", type=int, default=16_384, help="ids per step, all ranks together")
