@@ -103,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default="runs/table_scaling")
     parser.add_argument("--png", default="docs/frozen_gpt2_table_scaling.png")
     parser.add_argument("--json", default="docs/frozen_gpt2_table_scaling.json")
-    parser.add_argument("--moduli", default="1001,4001,16001,64001", help="hashed rows per table")
+    parser.add_argument("--moduli", default="1001,8001,64001", help="hashed rows per table")
     parser.add_argument("--top_k", default="100,1000,10000", help="frequent rows per order")
-    parser.add_argument("--pretrain_steps", type=int, default=300)
-    parser.add_argument("--table_steps", type=int, default=100)
+    parser.add_argument("--pretrain_steps", type=int, default=200)
+    parser.add_argument("--table_steps", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a small, shared CPU)")
     parser.add_argument("--block_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--reuse_backbone", action="store_true",
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frequent_table_lr", type=float, default=3e-3,
                         help="frequent rows' AdamW learning rate")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     moduli = [int(m) for m in args.moduli.split(",") if m]
     top_ks = [int(k) for k in args.top_k.split(",") if k]
     work = Path(args.work_dir)
