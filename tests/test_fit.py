@@ -1,0 +1,76 @@
+"""``python -m oe.fit`` end to end: metrics to CSV and offline W&B, a checkpoint, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oe.report import read_wandb_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
+         "--data.init_args.batch_size", "8", "--data.init_args.val_sentences", "32",
+         "--trainer.log_every_n_steps", "5", "--trainer.callbacks.num_samples", "16"]
+
+
+def _fit(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["NETRC"] = str(tmp_path / "no-netrc")  # no W&B key: the logger must go offline itself
+    return subprocess.run([sys.executable, "-m", "oe.fit", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,steps", [("cfg_baseline", 30), ("cfg_oe3", 20)])
+def test_quick_run_writes_csv_wandb_and_checkpoint(config, steps, tmp_path):
+    run = tmp_path / "run"
+    result = _fit(["--config", f"configs/{config}.yaml", "--config", "configs/quick_cfg.yaml",
+                   *SMALL, "--trainer.max_steps", str(steps), "--run_dir", str(run)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics_csv = next(run.rglob("metrics.csv"))
+    rows = list(csv.DictReader(metrics_csv.open()))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train/loss", "val/loss", "val/gen_acc", "lr", "train/tokens_per_s"} <= logged
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0]
+    assert list(run.rglob("*.ckpt")), "no checkpoint written"
+    assert json.loads((run / "finished.json").read_text())["global_step"] == steps
+    wandb_file = next(run.rglob("offline-run-*/run-*.wandb"))
+    _, history, info = read_wandb_run(wandb_file)
+    assert {"train/loss", "val/loss", "val/gen_acc"} <= set(history)
+    assert any(tag.startswith("kind=") for tag in info["tags"])
+    if config == "cfg_oe3":
+        assert "ngram/order3/rows_touched" in logged
+
+
+def test_unknown_key_is_named(tmp_path):
+    result = _fit(["--config", "configs/cfg_baseline.yaml", "--model.backbone.n_layers", "3"],
+                  tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "n_layers" in result.stderr
+
+
+def test_wrong_type_is_named(tmp_path):
+    result = _fit(["--config", "configs/cfg_baseline.yaml", "--data.init_args.batch_size",
+                   "many"], tmp_path, timeout=120)
+    assert result.returncode != 0 and "batch_size" in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    result = _fit(["--config", "configs/no_such.yaml"], tmp_path, timeout=120)
+    assert result.returncode != 0 and "no_such.yaml" in result.stderr
+
+
+def test_context_shorter_than_cfg3f_sentences(tmp_path):
+    run = tmp_path / "run"
+    result = _fit(["--config", "configs/cfg_baseline.yaml", "--model.backbone.block_size", "512",
+                   "--run_dir", str(run)], tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "model.backbone.block_size" in result.stderr and "731" in result.stderr
+    assert not (run / "finished.json").exists()
