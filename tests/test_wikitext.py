@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 
@@ -120,3 +121,26 @@ def test_streaming_reads_the_same_tokens(tmp_path, corpus):
     for split in ("train", "validation"):
         for a, b in zip(dm.token_files(split), streamed.token_files(split)):
             assert a != b and np.array_equal(np.load(a), np.load(b))
+
+
+@pytest.mark.parametrize("configs", [
+    ["wikitext_baseline.yaml"], ["wikitext_oe3.yaml"], ["wikitext_oe3.yaml", "wikitext_oe2.yaml"],
+    ["wikitext_baseline.yaml", "wikitext_quick.yaml"], ["wikitext_gpt2_oe.yaml"],
+    ["wikitext_gpt2_frequent.yaml"],
+])
+def test_configs_parse(configs):
+    from types import SimpleNamespace
+
+    from oe.sweep import check_point
+
+    args = [a for c in configs for a in ("--config", f"configs/{c}")]
+    check_point(SimpleNamespace(name="+".join(configs), fit_args=args))  # SweepError if not
+
+
+def test_m_sweep_covers_the_log_grid():
+    from oe.sweep import load_sweep
+
+    sweep = load_sweep("configs/sweeps/wikitext_m.yaml")
+    moduli = sorted({p.values["model.over_encoding.modulus"] for p in sweep.points()})
+    assert moduli[0] == 20_000 and moduli[-1] == 12_800_000 and len(sweep.points()) == 18
+    assert all(math.gcd(m + 2 * i, 50257) == 1 for m in moduli for i in range(2))
