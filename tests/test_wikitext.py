@@ -144,3 +144,11 @@ def test_m_sweep_covers_the_log_grid():
     moduli = sorted({p.values["model.over_encoding.modulus"] for p in sweep.points()})
     assert moduli[0] == 20_000 and moduli[-1] == 12_800_000 and len(sweep.points()) == 18
     assert all(math.gcd(m + 2 * i, 50257) == 1 for m in moduli for i in range(2))
+
+
+def test_worker_processes_tokenise_alike(tmp_path, corpus):
+    dm = _module(tmp_path, corpus)
+    parallel = _module(tmp_path, corpus, num_workers=2, tokenizer=dm.tokenizer_file,
+                       cache_dir=str(tmp_path / "cache_parallel"))
+    for a, b in zip(dm.token_files("train"), parallel.token_files("train")):
+        assert a != b and np.array_equal(np.load(a), np.load(b))
