@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.stream import ResumableStreamDataModule
 from oe.cfg import MAX_LENGTH, sample
 
 PAD_ID, BOS_ID, EOS_ID = 0, 4, 5
@@ -83,7 +83,7 @@ class CFGStream(IterableDataset):
             yield {"input_ids": collate(symbols, lengths), "position": position}
 
 
-class CFGDataModule(L.LightningDataModule):
+class CFGDataModule(ResumableStreamDataModule):
     """cfg3f sentences for training (seed ``seed``) and validation (seed ``val_seed``).
 
     Args:
@@ -124,12 +124,6 @@ class CFGDataModule(L.LightningDataModule):
         self.val_seed = val_seed
         self.num_workers = num_workers
         self.shuffle_epochs = shuffle_epochs
-        self.next_position = 0
-
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
 
     def batches_per_epoch(self, world_size: int) -> int:
         n = self.train_sentences // (self.batch_size * world_size)
@@ -160,25 +154,6 @@ class CFGDataModule(L.LightningDataModule):
                            shuffle_epochs=False)
         return self._loader(stream)
 
-    def _loader(self, stream: CFGStream) -> DataLoader:
-        workers = min(self.num_workers, len(stream))
-        return DataLoader(stream, batch_size=None, num_workers=workers,
-                          persistent_workers=False, pin_memory=False)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.next_position = batch["position"] + 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"next_position": self.next_position, "seed": self.seed,
-                "batch_size": self.batch_size, "train_sentences": self.train_sentences}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "train_sentences"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(
-                    f"checkpoint's data.{key} is {state.get(key)}, this run's is "
-                    f"{getattr(self, key)}: resuming would not continue the same stream"
-                )
-        self.next_position = int(state["next_position"])
+    def stream_identity(self) -> dict:
+        return {"seed": self.seed, "batch_size": self.batch_size,
+                "train_sentences": self.train_sentences}

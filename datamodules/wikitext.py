@@ -27,11 +27,11 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.stream import ResumableStreamDataModule
 from oe.pretrained import load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class BlockStream(IterableDataset):
             yield self.batch(position)
 
 
-class WikitextDataModule(L.LightningDataModule):
+class WikitextDataModule(ResumableStreamDataModule):
     """Packed Wikitext blocks for training and validation.
 
     Args:
@@ -188,7 +188,6 @@ class WikitextDataModule(L.LightningDataModule):
         self.pad_id = self.bos_id = self.eos_id = pad
         self.max_sequence_length = block_size
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
-        self.next_position = 0
 
     # -- corpus and tokenizer -------------------------------------------------------------
     def _source_key(self) -> str:
@@ -273,11 +272,6 @@ class WikitextDataModule(L.LightningDataModule):
             if self.data_files is None or split in self.data_files:
                 self._tokenise(split)
 
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def train_stream(self, rank: int = 0, world_size: int = 1) -> BlockStream:
         stream = BlockStream(*self.token_files("train"), self.block_size, self.batch_size, self.seed,
                              self.epochs, rank, world_size, self.next_position)
@@ -308,27 +302,12 @@ class WikitextDataModule(L.LightningDataModule):
             return []
         return self._loader(self.val_stream(*self._world()))
 
-    def _loader(self, stream: BlockStream) -> DataLoader:
-        return DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, len(stream)),
-                          persistent_workers=False)
+    def stream_identity(self) -> dict:
+        return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
+                "tokenizer_fingerprint": self.fingerprint}
 
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.next_position = batch["position"] + 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"next_position": self.next_position, "seed": self.seed,
-                "batch_size": self.batch_size, "block_size": self.block_size,
-                "tokenizer_fingerprint": self.fingerprint, "tokenizer_file": self.tokenizer_file}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, own in (("seed", self.seed), ("batch_size", self.batch_size),
-                         ("block_size", self.block_size), ("tokenizer_fingerprint", self.fingerprint)):
-            if state.get(key) != own:
-                raise ValueError(f"checkpoint's data {key} is {state.get(key)}, this run's is "
-                                 f"{own}: resuming would not continue the same stream")
-        self.next_position = int(state["next_position"])
+    def extra_state(self) -> dict:
+        return {"tokenizer_file": self.tokenizer_file}
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -7,7 +7,6 @@ small fraction of a training step of the 2.4M model on the same batch.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
