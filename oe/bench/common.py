@@ -12,19 +12,22 @@ from pathlib import Path
 import torch
 
 
+def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one call of ``fn`` in seconds (CUDA synchronised)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median and spread of ``fn``'s wall time in seconds (CUDA synchronised)."""
+    """Median and spread of ``fn``'s wall time in seconds."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [timed(fn) for _ in range(repeats)]
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 

@@ -17,14 +17,13 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
 from datamodules.cfg import CFGStream, PAD_ID, VOCAB_SIZE
-from oe.bench.common import peak_rss_mib, print_table, write_json
+from oe.bench.common import peak_rss_mib, print_table, timed, write_json
 from oe.embedding import OverEncodingConfig
 from oe.heads import OutputHeadsConfig, total_loss
 from oe.lm import LanguageModel
@@ -67,16 +66,6 @@ def make_step(model: LanguageModel, batch: dict):
         optimizer.step()
 
     return step
-
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def _rss_mib(field: str) -> float:

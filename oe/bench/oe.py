@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from oe.bench.common import peak_rss_mib, print_table, write_json
+from oe.bench.common import peak_rss_mib, print_table, timed, write_json
 from oe.embedding import OverEncodingConfig
 from oe.lm import LanguageModel
 from oe.model import BackboneConfig
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             step(module, optimizer)  # warm-up
         for _ in range(args.rounds):
             for name, (module, optimizer) in models.items():
-                start = time.perf_counter()
-                step(module, optimizer)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed(lambda: step(module, optimizer)))
         base = statistics.median(times["baseline"])
         for name, m in kinds.items():
             median = statistics.median(times[name])
