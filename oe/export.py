@@ -58,7 +58,9 @@ def single_device_checkpoint(path: str | Path) -> dict[str, Any]:
             state[f"{prefix}.embeddings.{name}.weight"] = tensors[
                 f"{prefix}.tables.embeddings.{name}.weight"
             ]
-    out = {k: checkpoint[k] for k in KEPT if k in checkpoint}
+    # Data modules' states (Lightning keys them by class name) carry e.g. the tokenizer used.
+    out = {k: v for k, v in checkpoint.items() if k in KEPT or k.endswith("DataModule")
+           or k == "datamodule_hyper_parameters"}
     out["state_dict"] = state
     return out
 
