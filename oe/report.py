@@ -361,6 +361,7 @@ def downstream_table(runs: list[Run]) -> list[str]:
 
 def render(runs: list[Run], out: Path, metrics: list[str], fit_metric: str, window: int) -> Path:
     check_metrics(runs, metrics, fit_metric)
+    runs = sorted(runs, key=lambda r: (r.group, r.modulus or 0, r.name))
     out.mkdir(parents=True, exist_ok=True)
     curve_files = plot_group_curves(runs, metrics, out)
     md = ["# Report", "", f"{len(runs)} run(s) in {len(set(r.group for r in runs))} group(s).", "",
