@@ -195,9 +195,8 @@ def generate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``batch`` sequences from BOS with the raw next-token distribution.
 
-    Returns ``(tokens [B, max_new_tokens], lengths [B])``: the sampled tokens after BOS, up to and
-    including EOS (``lengths`` counts the tokens before EOS; a row without EOS has the full length
-    and ``ended`` False, reported as the second value being ``max_new_tokens``).
+    Returns ``(tokens [B, max_new_tokens], lengths [B])``: the tokens sampled after BOS, and for
+    each row the number of tokens before its first EOS (``max_new_tokens`` where none came).
     ``all_done`` turns this process's "every row ended" into the stopping decision; with
     sharded n-gram tables every rank must take as many steps, so it agrees over the ranks.
     """
