@@ -7,11 +7,12 @@ import math
 import lightning as L
 import torch
 
+from callbacks.schedule import EveryNValidations
 from oe.evaluate import build_requests, eot_id_of, item_correct, loglikelihoods
 from oe.tasks import TASKS, load_items
 
 
-class DownstreamEvaluation(L.Callback):
+class DownstreamEvaluation(EveryNValidations):
     """Every ``every_n_validations`` validations, score the tasks and log acc and acc_norm.
 
     The items are split over the ranks and the counts summed. Logs ``downstream/<task>/acc``,
@@ -29,7 +30,7 @@ class DownstreamEvaluation(L.Callback):
     def __init__(self, tasks: list[str] | None = None, data_dir: str | None = None,
                  limit: int | None = None, batch_size: int = 32, every_n_validations: int = 1,
                  tokenizer: str | None = None) -> None:
-        super().__init__()
+        super().__init__(every_n_validations)
         tasks = ["hellaswag", "piqa"] if tasks is None else tasks
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
@@ -40,10 +41,8 @@ class DownstreamEvaluation(L.Callback):
         self.data_dir = data_dir
         self.limit = limit
         self.batch_size = batch_size
-        self.every_n_validations = every_n_validations
         self.tokenizer_source = tokenizer
         self._items: dict[str, list] = {}
-        self._validations = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Load (and so check) the data before training starts, not at the first validation.
@@ -62,10 +61,7 @@ class DownstreamEvaluation(L.Callback):
         return tokenizer
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self.due(trainer):
             return
         tokenizer = self._tokenizer(trainer)
         eot = eot_id_of(tokenizer)

@@ -8,12 +8,13 @@ import lightning as L
 import numpy as np
 import torch
 
+from callbacks.schedule import EveryNValidations
 from datamodules.cfg import BOS_ID, EOS_ID
 from oe.cfg import MAX_LENGTH, accepts_padded
 from oe.model import generate
 
 
-class GenerationAccuracy(L.Callback):
+class GenerationAccuracy(EveryNValidations):
     """Every ``every_n_validations`` validations, sample ``num_samples`` sentences and parse them.
 
     Sampling uses the raw next-token distribution (temperature 1, no top-k or top-p) from BOS
@@ -31,22 +32,17 @@ class GenerationAccuracy(L.Callback):
 
     def __init__(self, num_samples: int = 10_000, every_n_validations: int = 1,
                  batch_size: int = 500, seed: int = 1234, log_samples: int = 8) -> None:
-        super().__init__()
+        super().__init__(every_n_validations)
         if num_samples < 1 or every_n_validations < 1 or batch_size < 1:
             raise ValueError("GenerationAccuracy: num_samples, every_n_validations and "
                              "batch_size must be >= 1")
         self.num_samples = num_samples
-        self.every_n_validations = every_n_validations
         self.batch_size = batch_size
         self.seed = seed
         self.log_samples = log_samples
-        self._validations = 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self.due(trainer):
             return
         share = self.num_samples // trainer.world_size + (
             trainer.global_rank < self.num_samples % trainer.world_size
