@@ -16,8 +16,11 @@ each slice keeps its own block of coordinates.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +52,24 @@ class OverEncodingConfig:
     # step. Only sensible for small tables (cfg3f's exact ones), e.g. on a device for which
     # TorchRec's fused kernels are not installed; table_optimizer is then unused.
     shard_tables: bool = True
+
+
+_DEFER_TABLES: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_tables", default=False)
+
+
+@contextlib.contextmanager
+def deferred_ngram_tables() -> Iterator[None]:
+    """Build sharded n-gram tables without values (meta device) inside this block.
+
+    Training (``oe.fit``) shards the tables right away, and ``oe.parallelize`` then draws each
+    rank's own rows from the same keyed generator, so no process ever holds a whole table and
+    the values equal those of an eagerly built model.
+    """
+    token = _DEFER_TABLES.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_TABLES.reset(token)
 
 
 ROW_BLOCK = 1 << 16  # rows drawn from one generator; fixed, so values do not depend on the split
@@ -155,20 +176,10 @@ class OverEncoding(nn.Module):
         self.tables = plan_tables(config, vocab_size, dim)
         self.context_size = max(config.orders) - 1
         self.token = nn.Embedding(vocab_size, dim)
-        self.ngram = EmbeddingCollection(
-            tables=[
-                EmbeddingConfig(
-                    name=t.name,
-                    embedding_dim=t.width,
-                    num_embeddings=t.modulus,
-                    feature_names=[t.name],
-                )
-                for t in self.tables
-            ],
-            # The current default device, so that `with torch.device("meta")` builds a model of
-            # any table size without memory (oe.plan); TorchRec would otherwise force the CPU.
-            device=torch.get_default_device(),
-        )
+        # TorchRec's own initial values are overwritten below; building them must not use the
+        # global generator, so that a model is the same whether its tables are deferred or not.
+        with torch.random.fork_rng(devices=[]):
+            self.ngram = self._collection(config)
         self.projection = nn.Linear(dim, dim, bias=False) if config.project else None
         # Keys the tables' initial values (with table and row block), so they do not depend on
         # how the rows are later split over ranks; drawn from torch's seeded generator.
@@ -190,6 +201,23 @@ class OverEncoding(nn.Module):
                 t.width,
                 "exact (V^n <= m, no collisions)" if exact else "hashed (collisions possible)",
             )
+
+    def _collection(self, config: OverEncodingConfig) -> EmbeddingCollection:
+        return EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=t.name,
+                    embedding_dim=t.width,
+                    num_embeddings=t.modulus,
+                    feature_names=[t.name],
+                )
+                for t in self.tables
+            ],
+            # The current default device, so that `with torch.device("meta")` builds a model of
+            # any table size without memory (oe.plan); TorchRec would otherwise force the CPU.
+            device=(torch.device("meta") if _DEFER_TABLES.get() and config.shard_tables
+                    else torch.get_default_device()),
+        )
 
     def table_parameters(self) -> list[nn.Parameter]:
         return list(self.ngram.parameters())

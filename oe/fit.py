@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from oe.embedding import deferred_ngram_tables
 from oe.lm import LanguageModel
 from oe.rundir import place_run, requeue_resume_path
 
@@ -34,6 +35,11 @@ def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
 
 
 class FitCLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        # Sharded n-gram tables get their values only when sharded (LanguageModel.configure_model).
+        with deferred_ngram_tables():
+            super().instantiate_classes()
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")

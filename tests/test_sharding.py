@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oe.embedding import ROW_BLOCK, OverEncoding, OverEncodingConfig, table_rows
+from oe.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, deferred_ngram_tables,
+                          table_rows)
 from oe.lm import LanguageModel
 from oe.model import BackboneConfig
 from oe.parallelize import (check_world_size, fused_params, row_split, state_floats_per_row,
@@ -129,3 +130,28 @@ def test_training_sharded_tables_with_a_lossy_checkpointing_strategy_is_refused(
                         default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="checkpointed only by trainer.strategy"):
         trainer.fit(_model(), DataLoader(batches, batch_size=None))
+
+
+def test_oe_fit_builds_sharded_tables_without_values() -> None:
+    backbone = BackboneConfig(n_layer=1, n_head=2, n_embd=16, block_size=32)
+    with deferred_ngram_tables():  # as oe.fit instantiates the model
+        huge = LanguageModel(vocab_size=50257, backbone=backbone,
+                             over_encoding=OverEncodingConfig(modulus=50_000_001))
+    assert all(p.is_meta for p in huge.table_parameters())  # 2 x 50M rows, no memory
+    config = OverEncodingConfig(orders=[2, 3], modulus=100_003)
+    torch.manual_seed(4)
+    with deferred_ngram_tables():
+        deferred = LanguageModel(vocab_size=50257, backbone=backbone, over_encoding=config)
+    torch.manual_seed(4)
+    eager = LanguageModel(vocab_size=50257, backbone=backbone, over_encoding=config)
+    # Everything else is drawn exactly as without deferral, the keyed table seed too, from which
+    # oe.parallelize draws each rank's rows: the same values as the eager tables.
+    assert deferred.model.embedding.table_seed == eager.model.embedding.table_seed
+    tables = {id(p) for p in eager.table_parameters()}
+    dense = [(n, p) for n, p in eager.named_parameters() if id(p) not in tables]
+    deferred_params = dict(deferred.named_parameters())
+    assert all(torch.equal(p, deferred_params[n]) for n, p in dense)
+    with deferred_ngram_tables():
+        small = LanguageModel(vocab_size=6, backbone=backbone,
+                              over_encoding=OverEncodingConfig(modulus=1009, shard_tables=False))
+    assert not any(p.is_meta for p in small.table_parameters())  # trained by AdamW: real
