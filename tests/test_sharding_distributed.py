@@ -85,8 +85,10 @@ def test_one_step_on_two_ranks_matches_one_process_with_the_global_batch(runs: P
         assert 0 < len(touched_one) < len(rows)  # a sparse update: only rows of the batch
     for key, value in one_tables.items():  # the fused optimiser's state
         torch.testing.assert_close(two_tables[key], value, rtol=1e-5, atol=1e-7)
-    for key, value in one["state_dict"].items():  # DDP-averaged dense parameters
-        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-6)
+    # DDP-averaged dense parameters. AdamW's first step moves each weight by about lr * g / |g|,
+    # so where a gradient is near zero the order of the reduction shows: a wider tolerance.
+    for key, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=2e-5)
     assert changed_rows > 0
 
 
