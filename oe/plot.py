@@ -23,28 +23,65 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def find_metrics_csv(run_dir: Path) -> Path:
-    """The metrics.csv of a run directory (the newest logger version)."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file() and run_dir.name.endswith(".csv"):
-        return run_dir
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv under this run directory")
-    return found[-1]
+History = dict[str, list[tuple[int, float]]]  # metric -> sorted (step, value)
 
 
-def read_curve(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of ``metric`` in a Lightning CSVLogger file; empty if never logged."""
-    steps, values = [], []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            value = row.get(metric, "")
-            if value not in ("", None):
-                steps.append(int(float(row["step"])))
-                values.append(float(value))
-    order = np.argsort(steps, kind="stable")
-    return np.asarray(steps)[order], np.asarray(values)[order]
+def csv_version(path: Path) -> int:
+    """The number of a Lightning logger folder ``version_N`` (-1 for any other name)."""
+    match = re.search(r"version_(\d+)$", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def merge_csv_versions(files: list[Path]) -> History:
+    """Metrics of Lightning CSVLogger files of one run, oldest first.
+
+    A resumed run (a requeued job) writes a new version starting at its checkpoint's step; the rows
+    of older versions from that step on were trained again, so the newer ones replace them.
+    """
+    history: History = {}
+    for path in files:
+        rows: History = {}
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                step = int(float(row.pop("step")))
+                for key, value in row.items():
+                    if key != "epoch" and value not in ("", None):
+                        rows.setdefault(key, []).append((step, float(value)))
+        steps = [s for pts in rows.values() for s, _ in pts]
+        if not steps:
+            continue
+        first = min(steps)
+        for key in history:
+            history[key] = [(s, v) for s, v in history[key] if s < first]
+        for key, pts in rows.items():
+            history.setdefault(key, []).extend(pts)
+    return {k: sorted(v) for k, v in history.items() if v}
+
+
+def read_csv_history(csv_root: Path) -> History:
+    """Merge ``csv_root/version_*/metrics.csv`` of one run folder."""
+    versions = sorted((p for p in Path(csv_root).glob("version_*") if (p / "metrics.csv").exists()),
+                      key=csv_version)
+    return merge_csv_versions([v / "metrics.csv" for v in versions])
+
+
+def run_history(run: Path) -> History:
+    """Every metric of a run directory (any ``metrics.csv`` beneath it) or of one CSV file."""
+    run = Path(run)
+    if run.is_file() and run.name.endswith(".csv"):
+        files = [run]
+    else:
+        files = sorted(run.rglob("metrics.csv"), key=lambda p: (csv_version(p.parent), str(p)))
+    if not files:
+        raise FileNotFoundError(f"{run}: no metrics.csv under this run directory")
+    return merge_csv_versions(files)
+
+
+def read_curve(history: History, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``metric``; empty if it was never logged."""
+    points = history.get(metric, [])
+    return (np.asarray([s for s, _ in points], dtype=np.int64),
+            np.asarray([v for _, v in points], dtype=np.float64))
 
 
 def default_label(run_dir: Path) -> str:
@@ -55,8 +92,9 @@ def default_label(run_dir: Path) -> str:
 def plot_runs(runs: dict[str, list[Path]], metrics: list[str], out: Path,
               title: str | None = None) -> Path:
     """Draw ``metrics`` (one panel each) for groups of run directories; returns ``out``."""
-    curves = {metric: {label: [read_curve(find_metrics_csv(d), metric) for d in dirs]
-                       for label, dirs in runs.items()} for metric in metrics}
+    histories = {label: [run_history(d) for d in dirs] for label, dirs in runs.items()}
+    curves = {metric: {label: [read_curve(h, metric) for h in hs]
+                       for label, hs in histories.items()} for metric in metrics}
     return plot_curves(curves, out, title)
 
 
@@ -106,8 +144,7 @@ def values_at(runs: dict[str, list[Path]], metric: str, step: int) -> dict[str, 
     for label, dirs in runs.items():
         values = []
         for d in dirs:
-            steps, vals = read_curve(find_metrics_csv(d), metric)
-            values += [float(v) for s, v in zip(steps.tolist(), vals.tolist()) if s == step]
+            values += [v for s, v in run_history(d).get(metric, []) if s == step]
         table[label] = values
     return table
 

@@ -16,7 +16,6 @@ into DIR:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from oe.plot import csv_version, plot_curves, read_csv_history
 
 PAPER_SLOPE = -0.0256  # per decade of m: L = 2.6754 - 0.0256 log10(m), OLMoE-1.3B, N=2, k=1
 PAPER_INTERCEPT = 2.6754
@@ -59,39 +60,6 @@ class Run:
 
 
 # -- reading local runs -----------------------------------------------------------------------
-
-def _version(path: Path) -> int:
-    match = re.search(r"version_(\d+)$", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def read_csv_history(csv_root: Path) -> dict[str, list[tuple[int, float]]]:
-    """Merge ``csv/version_*/metrics.csv`` of one run folder, oldest version first.
-
-    A resumed run (a requeued job) writes a new version starting at its checkpoint's step; the rows
-    of older versions from that step on were trained again, so the newer ones replace them.
-    """
-    versions = sorted((p for p in csv_root.glob("version_*") if (p / "metrics.csv").exists()),
-                      key=_version)
-    history: dict[str, list[tuple[int, float]]] = {}
-    for version in versions:
-        rows: dict[str, list[tuple[int, float]]] = {}
-        with open(version / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                step = int(float(row.pop("step")))
-                for key, value in row.items():
-                    if key != "epoch" and value not in ("", None):
-                        rows.setdefault(key, []).append((step, float(value)))
-        steps = [s for pts in rows.values() for s, _ in pts]
-        if not steps:
-            continue
-        first = min(steps)
-        for key in history:
-            history[key] = [(s, v) for s, v in history[key] if s < first]
-        for key, pts in rows.items():
-            history.setdefault(key, []).extend(pts)
-    return {k: sorted(v) for k, v in history.items() if v}
-
 
 _WANDB_BLOCK = 32768  # the LevelDB log format that .wandb files use: 32 KiB blocks
 _WANDB_HEADER = struct.Struct("<4sHB")  # ":W&B", magic 0xBEE1, version
@@ -167,7 +135,7 @@ def _is_run_dir(path: Path) -> bool:
 def read_run_dir(path: Path) -> Run:
     path = Path(path)
     config: dict = {}
-    configs = sorted((path / "csv").glob("version_*/config.yaml"), key=lambda p: _version(p.parent))
+    configs = sorted((path / "csv").glob("version_*/config.yaml"), key=lambda p: csv_version(p.parent))
     if configs:
         config = yaml.safe_load(configs[-1].read_text()) or {}
     history = read_csv_history(path / "csv") if (path / "csv").is_dir() else {}
@@ -297,7 +265,6 @@ def check_metrics(runs: list[Run], metrics: list[str], fit_metric: str) -> None:
 
 def plot_group_curves(runs: list[Run], metrics: list[str], out_dir: Path) -> dict[str, Path]:
     """``curves_<group>.png`` per W&B group: one panel per metric, one line per run."""
-    from oe.plot import plot_curves
 
     written = {}
     for group in sorted({r.group for r in runs}):
