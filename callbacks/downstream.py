@@ -1,4 +1,4 @@
-"""Zero-shot HellaSwag / PIQA / StoryCloze at the end of validation, scored as ``oe.evaluate`` does."""
+"""Zero-shot HellaSwag / PIQA / StoryCloze at the end of validation, scored as ``oe.evaluation.scoring`` does."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import lightning as L
 import torch
 
 from callbacks.schedule import EveryNValidations
-from oe.evaluate import build_requests, eot_id_of, item_correct, loglikelihoods
-from oe.tasks import TASKS, load_items
+from oe.evaluation.scoring import build_requests, eot_id_of, item_correct, loglikelihoods
+from oe.evaluation.tasks import TASKS, load_items
 
 
 class DownstreamEvaluation(EveryNValidations):
@@ -19,7 +19,7 @@ class DownstreamEvaluation(EveryNValidations):
     ``.../acc_norm`` and their standard errors.
 
     Args:
-        tasks: task names (see ``oe.tasks.TASKS``); None: hellaswag and piqa.
+        tasks: task names (see ``oe.evaluation.tasks.TASKS``); None: hellaswag and piqa.
         data_dir: read ``<data_dir>/<task>.jsonl`` instead of the hub.
         limit: first N items per task (None: the full validation set).
         batch_size: sequences per forward pass.
@@ -51,7 +51,7 @@ class DownstreamEvaluation(EveryNValidations):
 
     def _tokenizer(self, trainer: L.Trainer):
         if self.tokenizer_source is not None:
-            from oe.pretrained import load_tokenizer
+            from oe.tokenizer import load_tokenizer
 
             return load_tokenizer(self.tokenizer_source)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)

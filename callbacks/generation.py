@@ -11,7 +11,7 @@ import torch
 from callbacks.schedule import EveryNValidations
 from datamodules.cfg import BOS_ID, EOS_ID
 from oe.cfg import MAX_LENGTH, accepts_padded
-from oe.model import generate
+from oe.models.gpt import generate
 
 
 class GenerationAccuracy(EveryNValidations):
@@ -84,7 +84,7 @@ def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.
 
     Returns ``(accepted [N] bool, lengths [N], texts)``; a sample that reaches 729 symbols
     without EOS, or that holds a non-terminal token, is rejected. ``all_done``: as in
-    ``oe.model.generate``.
+    ``oe.models.gpt.generate``.
     """
     was_training = model.training
     model.eval()

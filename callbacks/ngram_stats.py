@@ -15,8 +15,8 @@ from collections import defaultdict
 import lightning as L
 import torch
 
-from oe.embedding import OverEncoding
-from oe.ngram import ngram_ids
+from oe.models.embedding import OverEncoding
+from oe.models.ngram import ngram_ids
 
 # A near-unique key of each n-gram: its id modulo a large prime below 2^40.
 _KEY_MODULUS = 1_099_511_627_689

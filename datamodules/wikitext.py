@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.stream import ResumableStreamDataModule
-from oe.pretrained import load_tokenizer, tokenizer_fingerprint
+from oe.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oe.embedding import OverEncodingConfig  # noqa: E402
-from oe.lm import LanguageModel, OptimizerConfig  # noqa: E402
-from oe.model import BackboneConfig  # noqa: E402
-from oe.parallelize import local_shard, row_split  # noqa: E402
-from oe.strategy import ShardedTableStrategy  # noqa: E402
+from oe.models.embedding import OverEncodingConfig  # noqa: E402
+from oe.training.lm import LanguageModel, OptimizerConfig  # noqa: E402
+from oe.models.gpt import BackboneConfig  # noqa: E402
+from oe.distributed.parallelize import local_shard, row_split  # noqa: E402
+from oe.distributed.strategy import ShardedTableStrategy  # noqa: E402
 
 VOCAB = 11
 GLOBAL_BATCH = 8

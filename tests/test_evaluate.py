@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from datamodules.wikitext import train_bpe
-from oe.embedding import OverEncodingConfig
-from oe.evaluate import (build_requests, evaluate_task, item_correct, load_pretrained,
-                         loglikelihoods, main)
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
-from oe.tasks import TaskDataError, hellaswag_preprocess, load_items
+from oe.models.embedding import OverEncodingConfig
+from oe.evaluation.scoring import build_requests, evaluate_task, item_correct, loglikelihoods
+from oe.cli.evaluate import load_pretrained, main
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
+from oe.evaluation.tasks import TaskDataError, hellaswag_preprocess, load_items
 
 NOUNS = "man woman dog cat car boat ball knife cup bread water rope stick paper glass".split()
 VERBS = "takes opens cuts pours lifts throws holds cleans paints folds".split()
@@ -157,7 +157,7 @@ def test_harness_formats():
     assert hellaswag_preprocess("How to x [title] Do y. [step] Z  ") == "How to x. Do y. Z"
     rows = {"activity_label": "Baking [title]", "ctx_a": "A man mixes flour.", "ctx_b": "he",
             "endings": ["adds eggs.", "b", "c", "d [header] e"], "label": "2"}
-    from oe.tasks import hellaswag_item, piqa_item, storycloze_item
+    from oe.evaluation.tasks import hellaswag_item, piqa_item, storycloze_item
 
     item = hellaswag_item(rows, "row")
     assert item.context == "Baking. : A man mixes flour. He" and item.gold == 2
@@ -172,7 +172,7 @@ def test_harness_formats():
 
 def test_continuation_is_scored_alone_with_the_space(setup):
     _, _, _, _, tokenizer = setup
-    from oe.evaluate import encode_pair
+    from oe.evaluation.scoring import encode_pair
 
     context, continuation = encode_pair(tokenizer, "Question: x\nAnswer:", " Cut the rope.", 0)
     assert tokenizer.decode(continuation) == " Cut the rope."

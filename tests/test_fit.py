@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oe.report import read_wandb_run
+from oe.analysis.report import read_wandb_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
@@ -22,7 +22,7 @@ SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
 def _fit(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["NETRC"] = str(tmp_path / "no-netrc")  # no W&B key: the logger must go offline itself
-    return subprocess.run([sys.executable, "-m", "oe.fit", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "oe.cli.fit", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from oe.embedding import OverEncodingConfig
-from oe.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig, generate
+from oe.models.embedding import OverEncodingConfig
+from oe.models.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=64)

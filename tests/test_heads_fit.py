@@ -20,7 +20,7 @@ def test_cfg_ot3_runs_20_steps(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     # Batch 4 instead of the preset's 32 keeps the run short on two shared cores.
-    cmd = [sys.executable, "-m", "oe.fit",
+    cmd = [sys.executable, "-m", "oe.cli.fit",
            "--config", str(ROOT / "configs/cfg_ot3.yaml"),
            "--config", str(ROOT / "configs/quick_cfg.yaml"),
            "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",

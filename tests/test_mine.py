@@ -1,4 +1,4 @@
-"""oe.mine counts (exact against a Counter, bounded when pruned) and the frequent-n-gram rows."""
+"""oe.analysis.mining counts (exact against a Counter, bounded when pruned) and the frequent-n-gram rows."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from datamodules.wikitext import WikitextDataModule
-from oe.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding, ngram_windows
-from oe.mine import count_ngrams, main
-from oe.ngram import ngram_ids
+from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding, ngram_windows
+from oe.analysis.mining import count_ngrams
+from oe.cli.mine import main
+from oe.models.ngram import ngram_ids
 from tests.test_wikitext import write_corpus
 
 ORDERS = [2, 3, 4, 5]

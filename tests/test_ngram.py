@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oe.ngram import last_ngram_ids, ngram_ids
+from oe.models.ngram import last_ngram_ids, ngram_ids
 
 
 def reference(tokens, order, vocab, modulus, pad=0, docs=None):
@@ -62,7 +62,7 @@ def test_range_and_agreement_property(vocab, order, modulus, data):
 
 def test_deterministic_across_processes():
     code = (
-        "import torch; from oe.ngram import ngram_ids; "
+        "import torch; from oe.models.ngram import ngram_ids; "
         "t = torch.arange(40).reshape(2, 20) * 7919 % 50257; "
         "print(ngram_ids(t, 5, 50257, 12_800_001).sum().item())"
     )

@@ -6,9 +6,9 @@ import lightning as L
 import torch
 
 from callbacks.ngram_stats import NgramTableStats
-from oe.embedding import OverEncodingConfig
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
+from oe.models.embedding import OverEncodingConfig
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
 
 
 class _Logged(LanguageModel):

@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding, plan_tables
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
+from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding, plan_tables
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
 
 
 def _tables(embedding: OverEncoding) -> dict[str, torch.Tensor]:
@@ -52,7 +52,7 @@ def test_gradients_reach_only_the_rows_used():
     emb = OverEncoding(vocab_size=6, dim=8, config=config)
     tokens = torch.tensor([[4, 1, 2, 3, 1], [4, 3, 3, 0, 0]])
     emb(tokens).pow(2).sum().backward()
-    from oe.ngram import ngram_ids
+    from oe.models.ngram import ngram_ids
 
     for table, weight in zip(emb.tables, emb.table_parameters()):
         used = set(ngram_ids(tokens, table.order, 6, table.modulus).flatten().tolist())
@@ -85,7 +85,7 @@ def test_model_generation_matches_full_forward_logits():
 
 
 def test_exact_tables_are_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="oe.embedding"):
+    with caplog.at_level(logging.INFO, logger="oe.models.embedding"):
         OverEncoding(6, 8, OverEncodingConfig(orders=[2, 3], modulus=101))
     assert "ngram2_0" in caplog.text and "exact" in caplog.text  # 36 <= 101
     assert "hashed" in caplog.text  # 216 > 103

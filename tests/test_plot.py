@@ -1,4 +1,4 @@
-"""oe.plot: curves from run folders, grouped over seeds, and the summary table."""
+"""oe.analysis.plot: curves from run folders, grouped over seeds, and the summary table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from oe.plot import main, run_history
+from oe.analysis.plot import run_history
+from oe.cli.plot import main
 
 
 def _write(path: Path, rows: list[tuple[int, float, str]]) -> None:

@@ -9,10 +9,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from oe.embedding import OverEncodingConfig, TokenEmbedding  # noqa: E402
-from oe.lm import LanguageModel, OptimizerConfig  # noqa: E402
-from oe.model import GPT, BackboneConfig  # noqa: E402
-from oe.pretrained import load_gpt2_weights, pretrained_backbone, save_gpt2  # noqa: E402
+from oe.models.embedding import OverEncodingConfig, TokenEmbedding  # noqa: E402
+from oe.training.lm import LanguageModel, OptimizerConfig  # noqa: E402
+from oe.models.gpt import GPT, BackboneConfig  # noqa: E402
+from oe.models.pretrained import load_gpt2_weights, pretrained_backbone, save_gpt2  # noqa: E402
 
 VOCAB = 97
 

@@ -1,4 +1,4 @@
-"""oe.report: reading runs (CSV versions, offline W&B files), the log-linear fit, the rendering."""
+"""oe.analysis.report: reading runs (CSV versions, offline W&B files), the log-linear fit, the rendering."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from oe.report import (PAPER_SLOPE, ReportError, fit_log_linear, main, read_csv_history,
-                       read_run_dir, student_t_quantile)
+from oe.analysis.report import PAPER_SLOPE, ReportError, fit_log_linear, read_csv_history, read_run_dir, student_t_quantile
+from oe.cli.report import main
 
 
 def make_run(root: Path, name: str, group: str, m: int | None,
              versions: list[list[tuple[int, dict]]]) -> Path:
-    """A run folder as oe.fit writes it: csv/version_N/metrics.csv (by CSVLogger) + config.yaml."""
+    """A run folder as oe.cli.fit writes it: csv/version_N/metrics.csv (by CSVLogger) + config.yaml."""
     run_dir = root / name
     for rows in versions:
         logger = CSVLogger(run_dir, name="csv")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oe.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, deferred_ngram_tables,
+from oe.models.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, deferred_ngram_tables,
                           table_rows)
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
-from oe.parallelize import (check_world_size, fused_params, row_split, state_floats_per_row,
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
+from oe.distributed.parallelize import (check_world_size, fused_params, row_split, state_floats_per_row,
                             table_signature)
-from oe.plan import main as plan_main
-from oe.strategy import TABLE_KEY, check_tables
+from oe.cli.plan import main as plan_main
+from oe.distributed.strategy import TABLE_KEY, check_tables
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])
@@ -134,7 +134,7 @@ def test_training_sharded_tables_with_a_lossy_checkpointing_strategy_is_refused(
 
 def test_oe_fit_builds_sharded_tables_without_values() -> None:
     backbone = BackboneConfig(n_layer=1, n_head=2, n_embd=16, block_size=32)
-    with deferred_ngram_tables():  # as oe.fit instantiates the model
+    with deferred_ngram_tables():  # as oe.cli.fit instantiates the model
         huge = LanguageModel(vocab_size=50257, backbone=backbone,
                              over_encoding=OverEncodingConfig(modulus=50_000_001))
     assert all(p.is_meta for p in huge.table_parameters())  # 2 x 50M rows, no memory
@@ -145,7 +145,7 @@ def test_oe_fit_builds_sharded_tables_without_values() -> None:
     torch.manual_seed(4)
     eager = LanguageModel(vocab_size=50257, backbone=backbone, over_encoding=config)
     # Everything else is drawn exactly as without deferral, the keyed table seed too, from which
-    # oe.parallelize draws each rank's rows: the same values as the eager tables.
+    # oe.distributed.parallelize draws each rank's rows: the same values as the eager tables.
     assert deferred.model.embedding.table_seed == eager.model.embedding.table_seed
     tables = {id(p) for p in eager.table_parameters()}
     dense = [(n, p) for n, p in eager.named_parameters() if id(p) not in tables]

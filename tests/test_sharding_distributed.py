@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from oe.export import main as export_main
-from oe.export import read_tables
-from oe.strategy import table_dir
+from oe.cli.export import main as export_main
+from oe.distributed.export import read_tables
+from oe.distributed.strategy import table_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -134,7 +134,7 @@ def test_checkpoint_of_other_tables_fails_and_changes_nothing(runs: Path) -> Non
 
 
 def test_export_gives_a_single_device_checkpoint_with_identical_logits(runs: Path) -> None:
-    from oe.lm import LanguageModel
+    from oe.training.lm import LanguageModel
 
     out = runs / "exported.ckpt"
     assert export_main([str(runs / "step_w2.ckpt"), str(out)]) == 0
@@ -194,7 +194,7 @@ def test_oe3_quick_preset_trains_and_resumes_on_two_ranks(tmp_path: Path) -> Non
     small = tmp_path / "small.yaml"
     small.write_text(TINY_RUN.format(root=root))
     env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    base = [sys.executable, "-m", "oe.fit", "--config", "configs/cfg_oe3.yaml",
+    base = [sys.executable, "-m", "oe.cli.fit", "--config", "configs/cfg_oe3.yaml",
             "--config", "configs/quick_cfg.yaml", "--config", str(small)]
     for extra in ([], ["--trainer.max_steps", "3",
                        "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]):

@@ -1,10 +1,10 @@
-"""The sbatch templates and oe.sweep --submit against a real one-node SLURM started here.
+"""The sbatch templates and oe.cli.sweep --submit against a real one-node SLURM started here.
 
 The cluster (Debian's slurm-wlm and munge, installed with apt-get when missing) lives in a private
 folder on 127.0.0.1 and is stopped by its pids at the end, even on failure. All three jobs are
 submitted at once and run side by side (the node offers 6 CPUs over the machine's cores):
 - slurm/fit_1node.sbatch: OE (cfg_oe3 + quick_cfg, shrunk) on 2 tasks, the tables sharded over gloo;
-- a 2-point job array from a sweep file, then oe.report over its run folders;
+- a 2-point job array from a sweep file, then oe.analysis.report over its run folders;
 - a 1-task run that is sent SIGUSR1: Lightning saves hpc_ckpt_1.ckpt and requeues the job, which
   resumes from that checkpoint and finishes.
 """
@@ -119,7 +119,7 @@ def jobs(cluster):
         "grid": {"model.over_encoding.modulus": [7, 37]}, "overrides": {"seed_everything": 3}}))
     runs = root / "runs"
     out = subprocess.run(
-        [sys.executable, "-m", "oe.sweep", "--sweep", str(sweep), "--submit", "--runs-dir",
+        [sys.executable, "-m", "oe.cli.sweep", "--sweep", str(sweep), "--submit", "--runs-dir",
          str(runs), "--no-check", *[f"--sbatch-arg={a}" for a in CPU_JOB]],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -196,7 +196,8 @@ def test_fit_template_two_tasks_oe_sharded(jobs):
 
 
 def test_sweep_array_runs_every_point_and_reports(jobs, tmp_path):
-    from oe.report import main as report_main, read_run_dir, read_wandb_run
+    from oe.analysis.report import read_run_dir, read_wandb_run
+    from oe.cli.report import main as report_main
 
     env, (job, sweep_dir) = jobs["env"], jobs["array"]
     states = wait_final(env, job, timeout=400)

@@ -1,4 +1,4 @@
-"""oe.rundir: where a run's outputs go, and which checkpoint a requeued SLURM job resumes from."""
+"""oe.training.rundir: where a run's outputs go, and which checkpoint a requeued SLURM job resumes from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from oe.rundir import place_run, requeue_resume_path
+from oe.training.rundir import place_run, requeue_resume_path
 
 
 def trainer_config() -> Namespace:
@@ -17,7 +17,7 @@ def trainer_config() -> Namespace:
         logger=[
             Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
                       init_args=Namespace(save_dir="runs/x", name="csv")),
-            Namespace(class_path="oe.wandb_logger.AutoWandbLogger",
+            Namespace(class_path="oe.training.wandb_logger.AutoWandbLogger",
                       init_args=Namespace(save_dir="runs/x", name="x", group="g", id=None)),
         ],
         callbacks=[

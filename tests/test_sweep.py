@@ -1,4 +1,4 @@
-"""oe.sweep: grid expansion, the points file the array template reads, and bad input."""
+"""oe.cli.sweep: grid expansion, the points file the array template reads, and bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oe.sweep import SweepError, check_point, load_sweep, main, point_name, write_points_file
+from oe.cli.sweep import SweepError, check_point, load_sweep, main, point_name, write_points_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_grid_expands_to_every_combination_with_overrides_first(tmp_path):
     assert [p.name for p in points] == ["m=7_seed=0", "m=7_seed=1", "m=37_seed=0", "m=37_seed=1"]
     args = points[3].fit_args
     assert args[:4] == ["--config", "configs/cfg_oe3.yaml", "--config", "configs/quick_cfg.yaml"]
-    # overrides, then the point's own values: later arguments win in oe.fit
+    # overrides, then the point's own values: later arguments win in oe.cli.fit
     assert args[4:] == ["--trainer.max_steps", "20", "--model.over_encoding.modulus", "37",
                         "--seed_everything", "1"]
 

@@ -131,14 +131,14 @@ def test_streaming_reads_the_same_tokens(tmp_path, corpus):
 def test_configs_parse(configs):
     from types import SimpleNamespace
 
-    from oe.sweep import check_point
+    from oe.cli.sweep import check_point
 
     args = [a for c in configs for a in ("--config", f"configs/{c}")]
     check_point(SimpleNamespace(name="+".join(configs), fit_args=args))  # SweepError if not
 
 
 def test_m_sweep_covers_the_log_grid():
-    from oe.sweep import load_sweep
+    from oe.cli.sweep import load_sweep
 
     sweep = load_sweep("configs/sweeps/wikitext_m.yaml")
     moduli = sorted({p.values["model.over_encoding.modulus"] for p in sweep.points()})

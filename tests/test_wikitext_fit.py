@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from oe.evaluate import main as evaluate_main
-from oe.fit import main as fit_main
+from oe.cli.evaluate import main as evaluate_main
+from oe.cli.fit import main as fit_main
 from tests.test_evaluate import tiny_gpt2_dir, write_task_files
 from tests.test_wikitext import write_corpus
 
@@ -70,7 +70,7 @@ def test_quick_preset_trains_20_steps_and_evaluates_its_checkpoint(tmp_path, off
     assert len(accs) == 2 and all(round(a * 6) == pytest.approx(a * 6) for a in accs)  # k of 6 items
     assert any(r.get("downstream/piqa/acc_norm_stderr") for r in rows)
 
-    # The checkpoint names its tokenizer: oe.evaluate needs nothing else.
+    # The checkpoint names its tokenizer: oe.evaluation.scoring needs nothing else.
     out = tmp_path / "results.json"
     code = evaluate_main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--tasks",
                           "hellaswag,piqa,storycloze", "--data_dir", str(tmp_path / "tasks"),
@@ -92,9 +92,9 @@ def test_frozen_gpt2_with_hashed_tables_trains_only_the_tables(tmp_path, offline
     from safetensors.torch import load_file
 
     from datamodules.wikitext import WikitextDataModule
-    from oe.export import main as export_main
-    from oe.pretrained import hf_to_ours
-    from oe.table_scaling import frozen_loss
+    from oe.cli.export import main as export_main
+    from oe.models.pretrained import hf_to_ours
+    from oe.experiments.table_scaling import frozen_loss
 
     gpt2 = tiny_gpt2_dir(tmp_path / "gpt2")
     files = {"train": write_corpus(tmp_path / "train.txt", 40, seed=0),

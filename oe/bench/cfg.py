@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from datamodules.cfg import CFGStream
-from oe.bench.common import print_table, time_call, write_json
+from oe.bench.common import time_call, write_json
+from oe.cli.table import print_table
 from oe.cfg import accepts_padded, sample
-from oe.lm import LanguageModel
+from oe.training.lm import LanguageModel
 
 
 def _mutate(symbols: np.ndarray, lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 Random weights (12 layers, width 768, 12 heads, 50,257 ids, 1,024 positions: the shape of GPT-2
 124M; throughput does not depend on the values) and HellaSwag-shaped items made of random token
 ids: a context of about 45 tokens and 4 endings of about 22 (HellaSwag's validation averages
-with GPT-2's tokenizer). Times ``oe.evaluate.loglikelihoods`` side by side: one request at a time
+with GPT-2's tokenizer). Times ``oe.evaluation.scoring.loglikelihoods`` side by side: one request at a time
 (the unbatched way) and batched, for the plain backbone and with Over-Encoding tables
 (orders 2, 3) whose n-gram ids are computed over context + ending.
 """
@@ -16,11 +16,12 @@ import time
 import numpy as np
 import torch
 
-from oe.bench.common import peak_rss_mib, print_table, write_json
-from oe.embedding import OverEncodingConfig
-from oe.evaluate import Request, loglikelihoods
-from oe.lm import LanguageModel
-from oe.model import PRESETS
+from oe.bench.common import peak_rss_mib, write_json
+from oe.cli.table import print_table
+from oe.models.embedding import OverEncodingConfig
+from oe.evaluation.scoring import Request, loglikelihoods
+from oe.training.lm import LanguageModel
+from oe.models.gpt import PRESETS
 
 
 def hellaswag_shaped(n_items: int, vocab: int, seed: int = 0) -> list[Request]:

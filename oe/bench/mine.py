@@ -1,4 +1,4 @@
-"""``python -m oe.bench mine``: n-gram mining speed (tokens/s) of ``oe.mine``'s pruned counter.
+"""``python -m oe.bench mine``: n-gram mining speed (tokens/s) of ``oe.analysis.mining``'s pruned counter.
 
 A synthetic corpus of GPT-2-sized ids (V = 50,257) drawn from a Zipf law (exponent 1.1, close to
 natural text's) in articles of ~3,000 tokens, counted in one pass for orders {2, 3} and
@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
-from oe.bench.common import peak_rss_mib, print_table, write_json
-from oe.mine import count_ngrams
+from oe.bench.common import peak_rss_mib, write_json
+from oe.cli.table import print_table
+from oe.analysis.mining import count_ngrams
 
 
 def zipf_corpus(n_tokens: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

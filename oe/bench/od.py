@@ -23,11 +23,12 @@ import torch
 import yaml
 
 from datamodules.cfg import CFGStream, PAD_ID, VOCAB_SIZE
-from oe.bench.common import peak_rss_mib, print_table, timed, write_json
-from oe.embedding import OverEncodingConfig
-from oe.heads import OutputHeadsConfig, total_loss
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
+from oe.bench.common import peak_rss_mib, timed, write_json
+from oe.cli.table import print_table
+from oe.models.embedding import OverEncodingConfig
+from oe.models.heads import OutputHeadsConfig, total_loss
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KINDS = ("baseline", "od3", "oe3", "ot3")

@@ -4,7 +4,7 @@ For each shape (the 2.4M cfg3f model, and a GPT-2-small-like Wikitext shape), th
 OE-3 models with m in {1e3, 1e5, 1e6} (+1, so that m is odd) are built in one process and timed
 in interleaved rounds (forward, backward with the fused table update, dense AdamW step), so
 that noise on this shared machine hits them alike. The tables are sharded exactly as in
-training (oe.parallelize, one rank), so only the rows a batch touches cost anything.
+training (oe.distributed.parallelize, one rank), so only the rows a batch touches cost anything.
 
 Targets: ratio OE-3 / baseline <= 1.10 at the 2.4M cfg3f model, not growing with m.
 """
@@ -16,11 +16,12 @@ import statistics
 
 import torch
 
-from oe.bench.common import peak_rss_mib, print_table, timed, write_json
-from oe.embedding import OverEncodingConfig
-from oe.lm import LanguageModel
-from oe.model import BackboneConfig
-from oe.parallelize import TablePlan, parallelize, state_floats_per_row
+from oe.bench.common import peak_rss_mib, timed, write_json
+from oe.cli.table import print_table
+from oe.models.embedding import OverEncodingConfig
+from oe.training.lm import LanguageModel
+from oe.models.gpt import BackboneConfig
+from oe.distributed.parallelize import TablePlan, parallelize, state_floats_per_row
 
 SHAPES = {
     # name: (vocab, backbone, batch, length)

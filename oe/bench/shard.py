@@ -1,7 +1,7 @@
 """``python -m oe.bench shard``: one step of a row-wise sharded n-gram table, 1 rank against 2.
 
 For each world size the ranks run as separate processes over gloo. Each rank builds one table of
-every size m (width 64) on the meta device and draws only its own rows (``oe.parallelize``),
+every size m (width 64) on the meta device and draws only its own rows (``oe.distributed.parallelize``),
 then times lookup + backward + fused RowWiseAdagrad update on a fixed global batch of ids,
 uniform over the rows (the same ids per step on 1 and on 2 ranks). Steps of the table sizes are
 interleaved, so that a busy machine slows them alike. Reports the median step time, its ratio to
@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from oe.bench.common import peak_rss_mib, print_table, write_json
+from oe.bench.common import peak_rss_mib, write_json
+from oe.cli.table import print_table
 
 SEQUENCE = 128  # ids per row of the KeyedJaggedTensor, as in a batch of sequences
 
@@ -31,7 +32,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-    from oe.parallelize import TablePlan, row_split, shard_tables
+    from oe.distributed.parallelize import TablePlan, row_split, shard_tables
 
     torch.set_num_threads(args.threads)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

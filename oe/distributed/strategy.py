@@ -1,6 +1,6 @@
 """A Lightning strategy for row-wise sharded n-gram tables: DDP for the rest, lossless checkpoints.
 
-The model shards its tables in ``configure_model`` (``oe.parallelize``) and names their
+The model shards its tables in ``configure_model`` (``oe.distributed.parallelize``) and names their
 parameters in ``_ddp_params_and_buffers_to_ignore``, so DDP averages only the dense gradients.
 Lightning's own checkpointing would keep rank 0's file alone, losing every other rank's rows; here
 a checkpoint ``X.ckpt`` is the dense state (written by rank 0, as usual) plus ``X.ckpt.tables/``,
@@ -23,7 +23,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
-from oe.parallelize import (load_full_tables, load_table_state, sharded_collections, table_owners,
+from oe.distributed.parallelize import (load_full_tables, load_table_state, sharded_collections, table_owners,
                             table_signature, table_state)
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
@@ -126,7 +126,7 @@ class ShardedTableStrategy(DDPStrategy):
             raise RuntimeError(
                 f"checkpoint {self._loading_from}: missing keys {missing}, unexpected {unexpected}"
             )
-        if full:  # a single-device checkpoint (oe.export): every row, no optimiser state
+        if full:  # a single-device checkpoint (oe.distributed.export): every row, no optimiser state
             load_full_tables(module, full)
             return None
         state = table_state(module)

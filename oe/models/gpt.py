@@ -1,6 +1,6 @@
 """A GPT-2 decoder that takes its input embedding as a part.
 
-The embedding (``oe.embedding.TokenEmbedding`` or ``OverEncoding``) owns the 1-gram table; the
+The embedding (``oe.models.embedding.TokenEmbedding`` or ``OverEncoding``) owns the 1-gram table; the
 output head shares it. Attention is PyTorch's scaled_dot_product_attention. Generation keeps a
 key/value cache, so each new token costs one position of work.
 """

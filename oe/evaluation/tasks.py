@@ -1,7 +1,7 @@
 """Zero-shot multiple-choice tasks, as lm-evaluation-harness defines them.
 
 Each task turns a row of its data set (with the hub data set's own field names) into an ``Item``:
-a context, the choices, and the gold index read from the row. The scorer (``oe.evaluate``)
+a context, the choices, and the gold index read from the row. The scorer (``oe.evaluation.scoring``)
 appends ``" " + choice`` to the context and scores the choice's tokens only.
 
     hellaswag       Rowan/hellaswag, validation (10,042): "{activity_label}: {ctx_a} {Ctx_b}"

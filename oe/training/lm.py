@@ -14,13 +14,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from oe.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
-from oe.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
-from oe.heads import HeadLoss, OutputHeads, OutputHeadsConfig, total_loss
-from oe.model import GPT, BackboneConfig
-from oe.parallelize import TablePlan, parallelize, sharded_collections, table_parameter_names
-from oe.strategy import ShardedTableStrategy
-from oe.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
+from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
+from oe.models.heads import HeadLoss, OutputHeads, OutputHeadsConfig, total_loss
+from oe.models.gpt import GPT, BackboneConfig
+from oe.distributed.parallelize import TablePlan, parallelize, sharded_collections, table_parameter_names
+from oe.distributed.strategy import ShardedTableStrategy
+from oe.models.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
 
 IGNORE_INDEX = -100
 
@@ -62,7 +62,7 @@ class LanguageModel(L.LightningModule):
         over_encoding: the n-gram tables; None for the baseline.
         heads: training-only extra heads (Over-Decoding, MTP); None for the next-token head alone.
         optimizer: dense optimiser and schedule.
-        frequent_ngrams: mined n-gram rows (oe.mine) instead of hashed tables; None: none.
+        frequent_ngrams: mined n-gram rows (oe.analysis.mining) instead of hashed tables; None: none.
         pretrained: GPT-2 weights in HF format (hub id or local directory) for the backbone,
             whose shape then comes from the checkpoint; n-gram tables start afresh.
         freeze_backbone: train only the n-gram tables (and their projection).
@@ -180,7 +180,7 @@ class LanguageModel(L.LightningModule):
 
     def configure_model(self) -> None:
         # Training shards the Over-Encoding tables row-wise over all ranks (one rank too) with
-        # their optimiser fused into the backward pass (oe.parallelize); DDP leaves them alone.
+        # their optimiser fused into the backward pass (oe.distributed.parallelize); DDP leaves them alone.
         # Outside fit (evaluation, generation) the plain tables serve.
         if self.over_encoding is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
@@ -197,7 +197,7 @@ class LanguageModel(L.LightningModule):
                                                                 ShardedTableStrategy):
             raise ValueError(
                 "sharded n-gram tables are checkpointed only by trainer.strategy "
-                "oe.strategy.ShardedTableStrategy (the OE configs' default); with "
+                "oe.distributed.strategy.ShardedTableStrategy (the OE configs' default); with "
                 f"{type(self.trainer.strategy).__name__} the table optimiser state (and on several "
                 "ranks, other ranks' rows) would be lost. Set that strategy, or "
                 "model.over_encoding.shard_tables false for small tables"

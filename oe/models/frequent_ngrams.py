@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.ngram import ngram_ids
+from oe.models.ngram import ngram_ids
 
 KEY_MODULUS = 2**40 - 87  # below ngram_ids' 2^40 bound; odd, so never a multiple of an even V
 
@@ -62,7 +62,7 @@ def read_mined(path: str | Path, orders: list[int], top_k: int, vocab_size: int)
     with path.open() as f:
         header = json.loads(f.readline() or "{}")
         if "meta" not in header:
-            raise ValueError(f"{path}:1: expected a header line {{\"meta\": ...}} as oe.mine writes")
+            raise ValueError(f"{path}:1: expected a header line {{\"meta\": ...}} as oe.analysis.mining writes")
         meta = header["meta"]
         if meta.get("vocab_size") != vocab_size:
             raise ValueError(

@@ -1,6 +1,6 @@
 """The parallel plan of the n-gram tables: row-wise shards on every rank, optimiser in backward.
 
-The model (``oe.embedding.OverEncoding``) holds its n-gram tables as one TorchRec
+The model (``oe.models.embedding.OverEncoding``) holds its n-gram tables as one TorchRec
 ``EmbeddingCollection`` and knows nothing of ranks. Training replaces that collection with a
 ``ShardedEmbeddingCollection``: every table is split by rows over all ranks of the default process
 group (one rank included, so a single process runs the very same code), ids travel to the rank
@@ -24,14 +24,14 @@ from torchrec.distributed.embedding import EmbeddingCollectionSharder, ShardedEm
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise
 from torchrec.distributed.types import ShardingEnv
 
-from oe.embedding import OverEncoding, table_rows
+from oe.models.embedding import OverEncoding, table_rows
 
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 GPU_ONLY_OPTIMIZERS = ("adam",)
 
 
 def state_floats_per_row(optimizer: str, width: int) -> int:
-    """Optimiser state kept per table row, in floats: what ``oe.plan`` and the README quote."""
+    """Optimiser state kept per table row, in floats: what ``oe.analysis.memory_plan`` and the README quote."""
     per_row = {"sgd": 0, "rowwise_adagrad": 1, "adagrad": width, "adam": 2 * width}
     if optimizer not in per_row:
         raise ValueError(
@@ -137,7 +137,7 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
             local = local_shard(sharded, config.name)
             if local.shape[0] != count:
                 raise RuntimeError(
-                    f"TorchRec split table {config.name} unlike oe.parallelize.row_split"
+                    f"TorchRec split table {config.name} unlike oe.distributed.parallelize.row_split"
                 )
             source = sources[config.name]
             if source.is_meta:  # draw straight into the shard: no second copy of the rows

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.ngram import last_ngram_ids, ngram_ids
+from oe.models.ngram import last_ngram_ids, ngram_ids
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class OverEncodingConfig:
     init_std: float = 0.02
     combine: Literal["mean", "sum"] = "mean"
     # Optimiser of the n-gram tables, fused into the backward pass apart from the dense
-    # parameters (oe.parallelize); adam needs a GPU. table_lr None: the dense learning rate.
+    # parameters (oe.distributed.parallelize); adam needs a GPU. table_lr None: the dense learning rate.
     table_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     table_lr: float | None = None
     table_weight_decay: float = 0.0
@@ -61,7 +61,7 @@ _DEFER_TABLES: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_tabl
 def deferred_ngram_tables() -> Iterator[None]:
     """Build sharded n-gram tables without values (meta device) inside this block.
 
-    Training (``oe.fit``) shards the tables right away, and ``oe.parallelize`` then draws each
+    Training (``oe.cli.fit``) shards the tables right away, and ``oe.distributed.parallelize`` then draws each
     rank's own rows from the same keyed generator, so no process ever holds a whole table and
     the values equal those of an eagerly built model.
     """
@@ -214,7 +214,7 @@ class OverEncoding(nn.Module):
                 for t in self.tables
             ],
             # The current default device, so that `with torch.device("meta")` builds a model of
-            # any table size without memory (oe.plan); TorchRec would otherwise force the CPU.
+            # any table size without memory (oe.analysis.memory_plan); TorchRec would otherwise force the CPU.
             device=(torch.device("meta") if _DEFER_TABLES.get() and config.shard_tables
                     else torch.get_default_device()),
         )
@@ -226,7 +226,7 @@ class OverEncoding(nn.Module):
     def reset_ngram_tables(self) -> None:
         for index, t in enumerate(self.tables):
             weight = self.ngram.embeddings[t.name].weight
-            if weight.is_meta:  # no values yet; oe.parallelize draws each rank's own rows
+            if weight.is_meta:  # no values yet; oe.distributed.parallelize draws each rank's own rows
                 continue
             table_rows(self.table_seed, index, 0, t.modulus, t.width, self.config.init_std,
                        out=weight)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oe.model import BackboneConfig, Block
+from oe.models.gpt import BackboneConfig, Block
 
 IGNORE_INDEX = -100
 

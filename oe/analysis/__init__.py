@@ -1,0 +1,1 @@
+"""Reading runs back: curves, sweep reports, the memory plan of a sharded model, n-gram counting."""

@@ -1,0 +1,129 @@
+"""``python -m oe.plan --config X.yaml --world-size W``: memory per rank of a sharded OE model.
+
+Builds the config's model on the meta device (no memory, any table size), splits every n-gram
+table row-wise over W ranks as ``oe.distributed.parallelize`` does, and prints per rank: the table rows, the
+fused optimiser's state for each choice, and the dense model (replicated by DDP: weights,
+gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n-embd`` and ``--n-head``
+override the config, e.g. the paper's scale:
+
+    python -m oe.plan --config configs/cfg_oe3.yaml --world-size 64 \\
+        --modulus 12800001 --n-embd 2048 --n-head 16 --vocab-size 50257
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split, state_floats_per_row,
+                            table_owners)
+
+FLOAT = 4  # bytes
+GIB = 1024**3
+
+
+def read_model_section(paths: list[str]) -> tuple[dict, dict]:
+    """The ``model`` and ``data`` sections of layered YAML configs (later files win)."""
+    model: dict = {}
+    data: dict = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--config {path}: no such file")
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        _merge(model, doc.get("model") or {})
+        _merge(data, doc.get("data") or {})
+    return model, data
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def build_on_meta(model_section: dict, vocab_size: int):
+    """The LanguageModel of a config's ``model`` section, parameters on the meta device."""
+    from jsonargparse import ArgumentParser
+
+    from oe.training.lm import LanguageModel
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(LanguageModel, "model")
+    config = parser.parse_object({"model": {**model_section, "vocab_size": vocab_size}})
+    with torch.device("meta"):
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        return instantiate(config).model
+
+
+def data_vocab_size(data_section: dict) -> int:
+    """The data module's vocabulary size (what oe.cli.fit links into the model)."""
+    import importlib
+
+    class_path = data_section.get("class_path")
+    if not class_path:
+        raise ValueError("the config has no data.class_path; pass --vocab-size")
+    module, _, name = class_path.rpartition(".")
+    data = getattr(importlib.import_module(module), name)(**(data_section.get("init_args") or {}))
+    return int(data.vocab_size)
+
+
+def plan(model, world_size: int) -> dict:
+    """Per-rank and total figures (bytes, rows) for ``model`` on ``world_size`` ranks."""
+    owners = table_owners(model)
+    if not owners:
+        raise ValueError("the config's model has no Over-Encoding tables (model.over_encoding)")
+    table_ids = {id(p) for owner in owners.values() for p in owner.ngram.parameters()}
+    dense = sum(p.numel() for p in model.parameters() if id(p) not in table_ids)
+    tables = [t for owner in owners.values() for t in owner.tables]
+    check_world_size({t.name: t.modulus for t in tables}, world_size)
+    rank_rows = [{t.name: row_split(t.modulus, world_size)[r][1] for t in tables}
+                 for r in range(world_size)]
+    busiest = max(range(world_size), key=lambda r: sum(rank_rows[r].values()))
+    rows = rank_rows[busiest]
+    width = {t.name: t.width for t in tables}
+    return {
+        "world_size": world_size,
+        "tables": [(t.name, t.modulus, t.width) for t in tables],
+        "rows_per_rank": sum(rows.values()),
+        "rows_total": sum(t.modulus for t in tables),
+        "table_bytes_per_rank": FLOAT * sum(n * width[k] for k, n in rows.items()),
+        "table_bytes_total": FLOAT * sum(t.modulus * t.width for t in tables),
+        "optimizer_bytes_per_rank": {
+            o: FLOAT * sum(n * state_floats_per_row(o, width[k]) for k, n in rows.items())
+            for o in TABLE_OPTIMIZERS
+        },
+        "dense_parameters": dense,
+        # weights, gradients and AdamW's two moments, replicated on every rank
+        "dense_bytes_per_rank": FLOAT * 4 * dense,
+    }
+
+
+def print_plan(figures: dict, optimizer: str) -> None:
+    def gib(size: float) -> str:
+        return f"{size / GIB:,.2f} GiB" if size >= GIB else f"{size / 2**20:,.2f} MiB"
+
+    w = figures["world_size"]
+    print(f"{len(figures['tables'])} n-gram tables on {w} ranks (row-wise, ceil(m / {w}) rows "
+          f"each, the last rank fewer):")
+    for name, rows, width in figures["tables"]:
+        print(f"  {name}: {rows:,} rows x {width}")
+    print(f"\nper rank (the busiest), fp32{'':14}per rank      all ranks")
+    table = [
+        ("n-gram rows", f"{figures['rows_per_rank']:,}", f"{figures['rows_total']:,}"),
+        ("n-gram table", gib(figures["table_bytes_per_rank"]), gib(figures["table_bytes_total"])),
+    ]
+    for name, size in figures["optimizer_bytes_per_rank"].items():
+        mark = " (configured)" if name == optimizer else ""
+        table.append((f"table state: {name}{mark}", gib(size), gib(size * w)))
+    table.append((f"dense model ({figures['dense_parameters'] / 1e6:,.1f}M params) x4",
+                  gib(figures["dense_bytes_per_rank"]), gib(figures["dense_bytes_per_rank"] * w)))
+    total = (figures["table_bytes_per_rank"] + figures["optimizer_bytes_per_rank"][optimizer]
+             + figures["dense_bytes_per_rank"])
+    table.append((f"total with {optimizer}", gib(total), gib(total * w)))
+    for label, per_rank, everything in table:
+        print(f"  {label:<42}{per_rank:>14}{everything:>16}")
+    print("\nDense x4: weights, gradients and AdamW's two moments; activations not included.")

@@ -1,0 +1,46 @@
+"""The command layer: ``oe SUBCOMMAND ...``, and ``python -m oe.SUBCOMMAND ...`` for each.
+
+Only this layer (with the benchmarks and the experiments) may import ``datamodules`` and
+``callbacks``; the library below it never does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module whose main(argv) runs it, one line of help)
+SUBCOMMANDS = {
+    "fit": ("oe.cli.fit", "train a model from YAML configs (LightningCLI)"),
+    "evaluate": ("oe.cli.evaluate", "zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint"),
+    "export": ("oe.cli.export", "a single-device checkpoint from a sharded-table checkpoint"),
+    "sweep": ("oe.cli.sweep", "expand a sweep file into runs: locally, or as a SLURM job array"),
+    "report": ("oe.cli.report", "a Markdown report with plots of a group of runs"),
+    "plot": ("oe.cli.plot", "curves of metrics of several runs in one PNG"),
+    "plan": ("oe.cli.plan", "memory per rank of a config's model with sharded tables"),
+    "mine": ("oe.cli.mine", "count the most frequent n-grams of a corpus"),
+    "bench": ("oe.bench.__main__", "benchmarks: oe bench NAME"),
+    "cfg": ("oe.cli.cfg", "sample or check cfg3f sentences"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: oe SUBCOMMAND [options]   (oe SUBCOMMAND --help for its options)", "",
+             "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    sys.argv = [f"oe {name}", *rest]  # what argparse and LightningCLI show as the program
+    return importlib.import_module(SUBCOMMANDS[name][0]).main(rest)

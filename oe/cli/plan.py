@@ -1,0 +1,51 @@
+"""``python -m oe.plan --config X.yaml --world-size W``: memory per rank of a sharded OE model.
+
+Builds the config's model on the meta device (no memory, any table size), splits every n-gram
+table row-wise over W ranks as ``oe.distributed.parallelize`` does, and prints per rank: the table rows, the
+fused optimiser's state for each choice, and the dense model (replicated by DDP: weights,
+gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n-embd`` and ``--n-head``
+override the config, e.g. the paper's scale:
+
+    python -m oe.plan --config configs/cfg_oe3.yaml --world-size 64 \
+        --modulus 12800001 --n-embd 2048 --n-head 16 --vocab-size 50257
+"""
+
+from __future__ import annotations
+import argparse
+import sys
+
+from oe.analysis.memory_plan import (read_model_section, build_on_meta, data_vocab_size, plan, print_plan)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.plan", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", action="append", required=True,
+                        help="YAML config(s) as for oe.cli.fit; later ones override")
+    parser.add_argument("--world-size", type=int, required=True, help="number of ranks")
+    parser.add_argument("--vocab-size", type=int, help="default: the config's data module's")
+    parser.add_argument("--modulus", type=int, help="override model.over_encoding.modulus")
+    parser.add_argument("--n-embd", type=int, help="override model.backbone.n_embd")
+    parser.add_argument("--n-head", type=int, help="override model.backbone.n_head")
+    args = parser.parse_args(argv)
+    try:
+        if args.world_size < 1:
+            raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
+        model_section, data_section = read_model_section(args.config)
+        for flag, section, key in ((args.modulus, "over_encoding", "modulus"),
+                                   (args.n_embd, "backbone", "n_embd"),
+                                   (args.n_head, "backbone", "n_head")):
+            if flag is not None:
+                model_section.setdefault(section, {})[key] = flag
+        vocab = args.vocab_size or data_vocab_size(data_section)
+        model = build_on_meta(model_section, vocab)
+        figures = plan(model, args.world_size)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    optimizer = model.over_encoding.table_optimizer
+    print_plan(figures, optimizer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

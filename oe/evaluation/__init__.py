@@ -1,0 +1,1 @@
+"""Zero-shot multiple-choice evaluation: the tasks and the log-likelihood scorer."""

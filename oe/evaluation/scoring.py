@@ -1,0 +1,155 @@
+"""``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze, scored as lm-evaluation-harness does.
+
+    python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa
+    python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt --tasks hellaswag --limit 500
+    python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --output results.json
+
+For each item and choice the model reads ``context + " " + choice`` (the harness's encoding: the
+pair is tokenised whole and the context's tokens cut off its front; an empty context is the
+end-of-text token; the longest sequences are cut from the left to the model's block size). The
+score is the summed log-probability of the choice's tokens only, each predicted from the
+position before it. acc: the argmax score is the gold choice; acc_norm: the same with each
+score divided by the choice's length in characters. Both come with the standard error of the
+mean (sample standard deviation / sqrt(n)), on the full validation sets unless ``--limit``.
+
+Scoring is batched: requests are sorted by length and right-padded; with causal attention and
+positions counted from the left, padding never reaches a scored position, and only the scored
+positions go through the output head. An Over-Encoding model computes its n-gram ids over the
+whole context + choice in the same forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from oe.models.gpt import GPT
+from oe.evaluation.tasks import Item, TaskDataError
+
+
+@dataclass(frozen=True)
+class Request:
+    item: int
+    choice: int
+    context: list[int]
+    continuation: list[int]
+
+
+def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as the harness splits them."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:  # trailing whitespace of the context belongs to the continuation
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation).ids
+    context_ids = tokenizer.encode(context).ids if context else []
+    continuation_ids = whole[len(context_ids):]
+    if not context_ids:
+        context_ids = [eot_id]
+    return context_ids, continuation_ids
+
+
+def build_requests(items: list[Item], tokenizer, eot_id: int) -> list[Request]:
+    requests = []
+    for i, item in enumerate(items):
+        for c, choice in enumerate(item.choices):
+            context, continuation = encode_pair(tokenizer, item.context, " " + choice, eot_id)
+            if not continuation:
+                raise TaskDataError(f"item {i} choice {c} ({choice!r}) has no tokens to score")
+            requests.append(Request(i, c, context, continuation))
+    return requests
+
+
+def _window(request: Request, max_length: int) -> tuple[list[int], int]:
+    """The model's input (context + continuation, cut to ``max_length`` from the left, last
+    token dropped) and how many of its final positions predict continuation tokens."""
+    full = (request.context + request.continuation)[-(max_length + 1):]
+    return full[:-1], min(len(request.continuation), len(full) - 1)
+
+
+@torch.no_grad()
+def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
+                   pad_id: int = 0, min_batches: int = 0) -> np.ndarray:
+    """Summed log-probability of each request's continuation tokens, batched.
+
+    ``min_batches``: run at least this many forward passes (one-token ones after the real
+    batches), so that ranks sharing row-wise sharded tables make equally many collective calls.
+    """
+    device = model.position.weight.device
+    max_length = model.config.block_size
+    was_training = model.training
+    model.eval()
+    scores = np.zeros(len(requests), dtype=np.float64)
+    order = sorted(range(len(requests)),
+                   key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
+    try:
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            windows = [_window(requests[i], max_length) for i in chosen]
+            width = max(len(w) for w, _ in windows)
+            tokens = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+            rows, positions, targets = [], [], []
+            for r, (i, (inputs, n_scored)) in enumerate(zip(chosen, windows)):
+                tokens[r, :len(inputs)] = torch.tensor(inputs)
+                rows += [r] * n_scored
+                positions += range(len(inputs) - n_scored, len(inputs))
+                targets += requests[i].continuation[-n_scored:]
+            hidden = model.hidden(model.embedding(tokens.to(device)))
+            picked = hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
+            logp = model.logits(picked).float().log_softmax(dim=-1)
+            per_token = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
+            sums = torch.zeros(len(chosen), dtype=torch.float64, device=device)
+            sums.index_add_(0, torch.tensor(rows, device=device), per_token.double())
+            scores[chosen] = sums.cpu().numpy()
+        for _ in range(min_batches - math.ceil(len(order) / batch_size)):
+            model.hidden(model.embedding(torch.full((1, 1), pad_id, device=device)))
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def item_correct(items: list[Item], requests: list[Request], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: 1.0 where acc (raw scores) and acc_norm (scores / choice characters) hit the gold."""
+    per_item: list[list[float]] = [[0.0] * len(item.choices) for item in items]
+    for request, score in zip(requests, scores):
+        per_item[request.item][request.choice] = score
+    acc = np.zeros(len(items))
+    acc_norm = np.zeros(len(items))
+    for i, item in enumerate(items):
+        lls = np.array(per_item[i])
+        lengths = np.array([float(len(c)) for c in item.choices])
+        acc[i] = float(np.argmax(lls) == item.gold)
+        acc_norm[i] = float(np.argmax(lls / lengths) == item.gold)
+    return acc, acc_norm
+
+
+def mean_stderr(values: np.ndarray) -> float:
+    n = len(values)
+    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def summarise(acc: np.ndarray, acc_norm: np.ndarray) -> dict:
+    return {"acc": float(acc.mean()), "acc_stderr": mean_stderr(acc),
+            "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": mean_stderr(acc_norm),
+            "n": int(len(acc))}
+
+
+def evaluate_task(model: GPT, tokenizer, eot_id: int, items: list[Item], batch_size: int = 32,
+                  pad_id: int = 0) -> dict:
+    started = time.perf_counter()
+    requests = build_requests(items, tokenizer, eot_id)
+    scores = loglikelihoods(model, requests, batch_size, pad_id)
+    result = summarise(*item_correct(items, requests, scores))
+    result["items_per_s"] = len(items) / (time.perf_counter() - started)
+    return result
+
+
+def eot_id_of(tokenizer) -> int:
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    if eot is None:
+        raise ValueError("the tokenizer has no <|endoftext|> token (GPT-2's end-of-text)")
+    return eot

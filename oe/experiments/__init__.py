@@ -1,0 +1,1 @@
+"""One-off experiments built on the library (not imported by it)."""

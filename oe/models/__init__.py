@@ -1,0 +1,1 @@
+"""The models: GPT-2 backbone, input embeddings (tokens, hashed n-gram tables, mined n-grams), output heads, the n-gram id function."""
