@@ -58,3 +58,72 @@ def reference_accepts(sentence) -> bool:
         return frozenset(found)
 
     return len(s) in ends(22, 0)
+
+
+def reference_probability(sentence, root: int = 22) -> float:
+    """P(root derives the sentence) when every rule of a symbol is chosen uniformly, top-down."""
+    s = tuple(int(x) for x in sentence)
+
+    @lru_cache(maxsize=None)
+    def inside(symbol: int, start: int) -> dict[int, float]:
+        if symbol not in RULES:
+            return {start + 1: 1.0} if start < len(s) and s[start] == symbol else {}
+        found: dict[int, float] = {}
+        for body in RULES[symbol]:
+            positions = {start: 1.0 / len(RULES[symbol])}
+            for child in body:
+                after: dict[int, float] = {}
+                for p, weight in positions.items():
+                    for e, q in inside(child, p).items():
+                        after[e] = after.get(e, 0.0) + weight * q
+                positions = after
+            for e, q in positions.items():
+                found[e] = found.get(e, 0.0) + q
+        return found
+
+    return inside(root, 0).get(len(s), 0.0)
+
+
+def reference_viable_prefix(sentence, root: int = 22) -> int:
+    """The largest L such that s[:L] begins some string of ``root``, by a search over L."""
+    s = tuple(int(x) for x in sentence)
+
+    def viable(length: int) -> bool:
+        @lru_cache(maxsize=None)
+        def ends(symbol: int, start: int) -> frozenset[int]:
+            # Exact derivations of s[start:e] with e <= length.
+            if symbol not in RULES:
+                return frozenset({start + 1}) if start < length and s[start] == symbol else frozenset()
+            found: set[int] = set()
+            for body in RULES[symbol]:
+                positions = {start}
+                for child in body:
+                    positions = {e for p in positions for e in ends(child, p)}
+                found |= positions
+            return frozenset(found)
+
+        @lru_cache(maxsize=None)
+        def covers(symbol: int, start: int) -> bool:
+            # Some string of the symbol begins with s[start:length].
+            if start == length:
+                return True
+            if symbol not in RULES:
+                return start + 1 == length and s[start] == symbol
+            for body in RULES[symbol]:
+                positions = {start}
+                for child in body:
+                    if any(covers(child, p) for p in positions):
+                        return True
+                    positions = {e for p in positions for e in ends(child, p)}
+            return False
+
+        return covers(root, 0)
+
+    low, high = 0, len(s)  # viable(0) holds, and viability shrinks with the length
+    while low < high:
+        middle = (low + high + 1) // 2
+        if viable(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

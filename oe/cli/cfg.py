@@ -1,4 +1,10 @@
-"""``python -m oe.cfg sample --n N --seed S`` and ``python -m oe.cfg check [FILE|-]``."""
+"""``oe cfg sample --n N --seed S``, ``oe cfg check [--prefix] [FILE|-]``, ``oe cfg logprob [FILE|-]``.
+
+``check`` prints valid/invalid per line (``--prefix``: the length of the longest prefix that some
+cfg3f sentence begins with), ``logprob`` the natural log of the probability that the sampler
+emits exactly that line (``-inf`` when the grammar rejects it). Lines are digits 1-3; an empty
+line or one with any other character is no sentence (``invalid``, ``0``, ``-inf``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import numpy as np
 
 from oe.cfg.checker import accepts_padded, parse_line
 from oe.cfg.grammar import MAX_LENGTH
+from oe.cfg.inside import logprob, viable_prefix_length
 from oe.cfg.sampler import sample
 
 _CHUNK = 10_000
@@ -56,6 +63,30 @@ def _check(lines) -> int:
     return 0
 
 
+def _per_line(lines, score, bad: str, fmt) -> int:
+    """Print ``fmt(score(sentences))`` per line, in chunks; ``bad`` for unreadable lines."""
+    batch: list[np.ndarray | None] = []
+
+    def flush() -> None:
+        values = iter(score([s for s in batch if s is not None]))
+        sys.stdout.write("".join((bad if s is None else fmt(next(values))) + "\n" for s in batch))
+        batch.clear()
+
+    for line in lines:
+        batch.append(parse_line(line))
+        if len(batch) == _CHUNK:
+            flush()
+    flush()
+    return 0
+
+
+COMMANDS = {
+    "logprob": lambda lines: _per_line(lines, logprob, "-inf", lambda v: f"{v:.10g}"),
+    "prefix": lambda lines: _per_line(lines, viable_prefix_length, "0", str),
+    "check": _check,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oe.cfg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,20 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     p_sample.add_argument("--seed", type=int, default=0)
     p_sample.add_argument("--first", type=int, default=0, help="index of the first sentence")
     p_check = sub.add_parser("check", help="print valid/invalid for each line")
+    p_check.add_argument("--prefix", action="store_true",
+                         help="print the length of the longest viable prefix instead")
     p_check.add_argument("file", nargs="?", default="-")
+    p_logprob = sub.add_parser("logprob", help="print ln P(sentence) for each line")
+    p_logprob.add_argument("file", nargs="?", default="-")
     args = parser.parse_args(argv)
     if args.command == "sample":
         if args.n < 0 or args.seed < 0 or args.first < 0:
             parser.error("--n, --seed and --first must be >= 0")
         _sample(args.n, args.seed, args.first)
         return 0
+    run = COMMANDS["prefix" if getattr(args, "prefix", False) else args.command]
     if args.file == "-":
-        return _check(sys.stdin)
+        return run(sys.stdin)
     try:
         with open(args.file, encoding="utf-8", errors="replace") as handle:
-            return _check(handle)
-    except FileNotFoundError:
-        print(f"error: no such file: {args.file}", file=sys.stderr)
+            return run(handle)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        what = "is a directory" if isinstance(err, IsADirectoryError) else "no such file"
+        print(f"error: {args.file}: {what}", file=sys.stderr)
         return 2
 
 
