@@ -309,6 +309,10 @@ class WikitextDataModule(ResumableStreamDataModule):
     def extra_state(self) -> dict:
         return {"tokenizer_file": self.tokenizer_file}
 
+    def tokenizer_record(self) -> dict[str, str]:
+        """The tokenizer, as the model's checkpoints record it (oe.distributed.checkpoint.TokenizerRecord)."""
+        return {"tokenizer_file": str(self.tokenizer_file), "tokenizer_fingerprint": self.fingerprint}
+
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     chunk = []

@@ -13,10 +13,9 @@ from oe.models.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, de
                           table_rows)
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig
-from oe.distributed.parallelize import (check_world_size, fused_params, row_split, state_floats_per_row,
-                            table_signature)
+from oe.distributed.parallelize import check_world_size, fused_params, row_split, state_floats_per_row
 from oe.cli.plan import main as plan_main
-from oe.distributed.strategy import TABLE_KEY, check_tables
+from oe.distributed.checkpoint import TABLE_KEY, check_tables, table_signature
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])

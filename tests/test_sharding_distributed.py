@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from oe.cli.export import main as export_main
-from oe.distributed.export import read_tables
-from oe.distributed.strategy import table_dir
+from oe.distributed.checkpoint import read_tables, table_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from oe.models.build import BuiltModel, build_arguments, build_model
 from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split, state_floats_per_row,
                             table_owners)
 
@@ -45,18 +46,12 @@ def _merge(into: dict, new: dict) -> None:
             into[key] = value
 
 
-def build_on_meta(model_section: dict, vocab_size: int):
-    """The LanguageModel of a config's ``model`` section, parameters on the meta device."""
-    from jsonargparse import ArgumentParser
+def build_on_meta(model_section: dict, vocab_size: int) -> BuiltModel:
+    """The model of a config's ``model`` section, parameters on the meta device."""
 
-    from oe.training.lm import LanguageModel
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(LanguageModel, "model")
-    config = parser.parse_object({"model": {**model_section, "vocab_size": vocab_size}})
+    arguments = build_arguments({**model_section, "vocab_size": vocab_size})
     with torch.device("meta"):
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        return instantiate(config).model
+        return build_model(**arguments)
 
 
 def data_vocab_size(data_section: dict) -> int:
@@ -71,13 +66,15 @@ def data_vocab_size(data_section: dict) -> int:
     return int(data.vocab_size)
 
 
-def plan(model, world_size: int) -> dict:
+def plan(model: BuiltModel, world_size: int) -> dict:
     """Per-rank and total figures (bytes, rows) for ``model`` on ``world_size`` ranks."""
-    owners = table_owners(model)
+    owners = table_owners(model.gpt)
     if not owners:
         raise ValueError("the config's model has no Over-Encoding tables (model.over_encoding)")
     table_ids = {id(p) for owner in owners.values() for p in owner.ngram.parameters()}
-    dense = sum(p.numel() for p in model.parameters() if id(p) not in table_ids)
+    # The extra output heads train with the dense parameters, replicated like them.
+    parts = [model.gpt] if model.heads is None else [model.gpt, model.heads]
+    dense = sum(p.numel() for part in parts for p in part.parameters() if id(p) not in table_ids)
     tables = [t for owner in owners.values() for t in owner.tables]
     check_world_size({t.name: t.modulus for t in tables}, world_size)
     rank_rows = [{t.name: row_split(t.modulus, world_size)[r][1] for t in tables}
@@ -87,6 +84,7 @@ def plan(model, world_size: int) -> dict:
     width = {t.name: t.width for t in tables}
     return {
         "world_size": world_size,
+        "table_optimizer": next(iter(owners.values())).config.table_optimizer,
         "tables": [(t.name, t.modulus, t.width) for t in tables],
         "rows_per_rank": sum(rows.values()),
         "rows_total": sum(t.modulus for t in tables),

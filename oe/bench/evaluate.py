@@ -20,7 +20,7 @@ from oe.bench.common import peak_rss_mib, write_json
 from oe.cli.table import print_table
 from oe.models.embedding import OverEncodingConfig
 from oe.evaluation.scoring import Request, loglikelihoods
-from oe.training.lm import LanguageModel
+from oe.models.build import build_model
 from oe.models.gpt import PRESETS
 
 
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     vocab = 50257
     backbone = PRESETS["gpt2_small"]
     models = {
-        "gpt2-small": LanguageModel(vocab_size=vocab, backbone=backbone).model.eval(),
-        "gpt2-small + OE(2,3)": LanguageModel(
+        "gpt2-small": build_model(vocab_size=vocab, backbone=backbone).gpt.eval(),
+        "gpt2-small + OE(2,3)": build_model(
             vocab_size=vocab, backbone=backbone,
-            over_encoding=OverEncodingConfig(orders=[2, 3], modulus=args.modulus)).model.eval(),
+            over_encoding=OverEncodingConfig(orders=[2, 3], modulus=args.modulus)).gpt.eval(),
     }
     requests = hellaswag_shaped(args.items, vocab)
     tokens = sum(len(r.context) + len(r.continuation) for r in requests)

@@ -21,7 +21,7 @@ from oe.cli.table import print_table
 from oe.models.embedding import OverEncodingConfig
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig
-from oe.distributed.parallelize import TablePlan, parallelize, state_floats_per_row
+from oe.distributed.parallelize import TableSharding, shard_embedding, state_floats_per_row
 
 SHAPES = {
     # name: (vocab, backbone, batch, length)
@@ -34,9 +34,9 @@ def build(vocab: int, backbone: BackboneConfig, modulus: int | None):
     over_encoding = None if modulus is None else OverEncodingConfig(orders=[2, 3], modulus=modulus)
     module = LanguageModel(vocab_size=vocab, backbone=backbone, over_encoding=over_encoding)
     if over_encoding is not None:
-        plan = TablePlan(optimizer="rowwise_adagrad", lr=1e-3, weight_decay=0.0,
-                         seed=module.model.embedding.table_seed, init_std=0.02)
-        parallelize(module.model.embedding, plan, torch.device("cpu"))
+        sharding = TableSharding(optimizer="rowwise_adagrad", lr=1e-3, weight_decay=0.0,
+                                 seed=module.model.embedding.table_seed, init_std=0.02)
+        shard_embedding(module.model.embedding, sharding, torch.device("cpu"))
     tables = {id(p) for p in module.table_parameters()}
     dense = [p for p in module.parameters() if id(p) not in tables]
     optimizer = torch.optim.AdamW(dense, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)

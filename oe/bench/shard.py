@@ -32,7 +32,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-    from oe.distributed.parallelize import TablePlan, row_split, shard_tables
+    from oe.distributed.parallelize import TableSharding, row_split, shard_tables
 
     torch.set_num_threads(args.threads)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -47,8 +47,8 @@ def worker(args: argparse.Namespace) -> None:
                                     feature_names=["t"])],
             device=torch.device("meta"),
         )
-        plan = TablePlan("rowwise_adagrad", lr=0.01, weight_decay=0.0, seed=0, init_std=0.02)
-        sharded = shard_tables(collection, plan, torch.device("cpu"))
+        sharding = TableSharding("rowwise_adagrad", lr=0.01, weight_decay=0.0, seed=0, init_std=0.02)
+        sharded = shard_tables(collection, sharding, torch.device("cpu"))
         # Rank r takes its slice of the same global batches on any world size.
         generator = torch.Generator().manual_seed(1234)
         batches = [torch.randint(0, m, (args.ids,), generator=generator)

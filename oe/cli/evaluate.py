@@ -33,44 +33,36 @@ from oe.evaluation.scoring import (evaluate_task, eot_id_of)
 
 def load_pretrained(source: str, tokenizer_source: str | None = None):
     """(GPT, tokenizer) for an HF GPT-2 checkpoint: hub id or local directory."""
-    from oe.training.lm import LanguageModel
+    from oe.models.build import build_model
     from oe.models.pretrained import read_config
     from oe.tokenizer import check_tokenizer_matches, load_tokenizer
 
     vocab_size = read_config(source)["vocab_size"]
     tokenizer = load_tokenizer(tokenizer_source or source)
     check_tokenizer_matches(tokenizer, vocab_size, f"the checkpoint {source}")
-    return LanguageModel(vocab_size=vocab_size, pretrained=source).model, tokenizer
+    return build_model(vocab_size=vocab_size, pretrained=source).gpt, tokenizer
 
 
 def load_checkpoint(path: str, tokenizer_source: str | None = None):
     """(GPT, tokenizer) for a checkpoint of ``oe.cli.fit``; the tokenizer recorded in it unless given."""
-    from oe.training.lm import LanguageModel
+    from oe.distributed.checkpoint import TOKENIZER_KEY, load_for_evaluation
     from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--ckpt {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    data_state = checkpoint.get("WikitextDataModule", {})
-    source = tokenizer_source or data_state.get("tokenizer_file")
+    model, record = load_for_evaluation(path)
+    record = record or {}
+    source = tokenizer_source or record.get("tokenizer_file")
     if source is None:
-        raise ValueError(f"{path} records no tokenizer (not trained on WikitextDataModule, or "
-                         "exported without it); pass --tokenizer")
+        raise ValueError(f"{path} records no tokenizer ({TOKENIZER_KEY!r}: its data module keeps "
+                         "none, or it predates the record); pass --tokenizer")
     tokenizer = load_tokenizer(source)
-    try:
-        # The backbone's shape is in the hyper-parameters; the weights are in the checkpoint.
-        lm = LanguageModel.load_from_checkpoint(path, map_location="cpu", weights_only=False,
-                                                 pretrained=None)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not load into a LanguageModel ({str(err).splitlines()[0]}); "
-                         "a checkpoint with row-wise sharded tables needs `python -m oe.export` "
-                         "first") from err
-    check_tokenizer_matches(tokenizer, lm.vocab_size, f"the checkpoint {path}")
-    recorded = data_state.get("tokenizer_fingerprint")
+    check_tokenizer_matches(tokenizer, model.vocab_size, f"the checkpoint {path}")
+    recorded = record.get("tokenizer_fingerprint")
     if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
         raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
                          f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {recorded})")
-    return lm.model, tokenizer
+    return model, tokenizer
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -3,18 +3,20 @@
 A training checkpoint ``CKPT`` is the dense state plus ``CKPT.tables/`` (every rank's rows and
 their optimiser state, torch.distributed.checkpoint). OUT holds the model alone, every table row
 in its plain state dict, for evaluation and generation in one process:
-``LanguageModel.load_from_checkpoint(OUT)``. Optimiser and loop states are left out.
-Runs in one process, no process group needed.
+``LanguageModel.load_from_checkpoint(OUT)`` or ``python -m oe.evaluate --ckpt OUT``. Optimiser and
+loop states are left out. Runs in one process, no process group needed; the format is
+``oe.distributed.checkpoint``'s.
 """
 
 from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
-import torch
-from oe.distributed.strategy import TABLE_KEY
 
-from oe.distributed.export import (single_device_checkpoint)
+import torch
+
+from oe.distributed.checkpoint import TABLE_KEY, single_device_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

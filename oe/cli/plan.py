@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    optimizer = model.over_encoding.table_optimizer
-    print_plan(figures, optimizer)
+    print_plan(figures, figures["table_optimizer"])
     return 0
 
 

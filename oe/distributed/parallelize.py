@@ -1,4 +1,4 @@
-"""The parallel plan of the n-gram tables: row-wise shards on every rank, optimiser in backward.
+"""The sharding of the n-gram tables: row-wise shards on every rank, optimiser in backward.
 
 The model (``oe.models.embedding.OverEncoding``) holds its n-gram tables as one TorchRec
 ``EmbeddingCollection`` and knows nothing of ranks. Training replaces that collection with a
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,9 @@ from torchrec.distributed.sharding_plan import construct_module_sharding_plan, r
 from torchrec.distributed.types import ShardingEnv
 
 from oe.models.embedding import OverEncoding, table_rows
+
+if TYPE_CHECKING:
+    from oe.training.lm import LanguageModel
 
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 GPU_ONLY_OPTIMIZERS = ("adam",)
@@ -94,8 +98,8 @@ def ensure_process_group() -> None:
 
 
 @dataclass
-class TablePlan:
-    """What ``shard_tables`` needs to know of an OverEncoding module."""
+class TableSharding:
+    """How ``shard_tables`` shards an OverEncoding module's tables: fused optimiser and initial values."""
 
     optimizer: str
     lr: float
@@ -105,7 +109,7 @@ class TablePlan:
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
+def shard_tables(collection: EmbeddingCollection, sharding: TableSharding,
                  device: torch.device) -> ShardedEmbeddingCollection:
     """``collection`` sharded row-wise over all ranks with a fused optimiser, same values.
 
@@ -117,9 +121,10 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
     configs = collection.embedding_configs()
     check_world_size({c.name: c.num_embeddings for c in configs}, world_size)
     sharder = EmbeddingCollectionSharder(
-        fused_params=fused_params(plan.optimizer, plan.lr, plan.weight_decay, device, plan.betas)
+        fused_params=fused_params(sharding.optimizer, sharding.lr, sharding.weight_decay, device,
+                                  sharding.betas)
     )
-    module_plan = construct_module_sharding_plan(
+    module_sharding = construct_module_sharding_plan(
         collection,
         per_param_sharding={c.name: row_wise(compute_kernel="fused") for c in configs},
         local_size=world_size,
@@ -129,7 +134,7 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
     )
     env = ShardingEnv.from_process_group(dist.group.WORLD)
     sources = {c.name: collection.embeddings[c.name].weight for c in configs}
-    sharded = sharder.shard(collection, module_plan, env, device)
+    sharded = sharder.shard(collection, module_sharding, env, device)
     rank = dist.get_rank()
     with torch.no_grad():
         for index, config in enumerate(configs):
@@ -141,8 +146,8 @@ def shard_tables(collection: EmbeddingCollection, plan: TablePlan,
                 )
             source = sources[config.name]
             if source.is_meta:  # draw straight into the shard: no second copy of the rows
-                table_rows(plan.seed, index, start, start + count, config.embedding_dim,
-                           plan.init_std, out=local)
+                table_rows(sharding.seed, index, start, start + count, config.embedding_dim,
+                           sharding.init_std, out=local)
             else:
                 local.copy_(source[start : start + count].to(local.device))
     return sharded
@@ -169,73 +174,48 @@ def table_parameter_names(module: nn.Module) -> list[str]:
     return names
 
 
-def parallelize(embedding: nn.Module, plan: TablePlan, device: torch.device) -> None:
+def shard_embedding(embedding: OverEncoding, sharding: TableSharding, device: torch.device) -> None:
     """Shard ``embedding.ngram`` in place (no-op when it is sharded already)."""
     if isinstance(embedding.ngram, ShardedEmbeddingCollection):
         return
-    embedding.ngram = shard_tables(embedding.ngram, plan, device)
+    embedding.ngram = shard_tables(embedding.ngram, sharding, device)
+
+
+def parallelize_tables(lm: LanguageModel) -> None:
+    """Shard ``lm``'s Over-Encoding tables for training, or leave them be.
+
+    Training shards the tables row-wise over all ranks (one rank too), their optimiser fused into
+    the backward pass, and tells DDP to leave them alone. Outside fit (evaluation, generation),
+    and with ``over_encoding.shard_tables`` false, the plain tables serve.
+    """
+    from oe.distributed.strategy import ShardedTableStrategy  # it imports this module
+
+    config = lm.over_encoding
+    if config is None or not config.shard_tables or lm._trainer is None:
+        return
+    trainer = lm.trainer
+    if trainer.state.fn != "fit":
+        return
+    if trainer.checkpoint_callbacks and not isinstance(trainer.strategy, ShardedTableStrategy):
+        raise ValueError(
+            "sharded n-gram tables are checkpointed only by trainer.strategy "
+            "oe.distributed.strategy.ShardedTableStrategy (the OE configs' default); with "
+            f"{type(trainer.strategy).__name__} the table optimiser state (and on several "
+            "ranks, other ranks' rows) would be lost. Set that strategy, or "
+            "model.over_encoding.shard_tables false for small tables"
+        )
+    dense = lm.optimizer_config
+    sharding = TableSharding(
+        optimizer=config.table_optimizer,
+        lr=config.table_lr if config.table_lr is not None else dense.lr,
+        weight_decay=config.table_weight_decay, seed=lm.model.embedding.table_seed,
+        init_std=config.init_std, betas=tuple(dense.betas),
+    )
+    shard_embedding(lm.model.embedding, sharding, lm.device)
+    lm._ddp_params_and_buffers_to_ignore = table_parameter_names(lm)
 
 
 def table_owners(module: nn.Module) -> dict[str, OverEncoding]:
     """Every OverEncoding under ``module``, by the name of its table collection there."""
     return {f"{name}.ngram" if name else "ngram": m for name, m in module.named_modules()
             if isinstance(m, OverEncoding)}
-
-
-def table_signature(module: nn.Module) -> dict[str, dict]:
-    """What a checkpoint's tables must agree with: vocabulary, orders, k, moduli, optimiser."""
-    return {
-        prefix: {
-            "vocab_size": owner.vocab_size,
-            "orders": sorted(owner.config.orders),
-            "k": owner.config.k,
-            "modulus": owner.config.modulus,
-            "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
-            "table_optimizer": owner.config.table_optimizer,
-        }
-        for prefix, owner in table_owners(module).items()
-    }
-
-
-def table_state(module: nn.Module) -> dict[str, dict]:
-    """The tables of ``module`` (sharded or not) and, when sharded, their optimiser state.
-
-    Values are the live tensors (or ShardedTensors over them), as torch.distributed.checkpoint
-    wants them for saving and for loading in place.
-    """
-    state = {}
-    for prefix, owner in table_owners(module).items():
-        state[f"{prefix}.tables"] = dict(owner.ngram.state_dict())
-        if isinstance(owner.ngram, ShardedEmbeddingCollection):
-            state[f"{prefix}.optimizer"] = owner.ngram.fused_optimizer.state_dict()["state"]
-    return state
-
-
-def load_table_state(module: nn.Module, state: dict[str, dict]) -> None:
-    """Copy ``state`` (as from ``table_state``, then filled by DCP) into the module's tables."""
-    for prefix, owner in table_owners(module).items():
-        owner.ngram.load_state_dict(state[f"{prefix}.tables"])
-        if isinstance(owner.ngram, ShardedEmbeddingCollection):
-            owner.ngram.fused_optimizer.load_state_dict({"state": state[f"{prefix}.optimizer"]})
-
-
-@torch.no_grad()
-def load_full_tables(module: nn.Module, full: dict[str, torch.Tensor]) -> None:
-    """Copy whole tables (``{state key: [rows, width]}``) into the module: own rows when sharded."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    for prefix, owner in table_owners(module).items():
-        for t in owner.tables:
-            key = f"{prefix}.embeddings.{t.name}.weight"
-            if key not in full:
-                raise ValueError(f"the checkpoint has no {key}")
-            if tuple(full[key].shape) != (t.modulus, t.width):
-                raise ValueError(f"{key} is {tuple(full[key].shape)} in the checkpoint, "
-                                 f"({t.modulus}, {t.width}) in the model")
-        for t in owner.tables:
-            source = full[f"{prefix}.embeddings.{t.name}.weight"]
-            if isinstance(owner.ngram, ShardedEmbeddingCollection):
-                start, count = row_split(t.modulus, world)[rank]
-                local_shard(owner.ngram, t.name).copy_(source[start : start + count])
-            else:
-                owner.ngram.embeddings[t.name].weight.copy_(source)

@@ -9,7 +9,7 @@ DCP reshards on load, so a checkpoint from W ranks resumes on any number of rank
 
 Before anything is loaded the checkpoint's tables (vocabulary, orders, k, moduli, widths,
 optimiser) are compared with the model's: a mismatch is one ValueError and the model is left as
-it was.
+it was. The format and its checks live in ``oe.distributed.checkpoint``.
 """
 
 from __future__ import annotations
@@ -19,52 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
-from oe.distributed.parallelize import (load_full_tables, load_table_state, sharded_collections, table_owners,
-                            table_signature, table_state)
-
-TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
-
-
-def table_dir(checkpoint_path: str | Path) -> Path:
-    """Where the tables of checkpoint ``checkpoint_path`` live."""
-    return Path(f"{checkpoint_path}.tables")
-
-
-def check_tables(checkpoint: Mapping[str, Any], module: torch.nn.Module, path: str | Path) -> None:
-    """One ValueError unless ``checkpoint``'s n-gram tables fit ``module``'s exactly."""
-    ours = table_signature(module)
-    theirs = checkpoint.get(TABLE_KEY)
-    if theirs is None:
-        full = [k for k in checkpoint.get("state_dict", {})
-                if any(k.startswith(f"{p}.") for p in ours)]
-        if ours and not full:
-            raise ValueError(
-                f"checkpoint {path} holds no n-gram tables (neither {TABLE_KEY!r} nor the table "
-                f"weights); it was not written by this model kind"
-            )
-        return
-    if not ours:
-        raise ValueError(f"checkpoint {path} holds n-gram tables, but this model has none")
-    for prefix, mine in ours.items():
-        saved = theirs.get(prefix)
-        if saved is None:
-            raise ValueError(f"checkpoint {path} has no tables for {prefix}")
-        diff = [f"{key}: checkpoint {saved.get(key)!r}, model {value!r}"
-                for key, value in mine.items() if saved.get(key) != value]
-        if diff:
-            raise ValueError(
-                f"checkpoint {path} was written for other n-gram tables ({'; '.join(diff)}); "
-                "model.over_encoding (orders, k, modulus, table_optimizer) and data.vocab_size "
-                "must match the checkpoint"
-            )
-    if TABLE_KEY in checkpoint and not (table_dir(path) / ".metadata").is_file() and not any(
-        k.startswith(tuple(f"{p}." for p in ours)) for k in checkpoint.get("state_dict", {})
-    ):
-        raise ValueError(f"checkpoint {path}: its table directory {table_dir(path)} is missing")
+from oe.distributed.checkpoint import (TABLE_KEY, check_tables, load_full_tables, load_table_state,
+                                      table_dir, table_signature, table_state)
+from oe.distributed.parallelize import sharded_collections, table_owners
 
 
 class ShardedTableStrategy(DDPStrategy):

@@ -1,0 +1,144 @@
+"""``build_model``: the network of a config, for training and for every tool alike.
+
+A model is a GPT backbone, one input embedding (tokens; hashed Over-Encoding tables; mined
+frequent n-gram rows), optionally GPT-2 weights from a pretrained checkpoint (which then fixes
+the backbone's shape), optionally frozen but for its n-gram part, and optionally training-only
+output heads. The LightningModule (``oe.training.lm``) builds it here and adds only the training
+loop; evaluation, export, the memory estimate and the benchmarks build it here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
+
+from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
+from oe.models.gpt import GPT, BackboneConfig
+from oe.models.heads import OutputHeads, OutputHeadsConfig
+from oe.models.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
+
+
+@runtime_checkable
+class NgramTableEmbedding(Protocol):
+    """An input embedding with n-gram tables, which train apart from the dense parameters."""
+
+    def table_parameters(self) -> list[nn.Parameter]:
+        """The n-gram tables' weights (the 1-gram table and any projection excluded)."""
+        ...
+
+
+def table_parameters(model: GPT) -> list[nn.Parameter]:
+    """The n-gram tables of ``model``'s input embedding; none for the token embedding."""
+    embedding = model.embedding
+    return embedding.table_parameters() if isinstance(embedding, NgramTableEmbedding) else []
+
+
+@dataclass
+class BuiltModel:
+    """What ``build_model`` returns.
+
+    Attributes:
+        gpt: the network: input embedding, transformer, next-token head.
+        heads: the training-only extra heads (Over-Decoding, MTP); None without them.
+        backbone: the backbone's shape as built (a pretrained checkpoint's own shape).
+    """
+
+    gpt: GPT
+    heads: OutputHeads | None
+    backbone: BackboneConfig
+
+
+def build_model(
+    vocab_size: int,
+    pad_id: int = 0,
+    backbone: BackboneConfig = BackboneConfig(),
+    over_encoding: OverEncodingConfig | None = None,
+    heads: OutputHeadsConfig | None = None,
+    frequent_ngrams: FrequentNgramConfig | None = None,
+    pretrained: str | None = None,
+    freeze_backbone: bool = False,
+) -> BuiltModel:
+    """The model of a config's ``model`` section (the fields of ``LanguageModel`` but its optimiser).
+
+    Parameters are created on the current default device (``with torch.device("meta")``: no
+    memory); Over-Encoding tables inside ``deferred_ngram_tables()`` get no values.
+    """
+    if vocab_size < 2:
+        raise ValueError(f"model.vocab_size must be >= 2, got {vocab_size}")
+    if over_encoding is not None and frequent_ngrams is not None:
+        raise ValueError("set model.over_encoding or model.frequent_ngrams, not both")
+    if pretrained is not None:
+        backbone = pretrained_backbone(pretrained, backbone, vocab_size)
+    if frequent_ngrams is not None:
+        embedding = FrequentNgramEmbedding(vocab_size, backbone.n_embd, frequent_ngrams, pad_id)
+    elif over_encoding is None:
+        embedding = TokenEmbedding(vocab_size, backbone.n_embd)
+    else:
+        embedding = OverEncoding(vocab_size, backbone.n_embd, over_encoding, pad_id)
+    gpt = GPT(backbone, embedding, vocab_size)
+    if pretrained is not None:
+        load_gpt2_weights(gpt, pretrained)
+        if isinstance(embedding, FrequentNgramEmbedding):
+            embedding.reset_ngram_tables()  # rows start from the loaded 1-gram table
+    if freeze_backbone:
+        freeze_all_but_ngrams(gpt)
+    extra = None if heads is None or heads.empty else OutputHeads(heads, backbone, vocab_size, pad_id)
+    return BuiltModel(gpt=gpt, heads=extra, backbone=backbone)
+
+
+def model_kind(over_encoding: OverEncodingConfig | None, frequent_ngrams: FrequentNgramConfig | None,
+               heads: OutputHeadsConfig | None) -> str:
+    """A short name of the model kind, e.g. ``baseline``, ``oe123``, ``frequent12+od3``."""
+    extra = "" if heads is None or heads.empty else "+" + heads.kind
+    if frequent_ngrams is not None:
+        return "frequent" + "".join(str(n) for n in [1, *sorted(frequent_ngrams.orders)]) + extra
+    if over_encoding is None:
+        return "baseline" + extra
+    return "oe" + "".join(str(n) for n in [1, *sorted(over_encoding.orders)]) + extra
+
+
+# -- a model section read as a mapping (a YAML file, a checkpoint's hyper-parameters) -----------
+
+_SECTIONS: dict[str, type] = {"backbone": BackboneConfig, "over_encoding": OverEncodingConfig,
+                              "heads": OutputHeadsConfig, "frequent_ngrams": FrequentNgramConfig}
+_PLAIN = ("vocab_size", "pad_id", "pretrained", "freeze_backbone")
+# Training-only fields, and what Lightning's CLI adds to the hyper-parameters it records.
+_NOT_BUILT = ("optimizer", "_instantiator", "_class_path")
+
+
+def build_arguments(section: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
+    """``build_model``'s keyword arguments from a ``model`` section given as a mapping.
+
+    Sub-sections may be mappings or the config dataclasses already; an unknown field is one
+    ValueError naming it.
+    """
+    arguments: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in _NOT_BUILT:
+            continue
+        if key in _PLAIN:
+            arguments[key] = value
+        elif key in _SECTIONS:
+            arguments[key] = _dataclass_of(_SECTIONS[key], value, f"{where}.{key}")
+        else:
+            known = ", ".join((*_PLAIN, *_SECTIONS, *_NOT_BUILT[:1]))
+            raise ValueError(f"{where}.{key}: unknown field; expected one of {known}")
+    return arguments
+
+
+def _dataclass_of(cls: type, value: Any, where: str) -> Any:
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                         f"expected {', '.join(sorted(fields))}")
+    return cls(**value)
