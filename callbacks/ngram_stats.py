@@ -16,10 +16,7 @@ import lightning as L
 import torch
 
 from oe.models.embedding import OverEncoding
-from oe.models.ngram import ngram_ids
-
-# A near-unique key of each n-gram: its id modulo a large prime below 2^40.
-_KEY_MODULUS = 1_099_511_627_689
+from oe.models.ngram import KEY_MODULUS, ngram_ids
 
 
 class NgramTableStats(L.Callback):
@@ -64,7 +61,7 @@ class NgramTableStats(L.Callback):
         for t in embedding.tables:
             rows = ngram_ids(tokens, t.order, embedding.vocab_size, t.modulus, embedding.pad_id,
                              doc_ids)[real]
-            keys = ngram_ids(tokens, t.order, embedding.vocab_size, _KEY_MODULUS,
+            keys = ngram_ids(tokens, t.order, embedding.vocab_size, KEY_MODULUS,
                              embedding.pad_id, doc_ids)[real]
             self._rows[t.name].append(torch.unique(rows))
             self._pairs[t.name].append(torch.unique(torch.stack([rows, keys], 1), dim=0))

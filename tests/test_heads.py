@@ -13,6 +13,7 @@ import yaml
 
 from oe.models.embedding import OverEncodingConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
+from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig, generate
 
@@ -221,9 +222,20 @@ def test_bad_config_names_the_field(bad, field):
 ])
 def test_configs_build_the_model_they_name(name, kind, width):
     config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]
-    oe = config.get("over_encoding")
+    over_encoding = config.get("over_encoding")
     model = LanguageModel(
         6, PAD, BackboneConfig(**config["backbone"]),
-        None if oe is None else OverEncodingConfig(**oe), OutputHeadsConfig(**config["heads"]),
+        None if over_encoding is None else OverEncodingConfig(**over_encoding),
+        OutputHeadsConfig(**config["heads"]),
     )
     assert model.kind == kind and model.backbone_config.n_embd == width
+
+
+def test_summed_cross_entropy_counts_only_real_targets_in_float32():
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    targets = torch.tensor([[1, IGNORE_INDEX, 4], [0, 2, IGNORE_INDEX]])
+    loss_sum, count = summed_cross_entropy(logits, targets)
+    assert count == 4 and loss_sum.dtype == torch.float32
+    counted = [(0, 0), (0, 2), (1, 0), (1, 1)]
+    expected = sum(-torch.log_softmax(logits[b, t].float(), -1)[targets[b, t]] for b, t in counted)
+    torch.testing.assert_close(loss_sum, expected)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from datamodules.wikitext import WikitextDataModule
-from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding, ngram_windows
+from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.analysis.mining import count_ngrams
 from oe.cli.mine import main
-from oe.models.ngram import ngram_ids
+from oe.models.ngram import ngram_ids, ngram_windows
 from tests.test_wikitext import write_corpus
 
 ORDERS = [2, 3, 4, 5]

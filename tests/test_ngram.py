@@ -1,7 +1,9 @@
-"""ngram_ids: exactness against big integers, range, determinism, resets, incremental form."""
+"""ngram_ids: exactness against big integers, range, determinism, resets, incremental form;
+ngram_windows: the tokens it reads; the key modulus."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oe.models.ngram import last_ngram_ids, ngram_ids
+from oe.models.ngram import KEY_MODULUS, MAX_MODULUS, last_ngram_ids, ngram_ids, ngram_windows
 
 
 def reference(tokens, order, vocab, modulus, pad=0, docs=None):
@@ -111,3 +113,20 @@ def test_bad_arguments_are_named():
         ngram_ids(tokens, 2, 2**31, 10)
     with pytest.raises(ValueError, match="doc_ids"):
         ngram_ids(tokens, 2, 10, 10, doc_ids=torch.zeros(1, 4))
+
+
+def test_windows_hold_the_tokens_read_with_resets():
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    docs = torch.tensor([[0, 0, 1, 1, 1]])
+    windows = ngram_windows(tokens, 3, 0, docs)
+    assert windows.tolist() == [[[0, 0, 5], [0, 5, 6], [0, 0, 7], [0, 7, 8], [7, 8, 9]]]
+    # An order longer than the row reads pad_id before its start.
+    assert ngram_windows(tokens, 7, 1)[0, -1].tolist() == [1, 1, 5, 6, 7, 8, 9]
+    for order in (1, 3, 7):
+        assert torch.equal(ngram_windows(tokens, order, 0, docs)[..., -1], tokens)
+
+
+def test_key_modulus_is_a_prime_that_ngram_ids_accepts():
+    # Prime: no power of a vocabulary size below it is 0 modulo it, so every token weighs.
+    assert KEY_MODULUS < MAX_MODULUS
+    assert all(KEY_MODULUS % p for p in range(2, math.isqrt(KEY_MODULUS) + 1))

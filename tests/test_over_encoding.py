@@ -115,9 +115,9 @@ def test_moduli_are_distinct_across_the_model():
 def test_baseline_and_oe_share_everything_but_the_embedding():
     backbone = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=64)
     base = LanguageModel(backbone=backbone)
-    oe = LanguageModel(backbone=backbone, over_encoding=OverEncodingConfig(modulus=1001))
+    over_encoded = LanguageModel(backbone=backbone, over_encoding=OverEncodingConfig(modulus=1001))
     assert isinstance(base.model.embedding, TokenEmbedding)
-    assert type(base) is type(oe)
+    assert type(base) is type(over_encoded)
     base_names = {n for n, _ in base.named_parameters() if ".embedding." not in n}
-    oe_names = {n for n, _ in oe.named_parameters() if ".embedding." not in n}
+    oe_names = {n for n, _ in over_encoded.named_parameters() if ".embedding." not in n}
     assert base_names == oe_names

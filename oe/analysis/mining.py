@@ -1,23 +1,17 @@
-"""``python -m oe.mine``: the most frequent n-grams of a tokenised corpus, for frequent-n-gram rows.
+"""Counting the most frequent n-grams of a token stream, for ``python -m oe.mine`` (``oe.cli.mine``).
 
-    python -m oe.mine --config configs/wikitext_gpt2_frequent.yaml --orders 2,3,4,5 \\
-        --top_k 100000 --out runs/mined/wikitext103_gpt2.jsonl
-    python -m oe.mine --train_file data/docstrings/train.txt --tokenizer bpe --top_k 1000 ...
+One streaming pass over the tokens counts, for every order, the n-grams that lie inside one
+article (``count_ngrams``); ``write_mined`` writes the top ones as the JSONL file that
+``oe.models.frequent_ngrams`` reads: a header line ``{"meta": {...}}``, then per order the
+``top_k`` n-grams by count, ``{"order": n, "tokens": [...], "count": c, "text": "..."}``.
 
-The corpus is the training split of a ``WikitextDataModule`` (the ``data`` section of a config,
-or a text file), tokenised and cached exactly as training reads it. One streaming pass over its
-tokens counts, for every order, the n-grams that lie inside one article.
-
-Memory is bounded by a pruned counter: each order keeps at most ``capacity`` distinct n-grams.
-When a merge overflows it, the rarest are dropped, keeping the ``capacity // 2`` most frequent
-(ties broken by key). An n-gram's reported count is a lower bound of its true count, short by at
-most the sum of the largest counts dropped at each prune (written to the header as
-``max_undercount``); with no prune the counts are exact. Cost: 2 x capacity keys of
-``ceil(n / (64 // bits))`` words plus a count each, per order, and one sort per chunk.
-
-Output: a JSONL file whose first line is ``{"meta": {...}}`` (tokenizer, vocabulary size,
-tokens counted, capacity, undercount bounds) and then, per order, the ``top_k`` n-grams by
-count: ``{"order": n, "tokens": [...], "count": c, "text": "..."}``.
+Memory is bounded by ``PrunedCounter``: each order keeps at most ``capacity`` distinct n-grams,
+as exact keys (token ids packed ``64 // bits`` to a uint64 word). When a merge overflows it, the
+rarest are dropped, keeping the ``capacity // 2`` most frequent (ties broken by key), so an
+n-gram's count is a lower bound of its true count, short by at most the sum of the largest
+counts dropped at each prune (the header's ``max_undercount``); with no prune it is exact. Cost
+per order: up to 2 x capacity keys of ``ceil(n / (64 // bits))`` words and a count each, and one
+sort per chunk.
 """
 
 from __future__ import annotations

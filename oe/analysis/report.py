@@ -1,16 +1,12 @@
-"""``python -m oe.report [RUN_DIR ...] [--wandb PROJECT/GROUP] --out DIR``: plots and a summary.
+"""What ``python -m oe.report`` (``oe.cli.report``) reads, fits and writes.
 
-Reads runs from local run folders (``csv/version_*/metrics.csv``, or the offline W&B run in
-``wandb/offline-run-*/run-*.wandb`` when there is no CSV; a folder of run folders, such as
-``runs/<sweep>``, counts as all of them) or from W&B online (every run of a project's group). Writes
-into DIR:
-
-- ``curves_<group>.png`` per W&B group: each metric (default: train/loss, val/loss, val/gen_acc)
-  against the step, one line per run (drawn by ``oe.analysis.plot``);
-- ``loglinear.png``: final loss against log10(m) for the Over-Encoding runs, the least-squares line
-  ``L = a + b log10(m)``, beside the paper's slope b = -0.0256 (OLMoE-1.3B, Huang et al. 2025);
-- ``report.md``: the runs, the fit (slope per decade of m with its 95% confidence interval) and the
-  downstream table (``downstream/<task>/acc`` and ``acc_norm`` at the end of each run).
+- Reading: a local run folder (its CSV history, or its offline W&B run file when it has no CSV; a
+  folder of run folders counts as all of them), or every run of a W&B group online, as ``Run``.
+- The fit: least squares of final loss against log10 of the rows per table, with the slope's
+  95% interval from Student's t (``fit_log_linear``), beside the paper's slope b = -0.0256
+  (OLMoE-1.3B, Huang et al. 2025). ``oe.experiments.table_scaling`` takes its slopes from it too.
+- Writing: the curves of each group (drawn by ``oe.analysis.plot``), ``loglinear.png`` and
+  ``report.md`` (the runs, the fit, the downstream table).
 """
 
 from __future__ import annotations
@@ -46,8 +42,10 @@ class Run:
 
     @property
     def modulus(self) -> int | None:
-        oe = (self.config.get("model") or {}).get("over_encoding")
-        return int(oe["modulus"]) if isinstance(oe, dict) and oe.get("modulus") else None
+        over_encoding = (self.config.get("model") or {}).get("over_encoding")
+        if isinstance(over_encoding, dict) and over_encoding.get("modulus"):
+            return int(over_encoding["modulus"])
+        return None
 
     def final(self, metric: str, window: int = 1) -> float | None:
         """Mean of the last ``window`` logged values of ``metric``; None if never logged."""

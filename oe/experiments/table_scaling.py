@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from oe.analysis.report import fit_log_linear
 
 OVERLAY = "overlay.yaml"
 
@@ -197,11 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("hashed", "frequent"):
         runs = results[kind]
         if len(runs) >= 2:  # least-squares slope of loss against log10(rows)
-            xs = [math.log10(r["rows"]) for r in runs]
-            ys = [r["val_loss"] for r in runs]
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            results[f"{kind}_slope_per_decade"] = (
-                sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+            fit = fit_log_linear([r["rows"] for r in runs], [r["val_loss"] for r in runs])
+            results[f"{kind}_slope_per_decade"] = fit.slope
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     plot(results, Path(args.png))

@@ -11,9 +11,11 @@ Unlike hashed Over-Encoding there are no collisions: a lookup hashes the window 
 candidate's tokens with the window, so only the exact n-gram matches. Windows that reach back
 across a document boundary read ``pad_id`` there, as for Over-Encoding.
 
-The rows live in one TorchRec EmbeddingCollection (``self.ngram``, table ``frequent``), like the
-hashed tables, so they shard and train the same way; its last row is a never-read "no n-gram"
-row that misses are pointed at (and masked).
+The rows live in one TorchRec EmbeddingCollection (``self.ngram``, table ``frequent``), whose
+last row is a never-read "no n-gram" row that misses are pointed at (and masked). Unlike the
+hashed tables they are never sharded: every rank holds all of them, DDP averages their gradients
+as any dense parameter's, and they train in the dense AdamW, in a parameter group of their own
+(``table_lr``, ``table_weight_decay``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.models.ngram import ngram_ids
-
-KEY_MODULUS = 2**40 - 87  # below ngram_ids' 2^40 bound; odd, so never a multiple of an even V
+from oe.models.ngram import KEY_MODULUS, ngram_ids, ngram_windows
 
 
 @dataclass
@@ -86,24 +86,6 @@ def read_mined(path: str | Path, orders: list[int], top_k: int, vocab_size: int)
             raise ValueError(f"{path} holds {len(rows)} {n}-grams, fewer than top_k={top_k}; "
                              "lower frequent_ngrams.top_k or mine with a larger --top_k")
     return {n: torch.tensor(rows, dtype=torch.long).view(-1, n) for n, rows in found.items()}
-
-
-def ngram_windows(tokens: torch.Tensor, order: int, pad_id: int,
-                  doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """The n tokens [B, T, order] ending at each position, oldest first, ``pad_id`` outside the document."""
-    columns = []
-    for shift in range(order - 1, -1, -1):
-        earlier = torch.full_like(tokens, pad_id)
-        if shift == 0:
-            earlier = tokens
-        elif shift < tokens.shape[1]:
-            earlier[:, shift:] = tokens[:, :-shift]
-            if doc_ids is not None:
-                crosses = torch.ones_like(tokens, dtype=torch.bool)
-                crosses[:, shift:] = doc_ids[:, :-shift] != doc_ids[:, shift:]
-                earlier = earlier.masked_fill(crosses, pad_id)
-        columns.append(earlier)
-    return torch.stack(columns, dim=-1)
 
 
 class FrequentNgramEmbedding(nn.Module):

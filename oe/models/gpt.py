@@ -114,6 +114,21 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
+def init_gpt2_blocks(blocks: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation of the transformer blocks in ``blocks``, in a stack of ``n_layer``.
+
+    Matrices N(0, 0.02), biases zero, norms untouched; the residual projections (attention
+    ``out``, MLP ``down``) get std 0.02 / sqrt(2 * n_layer), as each block adds two of them to
+    the residual stream.
+    """
+    for name, p in blocks.named_parameters():
+        if p.dim() == 2:
+            residual = name.endswith(("out.weight", "down.weight"))
+            nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
 class GPT(nn.Module):
     """GPT-2 over a given input embedding module."""
 
@@ -131,14 +146,8 @@ class GPT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # GPT-2: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer).
         nn.init.normal_(self.position.weight, std=0.02)
-        for name, p in self.blocks.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith(("out.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, std=std)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+        init_gpt2_blocks(self.blocks, self.config.n_layer)
         if self.head is not None:
             nn.init.normal_(self.head.weight, std=0.02)
 

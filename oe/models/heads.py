@@ -22,18 +22,15 @@ is not counted (the hidden state at t has seen nothing of that document).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from oe.models.gpt import BackboneConfig, Block
-
-IGNORE_INDEX = -100
+from oe.models.gpt import BackboneConfig, Block, init_gpt2_blocks
+from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
 
 @dataclass
@@ -126,12 +123,6 @@ def shifted_targets(ids: torch.Tensor, offset: int, pad_id: int,
     return targets.masked_fill(ignore, IGNORE_INDEX)
 
 
-def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
-
-
 class OverDecodingHead(nn.Module):
     """Scores token t+offset from the hidden state at t: [Linear(D, d)] then Linear(d, V)."""
 
@@ -161,15 +152,9 @@ class MultiTokenPrediction(nn.Module):
         self.project = nn.Linear(2 * dim, dim, bias=False)
         self.block = Block(backbone)
         self.final_norm = nn.LayerNorm(dim, bias=backbone.bias)
-        # GPT-2's initialisation, as the backbone's blocks; residual outputs scaled by depth.
+        # GPT-2's initialisation, as the backbone's blocks: its block counts as one layer more.
         nn.init.normal_(self.project.weight, std=0.02)
-        depth_scale = 1.0 / math.sqrt(2 * (backbone.n_layer + 1))
-        for name, p in self.block.named_parameters():
-            if p.dim() == 2:
-                scaled = name.endswith(("out.weight", "down.weight"))
-                nn.init.normal_(p, std=0.02 * (depth_scale if scaled else 1.0))
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+        init_gpt2_blocks(self.block, backbone.n_layer + 1)
 
     def forward(self, hidden: torch.Tensor, next_embedding: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, D] at t and input embeddings [B, L, D] of t+1 -> [B, L, D]."""

@@ -3,7 +3,8 @@
 For order n, the id at position i is  g_n(i) = sum_{j=1..n} x_{i-j+1} * V^(j-1)  (mod m),
 with the current token at weight 1. Positions before the start of a row, or in an earlier
 document of a packed row, read as ``pad_id``. All arithmetic is done modulo m in int64 with a
-split multiplication, so it is exact for V < 2^31, order <= 8 and m < 2^40.
+split multiplication, so it is exact for V < 2^31, order <= 8 and m < 2^40. ``ngram_windows``
+gives the tokens themselves, read the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ MAX_VOCAB = 2**31
 MAX_MODULUS = 2**40
 MAX_ORDER = 8
 _SPLIT = 20  # a 40-bit factor is split into two 20-bit halves
+# A near-unique key of an n-gram, where an exact match is wanted (frequent-n-gram lookup,
+# collision statistics): its id modulo this prime just below MAX_MODULUS. Being prime, it
+# divides no power of a vocabulary size below it, so no earlier token's weight is ever 0.
+KEY_MODULUS = 2**40 - 87
 
 
 def _mulmod(x: torch.Tensor, c: int, m: int) -> torch.Tensor:
@@ -34,6 +39,22 @@ def _check(order: int, vocab_size: int, modulus: int, pad_id: int) -> None:
         raise ValueError(f"pad_id must be a token id in 0..{vocab_size - 1}, got {pad_id}")
 
 
+def earlier_tokens(tokens: torch.Tensor, shift: int, pad_id: int,
+                   doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The token ``shift`` positions back from each position of ``tokens`` [B, T]; ``pad_id``
+    where that lies before the start of the row or, with ``doc_ids`` [B, T], in another document."""
+    if shift == 0:
+        return tokens
+    earlier = torch.full_like(tokens, pad_id)
+    if shift < tokens.shape[1]:
+        earlier[:, shift:] = tokens[:, :-shift]
+        if doc_ids is not None:
+            crosses = torch.ones_like(tokens, dtype=torch.bool)
+            crosses[:, shift:] = doc_ids[:, :-shift] != doc_ids[:, shift:]
+            earlier = earlier.masked_fill(crosses, pad_id)
+    return earlier
+
+
 def ngram_ids(
     tokens: torch.Tensor,
     order: int,
@@ -49,21 +70,21 @@ def ngram_ids(
     if doc_ids is not None and doc_ids.shape != tokens.shape:
         raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}")
     tokens = tokens.long()
-    length = tokens.shape[1]
     ids = tokens % modulus
     power = 1  # V^(j-1) mod m
     for j in range(2, order + 1):
         power = (power * vocab_size) % modulus
-        shift = j - 1
-        earlier = torch.full_like(tokens, pad_id)
-        if shift < length:
-            earlier[:, shift:] = tokens[:, :-shift]
-            if doc_ids is not None:
-                crosses = torch.ones_like(tokens, dtype=torch.bool)
-                crosses[:, shift:] = doc_ids[:, :-shift] != doc_ids[:, shift:]
-                earlier = earlier.masked_fill(crosses, pad_id)
+        earlier = earlier_tokens(tokens, j - 1, pad_id, doc_ids)
         ids = (ids + _mulmod(earlier, power, modulus)) % modulus
     return ids
+
+
+def ngram_windows(tokens: torch.Tensor, order: int, pad_id: int,
+                  doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The n-gram [B, T, order] ending at each position of ``tokens`` [B, T], oldest token first,
+    read as ``ngram_ids`` reads it (``pad_id`` before the row's start or the document's)."""
+    shifts = range(order - 1, -1, -1)
+    return torch.stack([earlier_tokens(tokens, s, pad_id, doc_ids) for s in shifts], dim=-1)
 
 
 def last_ngram_ids(
