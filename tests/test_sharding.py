@@ -1,4 +1,4 @@
-"""The parallel plan of the n-gram tables, in one process without a process group.
+"""The sharding of the n-gram tables, in one process without a process group.
 
 The two-process behaviour (sharded forward, fused step, checkpoints) is in
 tests/test_sharding_distributed.py.
@@ -15,7 +15,6 @@ from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig
 from oe.distributed.parallelize import check_world_size, fused_params, row_split, state_floats_per_row
 from oe.cli.plan import main as plan_main
-from oe.distributed.checkpoint import TABLE_KEY, check_tables, table_signature
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])
@@ -82,22 +81,6 @@ def _model(modulus: int = 101, vocab: int = 11, k: int = 2) -> LanguageModel:
     torch.manual_seed(0)
     return LanguageModel(vocab_size=vocab, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16),
                          over_encoding=OverEncodingConfig(orders=[2, 3], k=k, modulus=modulus))
-
-
-@pytest.mark.parametrize("other,field", [(dict(modulus=103), "modulus"), (dict(k=1), "k"),
-                                         (dict(vocab=13), "vocab_size")])
-def test_a_checkpoint_of_other_tables_is_refused(other: dict, field: str, tmp_path) -> None:
-    path = tmp_path / "x.ckpt"
-    checkpoint = {TABLE_KEY: table_signature(_model(**other)), "state_dict": {}}
-    model = _model()
-    with pytest.raises(ValueError, match=f"{field}: checkpoint"):
-        check_tables(checkpoint, model, path)
-    ours = {TABLE_KEY: table_signature(_model()), "state_dict": {}}
-    with pytest.raises(ValueError, match="table directory .* is missing"):
-        check_tables(ours, model, path)
-    (tmp_path / "x.ckpt.tables").mkdir()
-    (tmp_path / "x.ckpt.tables" / ".metadata").touch()
-    check_tables(ours, model, path)
 
 
 def test_plan_at_the_papers_scale(capsys) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from oe.cli.export import main as export_main
 from oe.distributed.checkpoint import read_tables, table_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,23 +129,6 @@ def test_checkpoint_of_other_tables_fails_and_changes_nothing(runs: Path) -> Non
     assert "modulus: checkpoint 101, model 103" in bad["message"]
     assert bad["unchanged"]
     assert "needs a GPU" in bad["adam"]
-
-
-def test_export_gives_a_single_device_checkpoint_with_identical_logits(runs: Path) -> None:
-    from oe.training.lm import LanguageModel
-
-    out = runs / "exported.ckpt"
-    assert export_main([str(runs / "step_w2.ckpt"), str(out)]) == 0
-    written = out.read_bytes()
-    assert export_main([str(runs / "step_w1.ckpt"), str(out)]) == 2  # never overwrites unasked
-    assert out.read_bytes() == written
-    state = torch.load(out, weights_only=False)["state_dict"]
-    assert state["model.embedding.ngram.embeddings.ngram3_1.weight"].shape == (107, 4)
-    model = LanguageModel.load_from_checkpoint(out, weights_only=False).eval()
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        logits = model(probe_tokens())
-    assert torch.equal(logits, torch.load(runs / "step_w2.pt")["after"])
 
 
 TINY_RUN = """
