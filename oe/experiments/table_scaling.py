@@ -61,14 +61,18 @@ def _overlay(path: Path, data: dict, run_root: Path) -> Path:
 
 def frozen_loss(source: str, datamodule) -> float:
     """Validation loss of the frozen backbone alone (what every table run starts from)."""
-    from oe.training.lm import LanguageModel
+    from oe.models.build import build_model
+    from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
-    lm = LanguageModel(vocab_size=datamodule.vocab_size, pad_id=datamodule.pad_id,
-                       pretrained=source).eval()
+    gpt = build_model(vocab_size=datamodule.vocab_size, pad_id=datamodule.pad_id,
+                      pretrained=source).gpt.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in datamodule.val_stream():
-            loss_sum, n, _ = lm._loss(batch)
+            ids, doc_ids = batch["input_ids"], batch.get("doc_ids")
+            targets = ids[:, 1:].masked_fill(ids[:, 1:] == datamodule.pad_id, IGNORE_INDEX)
+            logits = gpt(ids[:, :-1], None if doc_ids is None else doc_ids[:, :-1])
+            loss_sum, n = summed_cross_entropy(logits, targets)
             total, count = total + float(loss_sum), count + n
     return total / count
 
@@ -128,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.wikitext import WikitextDataModule
     from oe.experiments.corpus import write_corpus
-    from oe.training.lm import LanguageModel
     from oe.cli.mine import main as mine_main
+    from oe.distributed.checkpoint import load_for_evaluation
     from oe.models.pretrained import save_gpt2
 
     corpus = write_corpus(work / "corpus")
@@ -148,9 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               "--trainer.max_steps", str(args.pretrain_steps),
               "--trainer.val_check_interval", str(args.pretrain_steps),
               "--seed_everything", "0"], root)
-        lm = LanguageModel.load_from_checkpoint(root / "checkpoints" / "last.ckpt",
-                                                map_location="cpu", weights_only=False)
-        save_gpt2(lm.model, gpt2)
+        backbone, _ = load_for_evaluation(root / "checkpoints" / "last.ckpt")
+        save_gpt2(backbone, gpt2)
     dm = WikitextDataModule(**data)
     shutil.copy(dm.tokenizer_file, gpt2 / "tokenizer.json")
     frozen = frozen_loss(str(gpt2), dm)
