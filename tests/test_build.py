@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from oe.models.build import (NgramTableEmbedding, build_arguments, build_model, model_kind,
-                             table_parameters)
+from oe.models.build import build_arguments, build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
 from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.models.gpt import BackboneConfig
 from oe.models.heads import OutputHeadsConfig
 from oe.models.pretrained import save_gpt2
+from oe.models.protocols import NgramTableEmbedding
 from oe.training.lm import LanguageModel
 
 VOCAB = 11

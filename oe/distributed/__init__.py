@@ -1,1 +1,2 @@
-"""Sharding the n-gram tables over ranks: the parallel plan, the Lightning strategy, table checkpoints and their export."""
+"""Sharding the n-gram tables over ranks (parallelize), their checkpoints, export and loading
+for evaluation (checkpoint), and the Lightning strategy that saves and loads them (strategy)."""

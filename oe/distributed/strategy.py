@@ -86,7 +86,9 @@ class ShardedTableStrategy(DDPStrategy):
             raise RuntimeError(
                 f"checkpoint {self._loading_from}: missing keys {missing}, unexpected {unexpected}"
             )
-        if full:  # a single-device checkpoint (oe.distributed.export): every row, no optimiser state
+        # A single-device checkpoint (oe.distributed.checkpoint.single_device_checkpoint): every
+        # row, no optimiser state.
+        if full:
             load_full_tables(module, full)
             return None
         state = table_state(module)

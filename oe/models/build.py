@@ -4,7 +4,7 @@ A model is a GPT backbone, one input embedding (tokens; hashed Over-Encoding tab
 frequent n-gram rows), optionally GPT-2 weights from a pretrained checkpoint (which then fixes
 the backbone's shape), optionally frozen but for its n-gram part, and optionally training-only
 output heads. The LightningModule (``oe.training.lm``) builds it here and adds only the training
-loop; evaluation, export, the memory estimate and the benchmarks build it here too.
+loop; evaluation, the memory estimate, experiments and benchmarks build it here too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from torch import nn
 
@@ -21,15 +21,7 @@ from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbeddin
 from oe.models.gpt import GPT, BackboneConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig
 from oe.models.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretrained_backbone
-
-
-@runtime_checkable
-class NgramTableEmbedding(Protocol):
-    """An input embedding with n-gram tables, which train apart from the dense parameters."""
-
-    def table_parameters(self) -> list[nn.Parameter]:
-        """The n-gram tables' weights (the 1-gram table and any projection excluded)."""
-        ...
+from oe.models.protocols import NgramTableEmbedding
 
 
 def table_parameters(model: GPT) -> list[nn.Parameter]:
