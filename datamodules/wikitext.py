@@ -306,9 +306,6 @@ class WikitextDataModule(ResumableStreamDataModule):
         return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
                 "tokenizer_fingerprint": self.fingerprint}
 
-    def extra_state(self) -> dict:
-        return {"tokenizer_file": self.tokenizer_file}
-
     def tokenizer_record(self) -> dict[str, str]:
         """The tokenizer, as the model's checkpoints record it (oe.distributed.checkpoint.TokenizerRecord)."""
         return {"tokenizer_file": str(self.tokenizer_file), "tokenizer_fingerprint": self.fingerprint}
