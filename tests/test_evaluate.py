@@ -14,7 +14,7 @@ from datamodules.wikitext import train_bpe
 from oe.models.embedding import OverEncodingConfig
 from oe.evaluation.scoring import build_requests, evaluate_task, item_correct, loglikelihoods
 from oe.cli.evaluate import load_pretrained, main
-from oe.training.lm import LanguageModel
+from oe.models.build import build_model
 from oe.models.gpt import BackboneConfig
 from oe.evaluation.tasks import TaskDataError, hellaswag_preprocess, load_items
 
@@ -122,10 +122,10 @@ def test_batched_scoring_equals_slow_reference(setup, task):
 def test_oe_model_scores_ngrams_over_context_and_choice(setup):
     root, _, _, _, tokenizer = setup
     torch.manual_seed(0)
-    lm = LanguageModel(vocab_size=tokenizer.get_vocab_size(), pad_id=0,
-                       backbone=BackboneConfig(n_layer=2, n_head=4, n_embd=32, block_size=64),
-                       over_encoding=OverEncodingConfig(orders=[2, 3], modulus=1001, init_std=0.5))
-    _check_against_reference(lm.model, tokenizer, load_items("hellaswag", root / "tasks"))
+    built = build_model(vocab_size=tokenizer.get_vocab_size(), pad_id=0,
+                        backbone=BackboneConfig(n_layer=2, n_head=4, n_embd=32, block_size=64),
+                        over_encoding=OverEncodingConfig(orders=[2, 3], modulus=1001, init_std=0.5))
+    _check_against_reference(built.gpt, tokenizer, load_items("hellaswag", root / "tasks"))
 
 
 def test_padding_never_changes_a_score(setup):

@@ -1,7 +1,8 @@
 """The LightningModule shared by every model kind: baseline and Over-Encoding.
 
 The kinds differ only in the input embedding, chosen by ``over_encoding`` (None: the
-baseline). Training, validation, optimisation and logging are written once here.
+baseline). The network comes from ``oe.models.build.build_model`` and the tables' sharding from
+``oe.distributed.parallelize``; training, validation, optimisation and logging are written once here.
 """
 
 from __future__ import annotations
