@@ -28,6 +28,8 @@ from torchrec.distributed.types import ShardingEnv
 from oe.models.embedding import OverEncoding, table_rows
 
 if TYPE_CHECKING:
+    import lightning as L
+
     from oe.training.lm import LanguageModel
 
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
@@ -181,8 +183,8 @@ def shard_embedding(embedding: OverEncoding, sharding: TableSharding, device: to
     embedding.ngram = shard_tables(embedding.ngram, sharding, device)
 
 
-def parallelize_tables(lm: LanguageModel) -> None:
-    """Shard ``lm``'s Over-Encoding tables for training, or leave them be.
+def parallelize_tables(lm: LanguageModel, trainer: L.Trainer | None) -> None:
+    """Shard ``lm``'s Over-Encoding tables for training by ``trainer``, or leave them be.
 
     Training shards the tables row-wise over all ranks (one rank too), their optimiser fused into
     the backward pass, and tells DDP to leave them alone. Outside fit (evaluation, generation),
@@ -191,10 +193,7 @@ def parallelize_tables(lm: LanguageModel) -> None:
     from oe.distributed.strategy import ShardedTableStrategy  # it imports this module
 
     config = lm.over_encoding
-    if config is None or not config.shard_tables or lm._trainer is None:
-        return
-    trainer = lm.trainer
-    if trainer.state.fn != "fit":
+    if config is None or not config.shard_tables or trainer is None or trainer.state.fn != "fit":
         return
     if trainer.checkpoint_callbacks and not isinstance(trainer.strategy, ShardedTableStrategy):
         raise ValueError(

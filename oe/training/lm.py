@@ -147,7 +147,7 @@ class LanguageModel(L.LightningModule):
         return table_parameters(self.model)
 
     def configure_model(self) -> None:
-        parallelize_tables(self)  # the n-gram tables' sharding for training: oe.distributed.parallelize
+        parallelize_tables(self, self._trainer)  # the tables' sharding: oe.distributed.parallelize
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with
