@@ -1,11 +1,20 @@
 """Streamed cfg3f sentences: generated on the fly, never stored.
 
-Token ids: 0 pad, 1-3 the terminals, 4 BOS, 5 EOS. A row is BOS, one sentence, EOS, then
-padding to the longest row of the batch (rounded up to a multiple of 8). Rows are padded rather
-than packed: one sentence per row keeps attention within the sentence without a block mask
-(so SDPA keeps its fast causal kernels), makes generation from BOS match training exactly, and
-resets n-grams at the row start for free. The cost is the padding, about 45% of positions at a
-batch of 32 (sentences have 64..729 symbols, mean ~250); it is excluded from the loss.
+Token ids: 0 pad, 1-3 the terminals, 4 BOS, 5 EOS. Two layouts of the same sentences:
+
+- packed (the default): whole sentences ``BOS s EOS BOS s EOS ...`` in stream order, as many as
+  fit, in rows of ``row_tokens`` tokens, each token tagged with its sentence's document id (pad
+  positions with one id per row, shared with no sentence). The model attends inside each
+  sentence, restarts positions and n-grams at each BOS and ignores the target that crosses a
+  boundary, so a packed step computes exactly what the padded step computes; about 90% of the
+  positions are real tokens.
+- padded: one sentence per row, ``BOS s EOS`` then padding to the longest row of the batch
+  (rounded up to a multiple of 8). Only about 60% of the positions are real at a batch of 64
+  (sentences have 64..729 symbols, mean ~250), but attention runs on the causal kernel.
+
+Each yielded batch is one rank's share of a global batch, with ``micro_batch_rows``: the rows
+that one forward/backward pass takes (``micro_batch_tokens`` / row width), so that a large
+global batch is trained by gradient accumulation in bounded memory.
 
 The stream is a sequence of global batches. Global batch p on rank r holds sentences
 ``[(b * W + r) * B, (b * W + r + 1) * B)`` where ``b`` is the p-th entry of epoch
@@ -29,6 +38,39 @@ VOCAB_SIZE = 6
 MAX_SEQUENCE_LENGTH = MAX_LENGTH + 2  # BOS + 729 symbols + EOS
 
 
+def pack(symbols: np.ndarray, lengths: np.ndarray, row_tokens: int,
+         multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences packed whole, in order, into rows of at most ``row_tokens`` tokens.
+
+    Returns ``(tokens [R, W], doc_ids [R, W])``: W is the longest filled row rounded up to a
+    multiple of 8 (at most ``row_tokens``); sentence i has document id i, the padding of row r
+    id ``len(lengths) + r``.
+    """
+    sizes = lengths.astype(np.int64) + 2
+    if sizes.max() > row_tokens:
+        raise ValueError(f"a sentence of {int(sizes.max())} tokens does not fit a row of "
+                         f"data.row_tokens ({row_tokens})")
+    row_of = np.empty(len(sizes), dtype=np.int64)
+    offset_of = np.empty(len(sizes), dtype=np.int64)
+    row, used = 0, 0
+    for i, size in enumerate(sizes.tolist()):
+        if used + size > row_tokens:  # next-fit: a new row when the sentence does not fit whole
+            row, used = row + 1, 0
+        row_of[i], offset_of[i] = row, used
+        used += size
+    n_rows = row + 1
+    fill = np.bincount(row_of, weights=sizes, minlength=n_rows).astype(np.int64)
+    width = min(row_tokens, math.ceil(int(fill.max()) / multiple) * multiple)
+    tokens = np.full((n_rows, width), PAD_ID, dtype=np.int64)
+    doc_ids = np.repeat(len(sizes) + np.arange(n_rows, dtype=np.int64)[:, None], width, axis=1)
+    for i, (r, o, n) in enumerate(zip(row_of.tolist(), offset_of.tolist(), lengths.tolist())):
+        tokens[r, o] = BOS_ID
+        tokens[r, o + 1 : o + 1 + n] = symbols[i, :n]
+        tokens[r, o + 1 + n] = EOS_ID
+        doc_ids[r, o : o + n + 2] = i
+    return torch.from_numpy(tokens), torch.from_numpy(doc_ids)
+
+
 def collate(symbols: np.ndarray, lengths: np.ndarray, multiple: int = 8) -> torch.Tensor:
     """Rows ``BOS s EOS pad...`` [B, T] from zero-padded sentences ``symbols`` [B, >=max len]."""
     width = int(lengths.max()) + 2
@@ -46,7 +88,8 @@ class CFGStream(IterableDataset):
 
     def __init__(self, seed: int, batch_size: int, batches_per_epoch: int, epochs: int,
                  rank: int = 0, world_size: int = 1, first_position: int = 0,
-                 shuffle_epochs: bool = True) -> None:
+                 shuffle_epochs: bool = True, packed: bool = False, row_tokens: int = 1024,
+                 micro_batch_tokens: int | None = None) -> None:
         self.seed = seed
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
@@ -55,6 +98,21 @@ class CFGStream(IterableDataset):
         self.world_size = world_size
         self.first_position = first_position
         self.shuffle_epochs = shuffle_epochs
+        self.packed = packed
+        self.row_tokens = row_tokens
+        self.micro_batch_tokens = micro_batch_tokens
+
+    def make_batch(self, symbols: np.ndarray, lengths: np.ndarray) -> dict:
+        """The rows of these sentences in this stream's layout."""
+        if self.packed:
+            tokens, doc_ids = pack(symbols, lengths, self.row_tokens)
+            batch = {"input_ids": tokens, "doc_ids": doc_ids, "isolate_documents": True}
+        else:
+            batch = {"input_ids": collate(symbols, lengths)}
+        rows, width = batch["input_ids"].shape
+        budget = self.micro_batch_tokens
+        batch["micro_batch_rows"] = rows if budget is None else max(1, budget // width)
+        return batch
 
     @property
     def total_positions(self) -> int:
@@ -80,7 +138,7 @@ class CFGStream(IterableDataset):
         # The DataLoader takes batches from its workers in turn, so this keeps stream order.
         for position in range(self.first_position + worker, self.total_positions, n_workers):
             symbols, lengths = sample(self.seed, self.sentence_indices(position))
-            yield {"input_ids": collate(symbols, lengths), "position": position}
+            yield {**self.make_batch(symbols, lengths), "position": position}
 
 
 class CFGDataModule(ResumableStreamDataModule):
@@ -95,6 +153,12 @@ class CFGDataModule(ResumableStreamDataModule):
         val_seed: stream of the validation sentences; must differ from ``seed``.
         num_workers: DataLoader worker processes.
         shuffle_epochs: visit the batches of each epoch in a seeded random order.
+        packed: pack whole sentences into rows with document ids (see the module's docstring);
+            false: one padded sentence per row.
+        row_tokens: tokens per packed row, at most the model's ``block_size`` + 1 (inputs and
+            targets overlap by one token); at least 731, the longest sentence with BOS and EOS.
+        micro_batch_tokens: tokens (rows x row width) per forward/backward pass; a batch of more
+            is trained by gradient accumulation, with the same update. Bounds activation memory.
     """
 
     vocab_size = VOCAB_SIZE
@@ -105,7 +169,8 @@ class CFGDataModule(ResumableStreamDataModule):
 
     def __init__(self, batch_size: int = 512, train_sentences: int = 20_000_000, epochs: int = 10,
                  val_sentences: int = 2048, seed: int = 0, val_seed: int = 1_000_003,
-                 num_workers: int = 1, shuffle_epochs: bool = True) -> None:
+                 num_workers: int = 1, shuffle_epochs: bool = True, packed: bool = True,
+                 row_tokens: int = 1024, micro_batch_tokens: int = 16384) -> None:
         super().__init__()
         for name in ("batch_size", "train_sentences", "epochs", "val_sentences"):
             if locals()[name] < 1:
@@ -116,6 +181,14 @@ class CFGDataModule(ResumableStreamDataModule):
             raise ValueError("data.seed and data.val_seed must be >= 0")
         if seed == val_seed:
             raise ValueError(f"data.val_seed must differ from data.seed (both {seed})")
+        if packed and row_tokens < MAX_SEQUENCE_LENGTH:
+            raise ValueError(f"data.row_tokens must be >= {MAX_SEQUENCE_LENGTH} (the longest "
+                             f"sentence with BOS and EOS) with data.packed, got {row_tokens}")
+        longest_row = row_tokens if packed else math.ceil(MAX_SEQUENCE_LENGTH / 8) * 8
+        if micro_batch_tokens < longest_row:
+            raise ValueError(f"data.micro_batch_tokens must be >= {longest_row} (the longest row "
+                             f"of the {'packed' if packed else 'padded'} layout), "
+                             f"got {micro_batch_tokens}")
         self.batch_size = batch_size
         self.train_sentences = train_sentences
         self.epochs = epochs
@@ -124,6 +197,15 @@ class CFGDataModule(ResumableStreamDataModule):
         self.val_seed = val_seed
         self.num_workers = num_workers
         self.shuffle_epochs = shuffle_epochs
+        self.packed = packed
+        self.row_tokens = row_tokens
+        self.micro_batch_tokens = micro_batch_tokens
+        if packed:  # inputs are a row without its last token (oe.fit checks block_size)
+            self.max_sequence_length = row_tokens - 1
+
+    def _layout(self) -> dict:
+        return {"packed": self.packed, "row_tokens": self.row_tokens,
+                "micro_batch_tokens": self.micro_batch_tokens}
 
     def batches_per_epoch(self, world_size: int) -> int:
         n = self.train_sentences // (self.batch_size * world_size)
@@ -136,7 +218,8 @@ class CFGDataModule(ResumableStreamDataModule):
 
     def train_stream(self, rank: int, world_size: int) -> CFGStream:
         return CFGStream(self.seed, self.batch_size, self.batches_per_epoch(world_size),
-                         self.epochs, rank, world_size, self.next_position, self.shuffle_epochs)
+                         self.epochs, rank, world_size, self.next_position, self.shuffle_epochs,
+                         **self._layout())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(*self._world()))
@@ -151,7 +234,7 @@ class CFGDataModule(ResumableStreamDataModule):
                 f"on each of {world_size} devices"
             )
         stream = CFGStream(self.val_seed, batch, n_batches, 1, rank, world_size,
-                           shuffle_epochs=False)
+                           shuffle_epochs=False, **self._layout())
         return self._loader(stream)
 
     def stream_identity(self) -> dict:

@@ -8,17 +8,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.cfg import BOS_ID, EOS_ID, PAD_ID, CFGDataModule, CFGStream
+from datamodules.cfg import BOS_ID, EOS_ID, PAD_ID, CFGDataModule, CFGStream, pack
 from oe.cfg import accepts, sample_range
 
 
 def _sentences(batch: torch.Tensor) -> list[tuple[int, ...]]:
+    """The sentences of rows ``BOS s EOS [BOS s EOS ...] pad...``, in order."""
     out = []
     for row in batch.tolist():
-        assert row[0] == BOS_ID
-        end = row.index(EOS_ID)
-        assert all(t == PAD_ID for t in row[end + 1 :])
-        out.append(tuple(row[1:end]))
+        start = 0
+        while start < len(row) and row[start] == BOS_ID:
+            end = row.index(EOS_ID, start)
+            out.append(tuple(row[start + 1 : end]))
+            start = end + 1
+        assert start > 0 and all(t == PAD_ID for t in row[start:])
     return out
 
 
@@ -29,6 +32,29 @@ def test_rows_are_bos_sentence_eos_pad():
     sentences = _sentences(batch)
     assert accepts(sentences).all()
     assert [np.array(s) for s in sentences][3].tolist() == sample_range(2, 3, 1)[0].tolist()
+
+
+def test_packed_rows_hold_the_same_sentences_in_order_with_document_ids():
+    padded = CFGStream(seed=2, batch_size=16, batches_per_epoch=2, epochs=1, packed=False)
+    packed = CFGStream(seed=2, batch_size=16, batches_per_epoch=2, epochs=1, packed=True,
+                       row_tokens=800, micro_batch_tokens=1600)
+    for a, b in zip(padded, packed):
+        assert _sentences(b["input_ids"]) == _sentences(a["input_ids"])
+        tokens, doc_ids = b["input_ids"], b["doc_ids"]
+        assert tokens.shape[1] <= 800 and tokens.shape[0] < 16
+        assert b["micro_batch_rows"] == 1600 // tokens.shape[1]
+        real = tokens != PAD_ID
+        # Sentence i carries id i; each row's padding one id of its own, shared with no sentence.
+        assert sorted(set(doc_ids[real].tolist())) == list(range(16))
+        for r in range(tokens.shape[0]):
+            assert set(doc_ids[r][~real[r]].tolist()) <= {16 + r}
+        assert (tokens[doc_ids == 3][[0, -1]] == torch.tensor([BOS_ID, EOS_ID])).all()
+
+
+def test_a_sentence_longer_than_a_row_is_refused():
+    symbols = np.ones((1, 729), dtype=np.int64)
+    with pytest.raises(ValueError, match="data.row_tokens"):
+        pack(symbols, np.array([729]), row_tokens=730)
 
 
 def test_two_workers_times_two_ranks_cover_the_stream_exactly_once():
@@ -110,3 +136,17 @@ def test_resume_restores_the_exact_next_batch(tmp_path):
                                      ckpt_path=tmp_path / "mid.ckpt")
     assert first.seen + resumed.seen == full.seen
     assert resumed.seen[0][0] == 7
+
+
+def test_a_padded_run_resumes_packed_at_the_next_batch(tmp_path):
+    def datamodule(packed: bool) -> CFGDataModule:
+        return CFGDataModule(batch_size=4, train_sentences=40, epochs=1, val_sentences=4,
+                             num_workers=0, packed=packed)
+
+    trainer = _trainer(tmp_path / "a", 3)
+    trainer.fit(_Recorder(), datamodule=datamodule(packed=False))
+    trainer.save_checkpoint(tmp_path / "padded.ckpt")
+    resumed = _Recorder()
+    _trainer(tmp_path / "b", 5).fit(resumed, datamodule=datamodule(packed=True),
+                                    ckpt_path=tmp_path / "padded.ckpt")
+    assert [position for position, _ in resumed.seen] == [3, 4]

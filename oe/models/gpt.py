@@ -1,8 +1,10 @@
 """A GPT-2 decoder that takes its input embedding as a part.
 
 The embedding (``oe.models.embedding.TokenEmbedding`` or ``OverEncoding``) owns the 1-gram table; the
-output head shares it. Attention is PyTorch's scaled_dot_product_attention. Generation keeps a
-key/value cache, so each new token costs one position of work.
+output head shares it. Attention is PyTorch's scaled_dot_product_attention: causal over the whole
+row, or, for packed rows with document ids, causal inside each document (``oe.models.attention``)
+with positions restarting at each document. Generation keeps a key/value cache, so each new token
+costs one position of work.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from oe.models.attention import DocumentAttention, DocumentMask
 
 
 @dataclass
@@ -27,6 +31,9 @@ class BackboneConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    # torch.compile the transformer blocks of training and validation passes (generation stays
+    # eager); None: on for CUDA, off elsewhere.
+    compile: bool | None = None
 
 
 PRESETS: dict[str, BackboneConfig] = {
@@ -45,6 +52,8 @@ def check_backbone(config: BackboneConfig) -> None:
             f"model.backbone.n_embd ({config.n_embd}) must be divisible by "
             f"model.backbone.n_head ({config.n_head})"
         )
+    if config.compile not in (None, True, False):
+        raise ValueError(f"model.backbone.compile must be true, false or null, got {config.compile!r}")
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"model.backbone.dropout must be in [0, 1), got {config.dropout}")
 
@@ -74,19 +83,22 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).split(dim, dim=2)
         q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        dropout = self.dropout if self.training else 0.0
+        if documents is not None:
+            y = documents.attend(q, k, v, dropout)
+            return self.out(y.transpose(1, 2).reshape(batch, length, dim))
         if cache is not None:
             k, v = cache.append(layer, k, v)
         # With a cache and one new query, every cached position is visible: no mask needed.
         causal = cache is None or length > 1
         if cache is not None and length > 1 and cache.length > 0:
             raise ValueError("a multi-token step is only supported on an empty cache")
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -109,8 +121,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_1(x), cache, layer))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), cache, layer, documents))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
@@ -155,7 +168,16 @@ class GPT(nn.Module):
         weight = self.embedding.token.weight if self.head is None else self.head.weight
         return F.linear(hidden, weight)
 
-    def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    # Which exact path attends inside documents (oe.models.attention); None: the device's default.
+    document_attention: DocumentAttention | None = None
+
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None,
+               doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, D] of input embeddings ``x`` [B, T, D].
+
+        With ``doc_ids`` [B, T] (packed rows), attention stays inside each document and positions
+        restart at each document's first token; without, a row is one sequence.
+        """
         start = 0 if cache is None else cache.length
         length = x.shape[1]
         if start + length > self.config.block_size:
@@ -163,17 +185,45 @@ class GPT(nn.Module):
                 f"sequence of {start + length} positions exceeds model.backbone.block_size "
                 f"({self.config.block_size})"
             )
-        positions = torch.arange(start, start + length, device=x.device)
+        if doc_ids is not None and cache is not None:
+            raise ValueError("document ids are for training passes; generation uses the cache")
+        documents = None if doc_ids is None else DocumentMask(doc_ids, self.document_attention)
+        if documents is None:
+            positions = torch.arange(start, start + length, device=x.device)
+        else:
+            positions = documents.positions
         x = self.drop(x + self.position(positions))
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
-        if cache is not None:
+        if cache is None:
+            x = self._run_blocks_maybe_compiled(x.device)(x, documents)
+        else:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, cache, layer)
             cache.length += length
         return self.ln_f(x)
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] for token ids [B, T]."""
-        return self.logits(self.hidden(self.embedding(tokens, doc_ids)))
+    def _run_blocks(self, x: torch.Tensor, documents: DocumentMask | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, documents=documents)
+        return x
+
+    def _run_blocks_maybe_compiled(self, device: torch.device):
+        wanted = self.config.compile if self.config.compile is not None else device.type == "cuda"
+        if not wanted:
+            return self._run_blocks
+        if self.__dict__.get("_compiled_blocks") is None:
+            # Kept out of the module's children and state: checkpoints look the same either way.
+            self.__dict__["_compiled_blocks"] = torch.compile(self._run_blocks)
+        return self.__dict__["_compiled_blocks"]
+
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                isolate_documents: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] for token ids [B, T].
+
+        ``doc_ids`` reset n-grams at document boundaries; with ``isolate_documents`` they also
+        keep attention and positions inside each document (packed rows of separate documents).
+        """
+        embedded = self.embedding(tokens, doc_ids)
+        return self.logits(self.hidden(embedded, doc_ids=doc_ids if isolate_documents else None))
 
     def new_cache(self, batch: int, capacity: int, device: torch.device) -> KVCache:
         c = self.config

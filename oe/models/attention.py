@@ -1,0 +1,145 @@
+"""Causal attention inside the documents of packed rows.
+
+A packed row holds several documents (for cfg3f: BOS sentence EOS, one after another), each token
+tagged with its document's id. A query attends to the keys of its own document at or before its
+position, never across a boundary, so a packed row computes what one row per document computes.
+
+Three exact paths, chosen by device (``document_attention``):
+
+- ``"flex"`` (CUDA): FlexAttention with a block mask; blocks outside every document are skipped,
+  so the work is that of the documents themselves.
+- ``"unpacked"`` (CPU): the documents, sorted by length, form a few groups of similar length;
+  each group's queries, keys and values are scattered into a [documents, longest in the group]
+  layout, attended with the causal kernel, and gathered back. The attention work is close to
+  that of the documents themselves (less than the padded layout's, whose rows are all as long
+  as the batch's longest); everything else in the model runs on packed tokens only.
+- ``"dense"``: SDPA with a boolean [T, T] mask per row. Simple, and the reference of the tests,
+  but it scores every pair of the row (no causal or document skipping).
+
+Pad positions carry their own document id, so they attend only to pad and nothing attends to them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+DocumentAttention = Literal["flex", "unpacked", "dense"]
+
+
+def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: True where a document begins (the row start included)."""
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return starts
+
+
+def positions_in_documents(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] position of each token within its document (0 at each document's first token)."""
+    index = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    first = torch.where(document_starts(doc_ids), index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+def default_document_attention(device: torch.device) -> DocumentAttention:
+    if device.type == "cuda" and flex_available():
+        return "flex"
+    return "unpacked"
+
+
+def flex_available() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    # FlexAttention is fast only compiled; compiling it once serves every layer and shape.
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+class DocumentMask:
+    """The document structure of a batch of packed rows, built once per forward pass."""
+
+    def __init__(self, doc_ids: torch.Tensor, path: DocumentAttention | None = None) -> None:
+        self.path = path or default_document_attention(doc_ids.device)
+        if self.path not in ("flex", "unpacked", "dense"):
+            raise ValueError(f"unknown document attention path {self.path!r}")
+        self.doc_ids = doc_ids
+        self.positions = positions_in_documents(doc_ids)
+        batch, length = doc_ids.shape
+        if self.path == "dense":
+            same = doc_ids[:, :, None] == doc_ids[:, None, :]
+            causal = torch.ones(length, length, dtype=torch.bool, device=doc_ids.device).tril()
+            self.mask = (same & causal)[:, None]  # [B, 1, T, T]
+        elif self.path == "unpacked":
+            self._group_documents()
+        else:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def same_document_causal(b, h, q, kv):
+                return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+
+            self.block_mask = create_block_mask(same_document_causal, batch, None, length, length,
+                                                device=doc_ids.device)
+
+    def _group_documents(self, shrink: float = 0.75) -> None:
+        # Documents sorted by length, longest first; a new group starts where a document is
+        # shorter than `shrink` times its group's longest, which bounds the padding in a group.
+        document = document_starts(self.doc_ids).reshape(-1).long().cumsum(0) - 1
+        lengths = torch.bincount(document).tolist()
+        grouped: list[list[int]] = []
+        for d in sorted(range(len(lengths)), key=lambda d: -lengths[d]):
+            if not grouped or lengths[d] < shrink * lengths[grouped[-1][0]]:
+                grouped.append([])
+            grouped[-1].append(d)
+        # Group g takes slots [offset, offset + documents * longest), one block per document.
+        first_slot = torch.empty(len(lengths), dtype=torch.long)
+        self.groups: list[tuple[int, int]] = []  # (documents, longest) per group
+        offset = 0
+        for docs in grouped:
+            longest = lengths[docs[0]]
+            first_slot[docs] = offset + longest * torch.arange(len(docs))
+            self.groups.append((len(docs), longest))
+            offset += len(docs) * longest
+        self.slot_count = offset
+        self.slots = first_slot.to(self.doc_ids.device)[document] + self.positions.reshape(-1)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               dropout: float = 0.0) -> torch.Tensor:
+        """Attention [B, H, T, d] of queries, keys and values [B, H, T, d] inside documents."""
+        if self.path == "dense":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout)
+        if self.path == "flex":
+            if dropout:
+                raise ValueError("model.backbone.dropout > 0 is not supported with packed rows "
+                                 "on the flex attention path")
+            return _flex_attention()(q, k, v, block_mask=self.block_mask)
+        batch, heads, length, dim = q.shape
+
+        def spread(t: torch.Tensor) -> torch.Tensor:
+            flat = t.transpose(1, 2).reshape(batch * length, heads, dim)
+            return flat.new_zeros(self.slot_count, heads, dim).index_copy(0, self.slots, flat)
+
+        q, k, v = spread(q), spread(k), spread(v)
+        outputs, offset = [], 0
+        for documents, longest in self.groups:
+            end = offset + documents * longest
+            q_g, k_g, v_g = (t[offset:end].view(documents, longest, heads, dim).transpose(1, 2)
+                             for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q_g, k_g, v_g, is_causal=True, dropout_p=dropout)
+            outputs.append(y.transpose(1, 2).reshape(end - offset, heads, dim))
+            offset = end
+        y = torch.cat(outputs).index_select(0, self.slots)
+        return y.view(batch, length, heads, dim).transpose(1, 2)
