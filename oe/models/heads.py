@@ -29,6 +29,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from oe.models.attention import DocumentMask
 from oe.models.gpt import BackboneConfig, Block, init_gpt2_blocks
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
@@ -156,14 +157,18 @@ class MultiTokenPrediction(nn.Module):
         nn.init.normal_(self.project.weight, std=0.02)
         init_gpt2_blocks(self.block, backbone.n_layer + 1)
 
-    def forward(self, hidden: torch.Tensor, next_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, next_embedding: torch.Tensor,
+                documents: DocumentMask | None = None) -> torch.Tensor:
         """Hidden states [B, L, D] at t and input embeddings [B, L, D] of t+1 -> [B, L, D]."""
         x = torch.cat([self.hidden_norm(hidden), self.embedding_norm(next_embedding)], dim=-1)
-        return self.final_norm(self.block(self.project(x)))
+        return self.final_norm(self.block(self.project(x), documents=documents))
 
 
 class OutputHeads(nn.Module):
     """The OD heads and the MTP module of one model, and their losses."""
+
+    # The MTP block's path inside documents (oe.models.attention); None: the device's default.
+    document_attention = None
 
     def __init__(self, config: OutputHeadsConfig, backbone: BackboneConfig,
                  vocab_size: int, pad_id: int = 0) -> None:
@@ -184,6 +189,7 @@ class OutputHeads(nn.Module):
         ids: torch.Tensor,
         output_head: Callable[[torch.Tensor], torch.Tensor],
         doc_ids: torch.Tensor | None = None,
+        isolate_documents: bool = False,
     ) -> list[HeadLoss]:
         """The extra losses of one batch.
 
@@ -193,6 +199,8 @@ class OutputHeads(nn.Module):
             ids: the batch rows [B, T+1].
             output_head: the model's shared next-token head (hidden -> logits).
             doc_ids: document ids [B, T+1] of ``ids``, or None.
+            isolate_documents: packed rows of separate documents: the MTP block attends
+                inside each document, as the backbone does.
         """
         length = hidden.shape[1]
         out = []
@@ -208,7 +216,9 @@ class OutputHeads(nn.Module):
                 out.append(HeadLoss("mtp", hidden.new_zeros(()), 0, self.config.mtp_weight))
             else:
                 # Position t pairs h_t with the embedding at t+1 (the input token x_{t+1}).
-                combined = self.mtp(hidden[:, :-1], embedded[:, 1:])
+                documents = (DocumentMask(doc_ids[:, : length - 1], self.document_attention)
+                             if isolate_documents and doc_ids is not None else None)
+                combined = self.mtp(hidden[:, :-1], embedded[:, 1:], documents)
                 targets = shifted_targets(ids, 2, self.pad_id, doc_ids)
                 loss_sum, count = summed_cross_entropy(output_head(combined), targets)
                 out.append(HeadLoss("mtp", loss_sum, count, self.config.mtp_weight))

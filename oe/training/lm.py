@@ -20,7 +20,7 @@ from oe.models.build import build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncodingConfig
 from oe.models.frequent_ngrams import FrequentNgramConfig
 from oe.models.gpt import BackboneConfig
-from oe.models.heads import HeadLoss, OutputHeadsConfig, total_loss
+from oe.models.heads import HeadLoss, OutputHeadsConfig, shifted_targets
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
 
@@ -99,45 +99,148 @@ class LanguageModel(L.LightningModule):
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(tokens, doc_ids)
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, int, list[HeadLoss]]:
-        """Summed next-token loss, its number of targets, and the extra heads' losses."""
-        ids = batch["input_ids"]
-        inputs, targets = ids[:, :-1], ids[:, 1:]
-        row_doc_ids = batch.get("doc_ids")
-        doc_ids = None if row_doc_ids is None else row_doc_ids[:, :-1]
-        targets = targets.masked_fill(targets == self.pad_id, IGNORE_INDEX)
+    def _targets(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None,
+                 isolate: bool) -> torch.Tensor:
+        """Next-token targets [B, T-1] of rows ``ids`` [B, T]; pad, and with ``isolate`` a
+        target in another document (EOS -> next BOS of a packed row), are not counted."""
+        targets = ids[:, 1:]
+        ignore = targets == self.pad_id
+        if isolate:
+            ignore |= row_doc_ids[:, 1:] != row_doc_ids[:, :-1]
+        return targets.masked_fill(ignore, IGNORE_INDEX)
+
+    def _pass(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None, isolate: bool,
+              embedded: torch.Tensor) -> tuple[torch.Tensor, int, list[HeadLoss]]:
+        """Summed next-token loss of rows ``ids`` from their input embeddings ``embedded``, its
+        number of targets, and the extra heads' losses."""
+        doc_ids = None if row_doc_ids is None or not isolate else row_doc_ids[:, :-1]
+        hidden = self.model.hidden(embedded, doc_ids=doc_ids)
+        loss_sum, n_tokens = summed_cross_entropy(self.model.logits(hidden),
+                                                  self._targets(ids, row_doc_ids, isolate))
         if self.heads is None:
-            return (*summed_cross_entropy(self(inputs, doc_ids), targets), [])
+            return loss_sum, n_tokens, []
         # The extra heads read the very hidden states and input embeddings of the main path.
-        embedded = self.model.embedding(inputs, doc_ids)
-        hidden = self.model.hidden(embedded)
-        loss_sum, n_tokens = summed_cross_entropy(self.model.logits(hidden), targets)
-        extra = self.heads.losses(hidden, embedded, ids, self.model.logits, row_doc_ids)
-        return loss_sum, n_tokens, extra
+        return loss_sum, n_tokens, self.heads.losses(hidden, embedded, ids, self.model.logits,
+                                                      row_doc_ids, isolate_documents=isolate)
+
+    @staticmethod
+    def _unpack(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool, list[slice]]:
+        """Rows, their document ids, whether documents are isolated, and the micro-batches."""
+        ids = batch["input_ids"]
+        rows = int(batch.get("micro_batch_rows") or ids.shape[0])
+        parts = [slice(start, start + rows) for start in range(0, ids.shape[0], rows)]
+        return ids, batch.get("doc_ids"), bool(batch.get("isolate_documents", False)), parts
+
+    def _embed(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None) -> torch.Tensor:
+        return self.model.embedding(ids[:, :-1], None if row_doc_ids is None else row_doc_ids[:, :-1])
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, int, list[HeadLoss]]:
+        """Summed next-token loss of the whole batch in one pass, its number of targets, and the
+        extra heads' losses."""
+        ids, row_doc_ids, isolate, _ = self._unpack(batch)
+        return self._pass(ids, row_doc_ids, isolate, self._embed(ids, row_doc_ids))
+
+    def _target_counts(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None,
+                       isolate: bool) -> list[int]:
+        """Counted targets of the next-token head and of each extra head (in ``losses`` order)."""
+        counts = [int((self._targets(ids, row_doc_ids, isolate) != IGNORE_INDEX).sum())]
+        if self.heads is None:
+            return counts
+        length = ids.shape[1] - 1
+        config = self.heads.config
+        offsets = list(config.od_offsets) + ([2] if config.mtp else [])
+        for offset in offsets:
+            if offset > length:  # rows too short: no target that far ahead
+                counts.append(0)
+                continue
+            targets = shifted_targets(ids, offset, self.pad_id, row_doc_ids)
+            counts.append(int((targets != IGNORE_INDEX).sum()))
+        return counts
+
+    def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size == 1:
+            return values
+        return self.trainer.strategy.reduce(values, reduce_op="sum")
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        # Gradients are zeroed at the start of training_step: its micro-batches accumulate
+        # theirs before Lightning's backward of the last one (Lightning zeroes in between).
+        pass
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss_sum, n_tokens, extra = self._loss(batch)
-        loss = loss_sum / max(n_tokens, 1)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n_tokens)
-        if extra:  # train/loss stays the next-token loss, comparable across model kinds
-            for head in extra:
-                self.log(f"train/loss_{head.name}", head.mean, batch_size=max(head.count, 1))
-            loss = total_loss(loss, extra)
-            self.log("train/loss_total", loss, batch_size=n_tokens)
+        """One optimiser step on a global batch, in micro-batches with gradient accumulation.
+
+        Each micro-batch's loss is divided by the target count of the whole global batch (all
+        ranks; DDP's gradient average is undone by the world size), so the accumulated gradient
+        is the one of the whole batch. The input embedding runs once for the rank's whole share:
+        earlier micro-batches run the backbone on a detached copy and leave the embedding's
+        gradient on it; the returned objective adds it to the last micro-batch's loss, so the
+        embedding's backward (and a fused table optimiser's update) happens once per step.
+        """
+        if self.trainer.accumulate_grad_batches != 1:
+            raise ValueError("trainer.accumulate_grad_batches must be 1: a global batch is split "
+                             "into micro-batches by data.micro_batch_tokens")
+        ids, row_doc_ids, isolate, parts = self._unpack(batch)
+        if len(parts) > 1 and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError("trainer.precision 16-mixed (a gradient scaler) cannot accumulate "
+                             "micro-batches: use bf16-mixed or 32-true, or raise "
+                             "data.micro_batch_tokens to hold the whole batch")
+        world = self.trainer.world_size
+        counts = self._global_sum(torch.tensor(self._target_counts(ids, row_doc_ids, isolate),
+                                               dtype=torch.float64, device=ids.device))
+        scales = (counts.clamp(min=1) / world).tolist()
+        self.zero_grad(set_to_none=True)
+        embedded = self._embed(ids, row_doc_ids)
+        detached = embedded.detach().requires_grad_() if len(parts) > 1 else embedded
+        sums, weights, names = [], [], []
+        objective = embedded.new_zeros(())
+        for index, rows in enumerate(parts):
+            last = index == len(parts) - 1
+            loss_sum, _, extra = self._pass(ids[rows], None if row_doc_ids is None else row_doc_ids[rows],
+                                            isolate, (embedded if last else detached)[rows])
+            terms = [loss_sum, *(head.loss_sum for head in extra)]
+            weights = [1.0, *(head.weight for head in extra)]
+            names = [head.name for head in extra]
+            part_objective = sum(w * t / n for w, t, n in zip(weights, terms, scales))
+            sums.append(torch.stack([t.detach().float() for t in terms]))
+            if last:
+                objective = part_objective
+            else:
+                part_objective.backward()
+        if len(parts) > 1 and detached.grad is not None:
+            before = parts[-1].start
+            objective = objective + (embedded[:before] * detached.grad[:before]).sum()
+        means = self._global_sum(torch.stack(sums).sum(0).double()) / counts.clamp(min=1)
+        n_tokens = int(counts[0])
+        self.log("train/loss", means[0], prog_bar=True, batch_size=n_tokens)
+        if names:  # train/loss stays the next-token loss, comparable across model kinds
+            for name, mean, count in zip(names, means[1:], counts[1:]):
+                self.log(f"train/loss_{name}", mean, batch_size=max(int(count), 1))
+            total = sum(w * m for w, m in zip(weights, means))
+            self.log("train/loss_total", total, batch_size=n_tokens)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
         now = time.perf_counter()
-        if self._last_step_time is not None:
-            rate = n_tokens * self.trainer.world_size / (now - self._last_step_time)
-            self.log("train/tokens_per_s", rate, prog_bar=True)
+        if self._last_step_time is not None:  # target tokens of the global batch per second
+            self.log("train/tokens_per_s", n_tokens / (now - self._last_step_time), prog_bar=True)
         self._last_step_time = now
-        return loss
+        return objective
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss_sum, n_tokens, extra = self._loss(batch)
+        ids, row_doc_ids, isolate, parts = self._unpack(batch)
+        embedded = self._embed(ids, row_doc_ids)  # once per batch, as in training
+        loss_sum, n_tokens, heads = 0.0, 0, {}
+        for rows in parts:
+            part_sum, part_count, extra = self._pass(
+                ids[rows], None if row_doc_ids is None else row_doc_ids[rows], isolate,
+                embedded[rows])
+            loss_sum, n_tokens = loss_sum + part_sum, n_tokens + part_count
+            for head in extra:
+                total, count = heads.get(head.name, (0.0, 0))
+                heads[head.name] = (total + head.loss_sum, count + head.count)
         self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=n_tokens, sync_dist=True,
                  prog_bar=True)
-        for head in extra:
-            self.log(f"val/loss_{head.name}", head.mean, batch_size=max(head.count, 1),
+        for name, (total, count) in heads.items():
+            self.log(f"val/loss_{name}", total / max(count, 1), batch_size=max(count, 1),
                      sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
