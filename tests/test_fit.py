@@ -16,7 +16,7 @@ from oe.analysis.report import read_wandb_run
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
          "--data.init_args.batch_size", "8", "--data.init_args.val_sentences", "32",
-         "--trainer.log_every_n_steps", "5", "--trainer.callbacks.num_samples", "16"]
+         "--trainer.log_every_n_steps", "5", "--generation.num_samples", "16"]
 
 
 def _fit(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def _fit(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.Comp
 @pytest.mark.parametrize("config,steps", [("cfg_baseline", 30), ("cfg_oe3", 20)])
 def test_quick_run_writes_csv_wandb_and_checkpoint(config, steps, tmp_path):
     run = tmp_path / "run"
-    result = _fit(["--config", f"configs/{config}.yaml", "--config", "configs/quick_cfg.yaml",
+    result = _fit(["--config", f"configs/{config}.yaml", "--config", "configs/presets/quick_cfg.yaml",
                    *SMALL, "--trainer.max_steps", str(steps), "--run_dir", str(run)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics_csv = next(run.rglob("metrics.csv"))
@@ -39,7 +39,7 @@ def test_quick_run_writes_csv_wandb_and_checkpoint(config, steps, tmp_path):
     assert {"train/loss", "val/loss", "val/gen_acc", "lr", "train/tokens_per_s"} <= logged
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0]
-    assert list(run.rglob("*.ckpt")), "no checkpoint written"
+    assert (run / "checkpoints" / "last.ckpt").exists(), "no checkpoint in <run_dir>/checkpoints"
     assert json.loads((run / "finished.json").read_text())["global_step"] == steps
     wandb_file = next(run.rglob("offline-run-*/run-*.wandb"))
     _, history, info = read_wandb_run(wandb_file)

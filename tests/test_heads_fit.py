@@ -22,7 +22,7 @@ def test_cfg_ot3_runs_20_steps(tmp_path):
     # Batch 4 instead of the preset's 32 keeps the run short on two shared cores.
     cmd = [sys.executable, "-m", "oe.cli.fit",
            "--config", str(ROOT / "configs/cfg_ot3.yaml"),
-           "--config", str(ROOT / "configs/quick_cfg.yaml"),
+           "--config", str(ROOT / "configs/presets/quick_cfg.yaml"),
            "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
            "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
            "--run_dir", str(run)]

@@ -132,6 +132,7 @@ def test_checkpoint_of_other_tables_fails_and_changes_nothing(runs: Path) -> Non
 
 
 TINY_RUN = """
+run_dir: {root}
 trainer:
   devices: 2
   accelerator: cpu
@@ -140,23 +141,15 @@ trainer:
   limit_val_batches: 1
   log_every_n_steps: 1
   enable_progress_bar: false
-  default_root_dir: {root}
   logger:
     - class_path: lightning.pytorch.loggers.CSVLogger
       init_args:
-        save_dir: {root}
         name: csv
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args:
-        dirpath: {root}/checkpoints
-        save_last: true
-        every_n_train_steps: 2
-        save_top_k: 0
-    - class_path: callbacks.generation.GenerationAccuracy
-      init_args:
-        num_samples: 3
-        batch_size: 2
+checkpoint:
+  every_n_train_steps: 2
+generation:
+  num_samples: 3
+  batch_size: 2
 model:
   backbone:
     n_layer: 2
@@ -176,7 +169,7 @@ def test_oe3_quick_preset_trains_and_resumes_on_two_ranks(tmp_path: Path) -> Non
     small.write_text(TINY_RUN.format(root=root))
     env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     base = [sys.executable, "-m", "oe.cli.fit", "--config", "configs/cfg_oe3.yaml",
-            "--config", "configs/quick_cfg.yaml", "--config", str(small)]
+            "--config", "configs/presets/quick_cfg.yaml", "--config", str(small)]
     for extra in ([], ["--trainer.max_steps", "3",
                        "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]):
         done = subprocess.run(base + extra, cwd=ROOT, env=env, capture_output=True, text=True,

@@ -32,17 +32,13 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
          "DEADLINE", "PREEMPTED"}
 STEPS = 12
 REQUEUE_STEPS = 400
-TINY = {  # layered after quick_cfg.yaml: seconds per run instead of minutes
+TINY = {  # layered after presets/quick_cfg.yaml: seconds per run instead of minutes
     "trainer": {
         "accelerator": "cpu", "max_steps": STEPS, "val_check_interval": 6, "log_every_n_steps": 2,
         "enable_progress_bar": False,
-        "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"save_last": True, "every_n_train_steps": 4, "save_top_k": 0}},
-            {"class_path": "callbacks.generation.GenerationAccuracy",
-             "init_args": {"num_samples": 8, "every_n_validations": 1, "batch_size": 8}},
-        ],
     },
+    "checkpoint": {"every_n_train_steps": 4},
+    "generation": {"num_samples": 8, "every_n_validations": 1, "batch_size": 8},
     "model": {"backbone": {"n_layer": 2, "n_head": 2, "n_embd": 32},
               "optimizer": {"warmup_steps": 2}},
     "data": {"init_args": {"batch_size": 4, "train_sentences": 96, "val_sentences": 8,
@@ -108,13 +104,13 @@ def jobs(cluster):
     env, root = cluster
     tiny = root / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
-    oe_configs = ["--config", "configs/cfg_oe3.yaml", "--config", "configs/quick_cfg.yaml",
+    oe_configs = ["--config", "configs/cfg_oe3.yaml", "--config", "configs/presets/quick_cfg.yaml",
                   "--config", str(tiny)]
     submitted = {"root": root, "env": env}
 
     sweep = root / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
-        "name": "slurm_m", "base_configs": ["configs/cfg_oe3.yaml", "configs/quick_cfg.yaml",
+        "name": "slurm_m", "base_configs": ["configs/cfg_oe3.yaml", "configs/presets/quick_cfg.yaml",
                                             str(tiny)],
         "grid": {"model.over_encoding.modulus": [7, 37]}, "overrides": {"seed_everything": 3}}))
     runs = root / "runs"
@@ -135,7 +131,7 @@ def jobs(cluster):
     submitted["requeue"] = (sbatch(
         env, *CPU_JOB, "--ntasks-per-node=1", f"--output={root}/requeue-%j.out",
         "slurm/fit_1node.sbatch", str(requeue_dir),
-        "--config", "configs/cfg_baseline.yaml", "--config", "configs/quick_cfg.yaml",
+        "--config", "configs/cfg_baseline.yaml", "--config", "configs/presets/quick_cfg.yaml",
         "--config", str(tiny), "--trainer.max_steps", str(REQUEUE_STEPS),
         "--trainer.val_check_interval", "100", "--data.init_args.train_sentences", "100000"),
         requeue_dir)

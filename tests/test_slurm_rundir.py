@@ -6,13 +6,15 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from jsonargparse import Namespace
 
 from oe.training.rundir import place_run, requeue_resume_path
 
 
-def trainer_config() -> Namespace:
-    return Namespace(
+def fit_config(run_dir: str | None, name: str | None = None, group: str | None = None,
+               project: str | None = None) -> Namespace:
+    trainer = Namespace(
         default_root_dir="runs/x",
         logger=[
             Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
@@ -22,35 +24,60 @@ def trainer_config() -> Namespace:
         ],
         callbacks=[
             Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-                      init_args=Namespace(dirpath="runs/x/checkpoints")),
+                      init_args=Namespace(dirpath="runs/x/listed")),
             Namespace(class_path="callbacks.generation.GenerationAccuracy",
                       init_args=Namespace(num_samples=8)),
         ],
+    )
+    return Namespace(
+        trainer=trainer, run_dir=run_dir, run_name=name, run_group=group, run_project=project,
+        checkpoint=Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                             init_args=Namespace(dirpath="runs/x/checkpoints")),
     )
 
 
 def test_place_run_moves_every_output_and_names_the_wandb_run(monkeypatch):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(var, raising=False)
-    config = trainer_config()
-    place_run(config, "runs/sw/m=7", "m=7", "sw")
-    assert config.default_root_dir == "runs/sw/m=7"
-    assert [lg.init_args.save_dir for lg in config.logger] == ["runs/sw/m=7"] * 2
-    wandb = config.logger[1].init_args
-    assert (wandb.name, wandb.group, wandb.id) == ("m=7", "sw", None)  # no SLURM: a new run each time
-    assert config.callbacks[0].init_args.dirpath == str(Path("runs/sw/m=7") / "checkpoints")
-    assert config.callbacks[1].init_args == Namespace(num_samples=8)
+    config = fit_config("runs/sw/m=7", "m=7", "sw", "p")
+    place_run(config)
+    trainer = config.trainer
+    assert trainer.default_root_dir == "runs/sw/m=7"
+    assert [lg.init_args.save_dir for lg in trainer.logger] == ["runs/sw/m=7"] * 2
+    wandb = trainer.logger[1].init_args
+    assert (wandb.name, wandb.group, wandb.project, wandb.id) == ("m=7", "sw", "p", None)
+    checkpoints = str(Path("runs/sw/m=7") / "checkpoints")
+    assert config.checkpoint.init_args.dirpath == checkpoints
+    assert trainer.callbacks[0].init_args.dirpath == checkpoints  # listed ones move too
+    assert trainer.callbacks[1].init_args == Namespace(num_samples=8)
+
+
+def test_the_wandb_run_is_named_after_the_run_folder_by_default(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    config = fit_config("runs/cfg_oe3")
+    place_run(config)
+    assert config.trainer.logger[1].init_args.name == "cfg_oe3"
+    assert config.trainer.logger[1].init_args.group == "g"  # untouched when not given
 
 
 def test_a_slurm_array_task_keeps_one_wandb_id_across_requeues(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "120")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "118")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    config = trainer_config()
-    place_run(config, None, "m=37", None)
-    assert config.logger[1].init_args.id == "m-37-118_2"
-    assert config.logger[1].init_args.group == "g"  # untouched when not given
-    assert config.default_root_dir == "runs/x"
+    config = fit_config(None, "m=37")
+    place_run(config)
+    assert config.trainer.logger[1].init_args.id == "m-37-118_2"
+    assert config.trainer.logger[1].init_args.group == "g"  # untouched when not given
+    assert config.trainer.default_root_dir == "runs/x"  # no run_dir: the config's own folders
+    assert config.checkpoint.init_args.dirpath == "runs/x/checkpoints"
+
+
+def test_a_logger_without_a_folder_and_no_run_dir_is_refused():
+    config = fit_config(None)
+    config.trainer.logger[0].init_args.save_dir = None
+    with pytest.raises(ValueError, match="CSVLogger has no save_dir; set run_dir"):
+        place_run(config)
 
 
 def test_requeued_job_prefers_the_newest_hpc_checkpoint(tmp_path, monkeypatch):

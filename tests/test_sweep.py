@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_sweep(tmp_path: Path, **fields) -> Path:
-    spec = {"name": "s1", "base_configs": ["configs/cfg_oe3.yaml", "configs/quick_cfg.yaml"],
+    spec = {"name": "s1", "base_configs": ["configs/cfg_oe3.yaml", "configs/presets/quick_cfg.yaml"],
             "grid": {"model.over_encoding.modulus": [7, 37], "seed_everything": [0, 1]},
             "overrides": {"trainer.max_steps": 20}}
     spec.update(fields)
@@ -33,7 +33,7 @@ def test_grid_expands_to_every_combination_with_overrides_first(tmp_path):
     points = load_sweep(write_sweep(tmp_path)).points()
     assert [p.name for p in points] == ["m=7_seed=0", "m=7_seed=1", "m=37_seed=0", "m=37_seed=1"]
     args = points[3].fit_args
-    assert args[:4] == ["--config", "configs/cfg_oe3.yaml", "--config", "configs/quick_cfg.yaml"]
+    assert args[:4] == ["--config", "configs/cfg_oe3.yaml", "--config", "configs/presets/quick_cfg.yaml"]
     # overrides, then the point's own values: later arguments win in oe.cli.fit
     assert args[4:] == ["--trainer.max_steps", "20", "--model.over_encoding.modulus", "37",
                         "--seed_everything", "1"]

@@ -125,7 +125,7 @@ def test_streaming_reads_the_same_tokens(tmp_path, corpus):
 
 @pytest.mark.parametrize("configs", [
     ["wikitext_baseline.yaml"], ["wikitext_oe3.yaml"], ["wikitext_oe3.yaml", "wikitext_oe2.yaml"],
-    ["wikitext_baseline.yaml", "wikitext_quick.yaml"], ["wikitext_gpt2_oe.yaml"],
+    ["wikitext_baseline.yaml", "presets/wikitext_quick.yaml"], ["wikitext_gpt2_oe.yaml"],
     ["wikitext_gpt2_frequent.yaml"],
 ])
 def test_configs_parse(configs):

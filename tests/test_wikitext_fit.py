@@ -19,15 +19,14 @@ from tests.test_wikitext import write_corpus
 pytestmark = pytest.mark.slow
 
 
-def _overlay(tmp_path, data: dict, callbacks: list) -> str:
+def _overlay(tmp_path, data: dict, callbacks: dict) -> str:
     config = {
         "trainer": {
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": str(tmp_path), "name": "csv"}}],
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "save_top_k": 0}}, *callbacks],
+                        "init_args": {"name": "csv"}}],
             "enable_progress_bar": False,
         },
+        **callbacks,
         "data": {"init_args": {"block_size": 32, "batch_size": 4, "val_blocks": 4,
                                "num_workers": 0, "cache_dir": str(tmp_path / "cache"), **data}},
     }
@@ -52,13 +51,13 @@ def test_quick_preset_trains_20_steps_and_evaluates_its_checkpoint(tmp_path, off
     files = {"train": write_corpus(tmp_path / "train.txt", 40, seed=0),
              "validation": write_corpus(tmp_path / "valid.txt", 8, seed=1)}
     write_task_files(tmp_path / "tasks", n=6)
-    downstream = {"class_path": "callbacks.downstream.DownstreamEvaluation",
-                  "init_args": {"tasks": ["hellaswag", "piqa"], "data_dir": str(tmp_path / "tasks"),
-                                "batch_size": 8}}
-    overlay = _overlay(tmp_path, {"data_files": files, "bpe_vocab_size": 300}, [downstream])
+    downstream = {"tasks": ["hellaswag", "piqa"], "data_dir": str(tmp_path / "tasks"),
+                  "batch_size": 8, "every_n_validations": 1}
+    overlay = _overlay(tmp_path, {"data_files": files, "bpe_vocab_size": 300},
+                       {"downstream": downstream})
     run = tmp_path / "run"
     code = fit_main(["--config", "configs/wikitext_baseline.yaml", "--config",
-                     "configs/wikitext_quick.yaml", "--config", overlay,
+                     "configs/presets/wikitext_quick.yaml", "--config", overlay,
                      "--trainer.max_steps", "20", "--trainer.val_check_interval", "10",
                      "--run_dir", str(run)])
     assert code == 0
@@ -100,7 +99,7 @@ def test_frozen_gpt2_with_hashed_tables_trains_only_the_tables(tmp_path, offline
     files = {"train": write_corpus(tmp_path / "train.txt", 40, seed=0),
              "validation": write_corpus(tmp_path / "valid.txt", 8, seed=1)}
     data = {"data_files": files, "tokenizer": str(gpt2)}
-    overlay = _overlay(tmp_path, data, [])
+    overlay = _overlay(tmp_path, data, {"downstream": None})  # no hub data offline
     run = tmp_path / "run"
     code = fit_main(["--config", "configs/wikitext_gpt2_oe.yaml", "--config", overlay,
                      "--model.pretrained", str(gpt2), "--model.over_encoding.modulus", "1009",

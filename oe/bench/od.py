@@ -1,9 +1,10 @@
 """``python -m oe.bench od``: training-step time of OD-3 and OT-3 against the baseline, and peak memory.
 
-The models are those of the configs (``configs/cfg_{baseline,od3,oe3,ot3}[_85m].yaml``: their
-``model`` sections), trained on the same cfg3f batch with AdamW. OE-3 is there too, so that
-OT-3 / OE-3 is the price of the MTP module alone. Step times are measured side by side (the
-kinds take turns every repeat) and given as ratios to the baseline. Peak memory comes from one
+The models are those of the configs (``configs/cfg_{baseline,od3,oe3,ot3}.yaml``, at 85M with
+``configs/backbones/gpt2_85m.yaml`` layered over them: their ``model`` sections, read by
+``oe.cli.config`` as ``oe fit`` reads them), trained on the same cfg3f batch with AdamW. OE-3 is
+there too, so that OT-3 / OE-3 is the price of the MTP module alone. Step times are measured
+side by side (the kinds take turns every repeat) and given as ratios to the baseline. Peak memory comes from one
 fresh process per kind: on CPU the peak resident set that building the model and two steps add
 (Linux), on a GPU the peak allocated CUDA memory.
 
@@ -20,10 +21,10 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from datamodules.cfg import CFGStream, PAD_ID, VOCAB_SIZE
 from oe.bench.common import peak_rss_mib, timed, write_json
+from oe.cli.config import model_section, parse_fit_config
 from oe.cli.table import print_table
 from oe.models.build import build_arguments
 from oe.models.heads import total_loss
@@ -33,15 +34,16 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KINDS = ("baseline", "od3", "oe3", "ot3")
 
 
-def build(kind: str, size: str) -> LanguageModel:
-    """The model of ``configs/cfg_<kind>[_85m].yaml`` (the 85M baseline and OE-3: the 2.4M
-    config with the 85M backbone of cfg_od3_85m.yaml)."""
-    suffix = "" if size == "2m4" else "_85m"
-    section = yaml.safe_load((CONFIGS / f"cfg_{kind}.yaml").read_text())["model"]
-    if suffix:
-        path = CONFIGS / f"cfg_{kind}{suffix}.yaml"
-        source = path if path.exists() else CONFIGS / f"cfg_od3{suffix}.yaml"
-        section["backbone"] = yaml.safe_load(source.read_text())["model"]["backbone"]
+def model_config(kind: str, size: str) -> dict:
+    """The ``model`` section of ``configs/cfg_<kind>.yaml``; at 85M with the 85M backbone over it."""
+    args = ["--config", str(CONFIGS / f"cfg_{kind}.yaml")]
+    if size == "85m":
+        args += ["--config", str(CONFIGS / "backbones" / "gpt2_85m.yaml")]
+    return model_section(parse_fit_config(args))
+
+
+def build(section: dict) -> LanguageModel:
+    """The model of a ``model`` section, on the cfg3f vocabulary."""
     # The training loss is timed, so the LanguageModel; its optimiser settings do not matter here.
     return LanguageModel(**build_arguments({**section, "vocab_size": VOCAB_SIZE, "pad_id": PAD_ID}))
 
@@ -80,11 +82,12 @@ def measure_memory(kind: str, size: str, batch_size: int, device: str) -> dict:
     """
     dev = torch.device(device)
     out = {}
+    section = model_config(kind, size)  # read before the peak is reset: the config is not the model
     if dev.type == "cpu":
         Path("/proc/self/clear_refs").write_text("5")
         resting = _rss_mib("VmRSS")
     torch.manual_seed(0)
-    model = build(kind, size).to(dev)
+    model = build(section).to(dev)
     step = make_step(model, cfg_batch(batch_size, dev))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, params = {}, {}
     for kind in KINDS:
         torch.manual_seed(0)
-        model = build(kind, args.size).to(device)
+        model = build(model_config(kind, args.size)).to(device)
         params[kind] = sum(p.numel() for p in model.parameters())
         steps[kind] = make_step(model, batch)
         for _ in range(2):  # warm-up

@@ -1,9 +1,12 @@
 """``python -m oe.fit --config configs/X.yaml [--section.field value ...]``: train a model.
 
 LightningCLI over ``LanguageModel`` and any LightningDataModule; every field of the config can be
-overridden on the command line. Each run writes to ``<trainer.default_root_dir>``: CSV metrics,
-checkpoints, the W&B run (offline without a key) and, only when training finished,
-``finished.json``.
+overridden on the command line. Configs are read by ``oe.cli.config`` (layers, ``base:`` lists,
+the run's folder). Callbacks are named fields, e.g. ``--generation.num_samples 4``:
+``checkpoint`` (ModelCheckpoint), ``ngram_stats`` (NgramTableStats), ``generation``
+(GenerationAccuracy, cfg3f) and ``downstream`` (DownstreamEvaluation, Wikitext); a field left
+null adds no callback. Each run writes to its ``run_dir``: CSV metrics, checkpoints, the W&B run
+(offline without a key) and, only when training finished, ``finished.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,21 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.downstream import DownstreamEvaluation
+from callbacks.generation import GenerationAccuracy
+from callbacks.ngram_stats import NgramTableStats
+from oe.cli.config import ComposedConfigFile, parse_with
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
-from oe.training.rundir import place_run, requeue_resume_path
+from oe.training.rundir import requeue_resume_path
+
+# Callbacks as named config fields: a layer sets the fields of one and keeps the others.
+NAMED_CALLBACKS = {"checkpoint": ModelCheckpoint, "ngram_stats": NgramTableStats,
+                   "generation": GenerationAccuracy, "downstream": DownstreamEvaluation}
 
 
 def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
@@ -35,6 +47,16 @@ def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
 
 
 class FitCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ComposedConfigFile,
+                            help="a config file (YAML); its 'base' files are applied first")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        self.config = parse_with(parser, sys.argv[1:] if args is None else list(args))
+
     def instantiate_classes(self) -> None:
         # Sharded n-gram tables get their values only when sharded (LanguageModel.configure_model).
         with deferred_ngram_tables():
@@ -48,13 +70,21 @@ class FitCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="one folder for all this run writes: default_root_dir, the "
                                  "loggers' save_dir and <run_dir>/checkpoints")
-        parser.add_argument("--run_name", type=str | None, default=None, help="W&B run name")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="W&B run name (default: run_dir's folder name)")
         parser.add_argument("--run_group", type=str | None, default=None,
                             help="W&B group (a sweep's name)")
+        parser.add_argument("--run_project", type=str | None, default=None, help="W&B project")
+        for key, callback in NAMED_CALLBACKS.items():
+            parser.add_argument(f"--{key}", type=callback | None, default=None,
+                                help=f"the {callback.__name__} callback; null: none")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config
-        place_run(config.trainer, config.run_dir, config.run_name, config.run_group)
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        listed = self.config_init.trainer.get("callbacks") or []
+        named = [self.config_init[key] for key in NAMED_CALLBACKS
+                 if self.config_init.get(key) is not None]
+        listed = listed if isinstance(listed, list) else [listed]
+        return super().instantiate_trainer(callbacks=[*listed, *named], **kwargs)
 
     def before_fit(self) -> None:
         model, data, trainer = self.model, self.datamodule, self.trainer
@@ -87,12 +117,15 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
         (root / "finished.json").write_text(json.dumps(summary, indent=2))
 
 
+CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,
+                  subclass_mode_data=True, save_config_kwargs={"overwrite": True})
+
+
 def main(args: list[str] | None = None) -> int:
     started = time.time()
     succeeded = False
     try:
-        cli = FitCLI(LanguageModel, L.LightningDataModule, subclass_mode_data=True,
-                     save_config_kwargs={"overwrite": True}, args=args, run=False)
+        cli = FitCLI(**CLI_KWARGS, args=args, run=False)
         cli.before_fit()
         ckpt_path = cli.config.ckpt_path or requeue_resume_path(
             cli.trainer.default_root_dir,

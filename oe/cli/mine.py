@@ -5,7 +5,7 @@
     python -m oe.mine --train_file data/docstrings/train.txt --tokenizer bpe --top_k 1000 ...
 
 The corpus is the training split of a ``WikitextDataModule`` (the ``data`` section of a config,
-or a text file), tokenised and cached exactly as training reads it. One streaming pass over its
+read as ``oe fit`` reads it, layers and overrides included; or a text file), tokenised and cached exactly as training reads it. One streaming pass over its
 tokens counts, for every order, the n-grams that lie inside one article.
 
 Memory is bounded by a pruned counter: each order keeps at most ``capacity`` distinct n-grams.
@@ -23,7 +23,6 @@ count: ``{"order": n, "tokens": [...], "count": c, "text": "..."}``.
 from __future__ import annotations
 import argparse
 import sys
-from pathlib import Path
 import numpy as np
 
 from oe.analysis.mining import (count_ngrams, write_mined)
@@ -33,13 +32,14 @@ def _datamodule(args):
     from datamodules.wikitext import WikitextDataModule
 
     if args.config:
-        import yaml
+        from oe.cli.config import class_of, instantiate_data, parse_fit_config
 
-        config = yaml.safe_load(Path(args.config).read_text())
-        data = (config or {}).get("data") or {}
-        if data.get("class_path", "").split(".")[-1] != "WikitextDataModule":
-            raise ValueError(f"{args.config}: data.class_path must be a WikitextDataModule")
-        return WikitextDataModule(**data.get("init_args", {}))
+        fit_args = [word for path in args.config for word in ("--config", path)]
+        config = parse_fit_config(fit_args)
+        if not issubclass(class_of(config.data, "data"), WikitextDataModule):
+            raise ValueError(f"data.class_path is {config.data.class_path}; oe.mine reads a "
+                             f"WikitextDataModule")
+        return instantiate_data(config)
     if not args.train_file:
         raise ValueError("give --config (a Wikitext config) or --train_file")
     return WikitextDataModule(data_files={"train": args.train_file}, tokenizer=args.tokenizer,
@@ -49,7 +49,9 @@ def _datamodule(args):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oe.mine", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="a config whose data section is a WikitextDataModule")
+    parser.add_argument("--config", action="append",
+                        help="a config whose data section is a WikitextDataModule (repeatable: "
+                             "later ones override, as in oe.fit)")
     parser.add_argument("--train_file", nargs="+", help="local text file(s) in Wikitext's format")
     parser.add_argument("--tokenizer", default="gpt2", help="hub id, tokenizer.json, or 'bpe'")
     parser.add_argument("--bpe_vocab_size", type=int, default=16384)

@@ -14,13 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from oe.analysis.memory_plan import (read_model_section, build_on_meta, data_vocab_size, plan, print_plan)
+from oe.analysis.memory_plan import build_on_meta, plan, print_plan
+from oe.cli.config import ConfigError, instantiate_data, model_section, parse_fit_config
+
+# plan's own flags, as the oe.fit fields they override
+OVERRIDES = {"modulus": "model.over_encoding.modulus", "n_embd": "model.backbone.n_embd",
+             "n_head": "model.backbone.n_head"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oe.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", required=True,
-                        help="YAML config(s) as for oe.cli.fit; later ones override")
+                        help="config(s) as for oe.cli.fit, read the same way; later ones override")
     parser.add_argument("--world-size", type=int, required=True, help="number of ranks")
     parser.add_argument("--vocab-size", type=int, help="default: the config's data module's")
     parser.add_argument("--modulus", type=int, help="override model.over_encoding.modulus")
@@ -30,16 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.world_size < 1:
             raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
-        model_section, data_section = read_model_section(args.config)
-        for flag, section, key in ((args.modulus, "over_encoding", "modulus"),
-                                   (args.n_embd, "backbone", "n_embd"),
-                                   (args.n_head, "backbone", "n_head")):
-            if flag is not None:
-                model_section.setdefault(section, {})[key] = flag
-        vocab = args.vocab_size or data_vocab_size(data_section)
-        model = build_on_meta(model_section, vocab)
+        fit_args = [word for path in args.config for word in ("--config", path)]
+        for flag, field in OVERRIDES.items():
+            if getattr(args, flag) is not None:
+                fit_args += [f"--{field}", str(getattr(args, flag))]
+        config = parse_fit_config(fit_args)
+        vocab = args.vocab_size or int(instantiate_data(config).vocab_size)
+        model = build_on_meta(model_section(config), vocab)
         figures = plan(model, args.world_size)
-    except (ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print_plan(figures, figures["table_optimizer"])

@@ -3,7 +3,7 @@
 A sweep file is plain YAML::
 
     name: cfg_m                      # W&B group, and the folder runs/<name>/
-    base_configs: [configs/cfg_oe3.yaml, configs/quick_cfg.yaml]
+    base_configs: [configs/cfg_oe3.yaml, configs/presets/quick_cfg.yaml]
     grid:                            # every combination is one run (one point)
       model.over_encoding.modulus: [11, 37, 211]
       seed_everything: [0, 1]
@@ -21,8 +21,6 @@ Every point's arguments are checked by oe.cli.fit's own parser before anything r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import itertools
 import json
 import re
@@ -32,7 +30,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import yaml
 
@@ -141,26 +138,16 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(name, configs, grid, overrides, str(raw.get("description") or ""))
 
 
-def check_point(point: Point) -> None:
-    """Parse the point's arguments with oe.cli.fit's parser (nothing is built); SweepError if wrong."""
-    from oe.cli.fit import FitCLI  # heavy: torch, Lightning
-    from oe.training.lm import LanguageModel
-    import lightning as L
+def check_point(point: Point, parser=None) -> None:
+    """Parse the point's arguments as oe.cli.fit would (nothing is built); SweepError if wrong.
 
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    # LightningCLI reads sys.argv too when given no args; ours are oe.cli.sweep's, not the point's.
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            mock.patch.object(sys, "argv", ["oe.cli.fit"]):
-        try:
-            FitCLI(LanguageModel, L.LightningDataModule, subclass_mode_data=True,
-                   args=[*point.fit_args, "--print_config"], run=False)
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    if code:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-        reason = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1:])
-        raise SweepError(f"point {point.name}: oe.cli.fit rejects its arguments: {reason}")
+    ``parser``: oe.cli.config.fit_parser()'s, to reuse over the points."""
+    from oe.cli.config import ConfigError, parse_fit_config  # heavy: torch, Lightning
+
+    try:
+        parse_fit_config(point.fit_args, parser)
+    except ConfigError as err:
+        raise SweepError(f"point {point.name}: oe.cli.fit rejects its arguments: {err}") from err
 
 
 def run_args(sweep: Sweep, point: Point, runs_dir: Path) -> tuple[Path, list[str]]:
@@ -232,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("--submit needs SLURM's `sbatch` on PATH, and it is not there; "
                              "run the points here with --local instead")
         if not args.no_check:
+            from oe.cli.config import fit_parser
+
+            fit_args_parser = fit_parser()
             for point in points:
-                check_point(point)
+                check_point(point, fit_args_parser)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ in a few minutes on 2 CPU cores. Every step is the real pipeline:
 
 1. ``oe.experiments.corpus`` writes Python's standard-library docstrings as a Wikitext-format corpus.
 2. ``oe.cli.fit`` trains a small GPT-2 on it from scratch (wikitext_baseline.yaml +
-   wikitext_quick.yaml, a byte-level BPE of 4,096 ids); ``oe.models.pretrained.save_gpt2`` writes it in
+   presets/wikitext_quick.yaml, a byte-level BPE of 4,096 ids); ``oe.models.pretrained.save_gpt2`` writes it in
    Hugging Face format with its tokenizer.json: the stand-in for pretrained GPT-2, which the hub
    would give online.
 3. For each size, ``oe.cli.fit`` with configs/wikitext_gpt2_oe.yaml (zero-initialised hashed tables,
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     gpt2 = work / "gpt2"
     if not (args.reuse_backbone and (gpt2 / "config.json").is_file()):
         shutil.rmtree(root, ignore_errors=True)
-        _fit(["--config", "configs/wikitext_baseline.yaml", "--config", "configs/wikitext_quick.yaml",
+        _fit(["--config", "configs/wikitext_baseline.yaml", "--config", "configs/presets/wikitext_quick.yaml",
               "--config", str(_overlay(root / OVERLAY, data, root)),
               "--trainer.max_steps", str(args.pretrain_steps),
               "--trainer.val_check_interval", str(args.pretrain_steps),

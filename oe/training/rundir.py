@@ -1,9 +1,11 @@
 """One predictable folder per run, and resuming a requeued SLURM job from it.
 
-``python -m oe.fit ... --run_dir runs/SWEEP/POINT`` sends everything the run writes there:
-``trainer.default_root_dir`` (Lightning's ``hpc_ckpt_*.ckpt`` on a SLURM requeue, ``finished.json``),
-every logger's ``save_dir`` (``csv/version_*/metrics.csv``, ``wandb/``) and every ModelCheckpoint's
-``dirpath`` (``checkpoints/``). ``--run_name``/``--run_group`` name the W&B run and its group.
+An oe.fit config states ``run_dir`` (or ``--run_dir runs/SWEEP/POINT`` gives it) and everything the
+run writes goes there: ``trainer.default_root_dir`` (Lightning's ``hpc_ckpt_*.ckpt`` on a SLURM
+requeue, ``finished.json``), every logger's ``save_dir`` (``csv/version_*/metrics.csv``,
+``wandb/``) and every ModelCheckpoint's ``dirpath`` (``<run_dir>/checkpoints``); ``run_dir`` wins
+over any of these a config states itself. ``run_name`` (default: the folder's name),
+``run_group`` and ``run_project`` name the W&B run, its group and its project.
 """
 
 from __future__ import annotations
@@ -39,26 +41,35 @@ def slurm_job_key() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def place_run(trainer: Namespace, run_dir: str | None, name: str | None,
-              group: str | None) -> None:
-    """Point the trainer config's outputs at ``run_dir`` and name its W&B run (in place)."""
+def place_run(config: Namespace, callback_keys: tuple[str, ...] = ("checkpoint",)) -> None:
+    """Point a parsed oe.fit config's outputs at its ``run_dir`` and name its W&B run (in place).
+
+    ``callback_keys``: the config's named callback fields; those that are ModelCheckpoints write to
+    ``<run_dir>/checkpoints``, as do ModelCheckpoints listed in ``trainer.callbacks``.
+    """
+    trainer, run_dir = config.trainer, config.get("run_dir")
+    name, group, project = config.get("run_name"), config.get("run_group"), config.get("run_project")
     if run_dir is not None:
         trainer.default_root_dir = run_dir
+        name = name or Path(run_dir).name
     for logger in _items(trainer.get("logger")):
         cls, args = _class_of(logger), logger.init_args
-        if run_dir is not None and "save_dir" in args:
+        if run_dir is not None:
             args.save_dir = run_dir
+        elif args.get("save_dir") is None and "save_dir" in args:
+            raise ValueError(f"trainer.logger: {logger.class_path} has no save_dir; set run_dir, "
+                             f"the folder this run writes to")
         if cls is not None and issubclass(cls, WandbLogger):
-            if name is not None:
-                args.name = name
-            if group is not None:
-                args.group = group
+            for key, value in (("name", name), ("group", group), ("project", project)):
+                if value is not None:
+                    args[key] = value
             job = slurm_job_key()
             if job is not None and args.get("id") is None:
                 # A requeued job keeps its W&B run: same id, and WandbLogger resumes ("allow").
-                label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or args.get("name") or "run")
+                label = re.sub(r"[^A-Za-z0-9_.-]+", "-", args.get("name") or "run")
                 args.id = f"{label}-{job}"[-64:]
-    for callback in _items(trainer.get("callbacks")):
+    named = [config[key] for key in callback_keys if config.get(key) is not None]
+    for callback in [*_items(trainer.get("callbacks")), *_items(named)]:
         cls = _class_of(callback)
         if run_dir is not None and cls is not None and issubclass(cls, ModelCheckpoint):
             callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")

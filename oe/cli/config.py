@@ -1,0 +1,206 @@
+"""The one config loader: every tool (fit, sweep, plan, mine) reads a config as ``oe fit`` does.
+
+A config is YAML for oe.fit's parser (LightningCLI over ``LanguageModel`` and a data module).
+``--config A --config B --section.field value`` layers left to right: a later layer changes only
+the fields it names. A file may start with ``base: [x.yaml, y.yaml]`` (paths relative to the
+file): its bases are applied first, in order (each after its own bases), then the file itself.
+Callbacks are named fields (``checkpoint``, ``ngram_stats``, ``generation``, ``downstream``), not
+list items, so a layer changes one without dropping the others. ``run_dir`` is the run's folder:
+``trainer.default_root_dir``, every logger's ``save_dir`` and the checkpoint folder derive from it
+(``oe.training.rundir.place_run``), and ``--print_config`` shows the result of all of this.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from argparse import ArgumentError
+from pathlib import Path
+
+import yaml
+from jsonargparse import ActionConfigFile, Namespace
+
+from oe.training.rundir import place_run
+
+BASE_KEY = "base"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be read; the message names the file or the field."""
+
+
+def read_layer(path: Path) -> dict:
+    """One config file as a mapping, checked; ``base`` paths made relative to the working folder."""
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    if content is None:
+        raise ConfigError(f"--config {path}: the file is empty; a config is a mapping of sections "
+                          f"such as trainer, model and data")
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of sections such as trainer, model "
+                          f"and data, got {type(content).__name__}")
+    bases = content.get(BASE_KEY, [])
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"--config {path}: '{BASE_KEY}' must be a list of config files "
+                          f"(relative to this file), got {bases!r}")
+    content[BASE_KEY] = [path.parent / b for b in bases]
+    return content
+
+
+def config_layers(path: str | Path, _within: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The layers one ``--config`` file stands for, in the order they apply, bases first."""
+    path = Path(path)
+    if path.resolve() in _within:
+        chain = " -> ".join(str(p) for p in [*_within, path.resolve()])
+        raise ConfigError(f"--config {path}: its bases include itself ({chain})")
+    content = read_layer(path)
+    layers = []
+    for base in content.pop(BASE_KEY):
+        if not base.is_file():
+            raise ConfigError(f"--config {path}: base {base} does not exist (paths in '{BASE_KEY}' "
+                              f"are relative to the file that names them)")
+        layers += config_layers(base, (*_within, path.resolve()))
+    return [*layers, (path, content)]
+
+
+class ComposedConfigFile(ActionConfigFile):
+    """``--config FILE``: applies the file's bases and then the file, each naming itself on error."""
+
+    def __call__(self, parser, cfg, values, option_string=None) -> None:
+        try:
+            layers = config_layers(values)
+        except ConfigError as err:
+            raise TypeError(str(err)) from err
+        for path, content in layers:
+            if not content:
+                continue  # a file of bases only
+            text = yaml.safe_dump(content, sort_keys=False)
+            try:
+                self.apply_config(parser, cfg, self.dest, text)
+                _check_fields(parser, text)
+            except KeyError as err:  # jsonargparse's unknown field: its message is args[0]
+                raise TypeError(f"--config {path}: {err.args[0]}") from err
+            except (TypeError, ValueError, ArgumentError) as err:
+                raise TypeError(f"--config {path}: {err}") from err
+
+
+def _check_fields(parser, text: str) -> None:
+    """Refuse a field the parser lacks while the file that names it is known.
+
+    Values are checked once every layer is in (a layer may leave a field to a later one, such as a
+    logger's save_dir to run_dir), so a value of the wrong type is named by its field alone, as is
+    a field of a layer that cannot be read without the layers below it.
+    """
+    exit_on_error, parser.exit_on_error = parser.exit_on_error, False
+    try:
+        layer = parser.parse_string(text, env=False, defaults=False, _skip_validation=True)
+        parser.validate(layer, skip_required=True)
+    except KeyError:
+        raise
+    except (TypeError, ValueError, ArgumentError):
+        pass
+    finally:
+        parser.exit_on_error = exit_on_error
+
+
+def _take_print_config(args: list[str]) -> tuple[list[str], dict | None]:
+    """Remove ``--print_config[=flags]``; its dump options, or None when not asked for."""
+    flags, rest = None, []
+    for arg in args:
+        if arg == "--print_config" or arg.startswith("--print_config="):
+            words = [w for w in arg.partition("=")[2].split(",") if w]
+            unknown = sorted(set(words) - {"skip_null", "skip_default"})
+            if unknown:
+                raise ConfigError(f"--print_config: unknown flag(s) {unknown}; "
+                                  f"choose from skip_null, skip_default")
+            flags = {"skip_unset": "skip_null" in words, "skip_default": "skip_default" in words}
+        else:
+            rest.append(arg)
+    return rest, flags
+
+
+def parse_with(parser, args: list[str]) -> Namespace:
+    """Parse ``args`` with oe.fit's ``parser``: layers, then the run's folder, then validation.
+
+    ``--print_config`` prints the composed config (run folder placed) and exits, as in LightningCLI.
+    Errors go through ``parser.error``: a message and exit 2, or ArgumentError when the parser
+    does not exit on errors.
+    """
+    try:
+        args, print_flags = _take_print_config(list(args))
+    except ConfigError as err:
+        parser.error(str(err))
+    # Validation waits for place_run: a logger's save_dir may come from run_dir alone.
+    config = parser.parse_args(args, _skip_validation=True)
+    try:
+        place_run(config)
+    except ValueError as err:
+        parser.error(str(err), err)
+    if print_flags is not None:
+        sys.stdout.write(parser.dump(config, skip_validation=True, **print_flags))
+        raise SystemExit(0)
+    try:
+        parser.validate(config)
+    except KeyError as err:
+        parser.error(err.args[0], err)
+    except (TypeError, ValueError, ArgumentError) as err:
+        parser.error(str(err), err)
+    return config
+
+
+def fit_parser():
+    """oe.fit's parser, built by FitCLI itself (LightningCLI builds it in its constructor)."""
+    from oe.cli.fit import CLI_KWARGS, FitCLI
+
+    class ParserBuilt(Exception):
+        pass
+
+    class ParserOnly(FitCLI):
+        def parse_arguments(self, parser, args) -> None:
+            raise ParserBuilt(parser)  # stop before anything is seeded or built
+
+    try:
+        ParserOnly(**CLI_KWARGS, args=[], run=False)
+    except ParserBuilt as built:
+        return built.args[0]
+    raise RuntimeError("FitCLI built no parser")
+
+
+def parse_fit_config(args: list[str], parser=None) -> Namespace:
+    """The config ``oe fit ARGS`` would run, nothing instantiated; ConfigError if it is wrong.
+
+    ``parser``: one from ``fit_parser()`` to reuse over many parses (building one takes seconds).
+    """
+    parser = parser or fit_parser()
+    parser.exit_on_error = False
+    try:
+        return parse_with(parser, args)
+    except ArgumentError as err:
+        raise ConfigError(str(err).strip()) from err
+
+
+def class_of(spec: Namespace, field: str) -> type:
+    """The class a ``class_path`` entry of a parsed config names."""
+    module, _, name = str(spec.get("class_path", "")).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{field}.class_path: cannot import {spec.get('class_path')!r}") from err
+
+
+def instantiate_data(config: Namespace):
+    """The config's data module alone (the model is not built)."""
+    data = config.data
+    return class_of(data, "data")(**data.init_args.as_dict())
+
+
+def model_section(config: Namespace) -> dict:
+    """The ``model`` section as plain values, without the fields oe.fit links from the data."""
+    section = config.model.as_dict()
+    for linked in ("vocab_size", "pad_id"):
+        section.pop(linked, None)
+    return section
