@@ -1,8 +1,8 @@
 """``python -m oe.plan --config X.yaml --world-size W``: memory per rank of a sharded OE model.
 
-Builds the config's model on the meta device (no memory, any table size), splits every n-gram
-table row-wise over W ranks as ``oe.distributed.parallelize`` does, and prints per rank: the table rows, the
-fused optimiser's state for each choice, and the dense model (replicated by DDP: weights,
+Builds the config's model on the meta device (no memory, any table size) with
+``oe.models.build.build_model``, splits every n-gram table row-wise over W ranks as
+``oe.distributed.parallelize`` does, and prints per rank: the table rows, the fused optimiser's state for each choice, and the dense model (replicated by DDP: weights,
 gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n-embd`` and ``--n-head``
 override the config, e.g. the paper's scale:
 
@@ -12,58 +12,21 @@ override the config, e.g. the paper's scale:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import yaml
 
+from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split,
+                                        state_floats_per_row, table_owners)
 from oe.models.build import BuiltModel, build_arguments, build_model
-from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split, state_floats_per_row,
-                            table_owners)
 
 FLOAT = 4  # bytes
 GIB = 1024**3
 
 
-def read_model_section(paths: list[str]) -> tuple[dict, dict]:
-    """The ``model`` and ``data`` sections of layered YAML configs (later files win)."""
-    model: dict = {}
-    data: dict = {}
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--config {path}: no such file")
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-        _merge(model, doc.get("model") or {})
-        _merge(data, doc.get("data") or {})
-    return model, data
-
-
-def _merge(into: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
 def build_on_meta(model_section: dict, vocab_size: int) -> BuiltModel:
     """The model of a config's ``model`` section, parameters on the meta device."""
-
     arguments = build_arguments({**model_section, "vocab_size": vocab_size})
     with torch.device("meta"):
         return build_model(**arguments)
-
-
-def data_vocab_size(data_section: dict) -> int:
-    """The data module's vocabulary size (what oe.cli.fit links into the model)."""
-    import importlib
-
-    class_path = data_section.get("class_path")
-    if not class_path:
-        raise ValueError("the config has no data.class_path; pass --vocab-size")
-    module, _, name = class_path.rpartition(".")
-    data = getattr(importlib.import_module(module), name)(**(data_section.get("init_args") or {}))
-    return int(data.vocab_size)
 
 
 def plan(model: BuiltModel, world_size: int) -> dict:
