@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.cfg import CFGDataModule
 from oe.analysis.report import read_wandb_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,7 @@ def test_context_shorter_than_cfg3f_sentences(tmp_path):
     run = tmp_path / "run"
     result = _fit(["--config", "configs/cfg_baseline.yaml", "--model.backbone.block_size", "512",
                    "--run_dir", str(run)], tmp_path, timeout=120)
+    longest = CFGDataModule().max_sequence_length  # of the config's data module, as configured
     assert result.returncode == 2
-    assert "model.backbone.block_size" in result.stderr and "731" in result.stderr
+    assert "model.backbone.block_size" in result.stderr and f"up to {longest} tokens" in result.stderr
     assert not (run / "finished.json").exists()
