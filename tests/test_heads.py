@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
+from oe.models.build import build_arguments, build_model, model_kind
 from oe.models.embedding import OverEncodingConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
@@ -221,14 +221,15 @@ def test_bad_config_names_the_field(bad, field):
     ("cfg_ot3", "oe123+mtp", 128), ("cfg_ot3_85m", "oe123+mtp", 768),
 ])
 def test_configs_build_the_model_they_name(name, kind, width):
-    config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]
-    over_encoding = config.get("over_encoding")
-    model = LanguageModel(
-        6, PAD, BackboneConfig(**config["backbone"]),
-        None if over_encoding is None else OverEncodingConfig(**over_encoding),
-        OutputHeadsConfig(**config["heads"]),
-    )
-    assert model.kind == kind and model.backbone_config.n_embd == width
+    from oe.cli.config import model_section, parse_fit_config
+
+    config = parse_fit_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
+    arguments = build_arguments({**model_section(config), "vocab_size": 6, "pad_id": PAD})
+    with torch.device("meta"):
+        built = build_model(**arguments)
+    assert model_kind(arguments["over_encoding"], arguments["frequent_ngrams"],
+                      arguments["heads"]) == kind
+    assert built.heads is not None and built.backbone.n_embd == width
 
 
 def test_summed_cross_entropy_counts_only_real_targets_in_float32():
