@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -19,8 +20,9 @@ class GenerationAccuracy(EveryNValidations):
 
     Sampling uses the raw next-token distribution (temperature 1, no top-k or top-p) from BOS
     until EOS or 729 symbols, batched with the key/value cache; the samples are split over the
-    ranks. Logs ``val/gen_acc`` (share accepted), ``val/gen_length`` (mean symbols) and, on W&B,
-    a table of a few samples.
+    ranks. Logs ``val/gen_acc`` (share accepted), ``val/gen_length`` (mean symbols),
+    ``val/gen_seconds`` and ``val/gen_sentences_per_s`` (its wall time, so that its share of a
+    run shows; ``every_n_validations`` spaces it out) and, on W&B, a table of a few samples.
 
     Args:
         num_samples: sentences sampled in total (the paper: 10,000).
@@ -52,10 +54,12 @@ class GenerationAccuracy(EveryNValidations):
         # Sharded n-gram lookups are collective: every rank samples the same number of rows, in
         # the same batches, for as many steps as the slowest rank; surplus rows are dropped.
         most = -(-self.num_samples // trainer.world_size)
+        started = time.perf_counter()
         accepted, lengths, samples = sample_and_check(
             pl_module.model, most, self.batch_size, generator,
             all_done=lambda done: trainer.strategy.reduce_boolean_decision(done, all=True),
         )
+        seconds = time.perf_counter() - started
         accepted, lengths, samples = accepted[:share], lengths[:share], samples[:share]
         device = pl_module.device
         totals = torch.tensor([accepted.sum(), len(accepted), lengths.sum()],
@@ -63,6 +67,8 @@ class GenerationAccuracy(EveryNValidations):
         totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0) if trainer.world_size > 1 else totals
         pl_module.log("val/gen_acc", float(totals[0] / totals[1]), rank_zero_only=True)
         pl_module.log("val/gen_length", float(totals[2] / totals[1]), rank_zero_only=True)
+        pl_module.log("val/gen_seconds", seconds, rank_zero_only=True)
+        pl_module.log("val/gen_sentences_per_s", float(totals[1]) / seconds, rank_zero_only=True)
         if trainer.is_global_zero:
             self._log_table(trainer, samples[: self.log_samples], accepted[: self.log_samples])
 

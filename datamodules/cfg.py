@@ -3,8 +3,10 @@
 Token ids: 0 pad, 1-3 the terminals, 4 BOS, 5 EOS. Two layouts of the same sentences:
 
 - packed (the default): whole sentences ``BOS s EOS BOS s EOS ...`` in stream order, as many as
-  fit, in rows of ``row_tokens`` tokens, each token tagged with its sentence's document id (pad
-  positions with one id per row, shared with no sentence). The model attends inside each
+  fit, in rows of ``row_tokens`` tokens, each token tagged with its sentence's document id (each
+  pad position an id of its own). With ``row_tokens`` null, each micro-batch is one row: the
+  share is cut into as few rows of at most ``micro_batch_tokens`` as it needs, of even length, so
+  that almost no position is padding. The model attends inside each
   sentence, restarts positions and n-grams at each BOS and ignores the target that crosses a
   boundary, so a packed step computes exactly what the padded step computes; about 90% of the
   positions are real tokens.
@@ -43,8 +45,9 @@ def pack(symbols: np.ndarray, lengths: np.ndarray, row_tokens: int,
     """Sentences packed whole, in order, into rows of at most ``row_tokens`` tokens.
 
     Returns ``(tokens [R, W], doc_ids [R, W])``: W is the longest filled row rounded up to a
-    multiple of 8 (at most ``row_tokens``); sentence i has document id i, the padding of row r
-    id ``len(lengths) + r``.
+    multiple of 8 (at most ``row_tokens``); sentence i has document id i, and each pad position
+    an id of its own (``len(lengths)`` + its flat index), so that it is a document of one token:
+    it attends to nothing real and sits at position 0.
     """
     sizes = lengths.astype(np.int64) + 2
     if sizes.max() > row_tokens:
@@ -62,13 +65,23 @@ def pack(symbols: np.ndarray, lengths: np.ndarray, row_tokens: int,
     fill = np.bincount(row_of, weights=sizes, minlength=n_rows).astype(np.int64)
     width = min(row_tokens, math.ceil(int(fill.max()) / multiple) * multiple)
     tokens = np.full((n_rows, width), PAD_ID, dtype=np.int64)
-    doc_ids = np.repeat(len(sizes) + np.arange(n_rows, dtype=np.int64)[:, None], width, axis=1)
+    doc_ids = len(sizes) + np.arange(n_rows * width, dtype=np.int64).reshape(n_rows, width)
     for i, (r, o, n) in enumerate(zip(row_of.tolist(), offset_of.tolist(), lengths.tolist())):
         tokens[r, o] = BOS_ID
         tokens[r, o + 1 : o + 1 + n] = symbols[i, :n]
         tokens[r, o + 1 + n] = EOS_ID
         doc_ids[r, o : o + n + 2] = i
     return torch.from_numpy(tokens), torch.from_numpy(doc_ids)
+
+
+def next_fit_rows(sizes: list[int], row_tokens: int) -> int:
+    """Rows that ``pack`` fills with sentences of ``sizes`` tokens."""
+    rows, used = 1, 0
+    for size in sizes:
+        if used + size > row_tokens:
+            rows, used = rows + 1, 0
+        used += size
+    return rows
 
 
 def collate(symbols: np.ndarray, lengths: np.ndarray, multiple: int = 8) -> torch.Tensor:
@@ -88,8 +101,10 @@ class CFGStream(IterableDataset):
 
     def __init__(self, seed: int, batch_size: int, batches_per_epoch: int, epochs: int,
                  rank: int = 0, world_size: int = 1, first_position: int = 0,
-                 shuffle_epochs: bool = True, packed: bool = False, row_tokens: int = 1024,
-                 micro_batch_tokens: int | None = None) -> None:
+                 shuffle_epochs: bool = True, packed: bool = False,
+                 row_tokens: int | None = 1024, micro_batch_tokens: int | None = None) -> None:
+        if packed and row_tokens is None and micro_batch_tokens is None:
+            raise ValueError("packed rows need row_tokens or micro_batch_tokens")
         self.seed = seed
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
@@ -105,7 +120,8 @@ class CFGStream(IterableDataset):
     def make_batch(self, symbols: np.ndarray, lengths: np.ndarray) -> dict:
         """The rows of these sentences in this stream's layout."""
         if self.packed:
-            tokens, doc_ids = pack(symbols, lengths, self.row_tokens)
+            row_tokens = self.row_tokens or self.balanced_row_tokens(lengths)
+            tokens, doc_ids = pack(symbols, lengths, row_tokens)
             batch = {"input_ids": tokens, "doc_ids": doc_ids, "isolate_documents": True}
         else:
             batch = {"input_ids": collate(symbols, lengths)}
@@ -113,6 +129,17 @@ class CFGStream(IterableDataset):
         budget = self.micro_batch_tokens
         batch["micro_batch_rows"] = rows if budget is None else max(1, budget // width)
         return batch
+
+    def balanced_row_tokens(self, lengths: np.ndarray, step: int = 32) -> int:
+        """The shortest row length (a multiple of ``step``) that packs these sentences into as
+        few rows of at most ``micro_batch_tokens`` as their tokens need."""
+        sizes = (lengths.astype(np.int64) + 2).tolist()
+        budget = self.micro_batch_tokens
+        rows_needed = math.ceil(sum(sizes) / budget)
+        width = max(math.ceil(sum(sizes) / rows_needed / step) * step, max(sizes))
+        while width < budget and next_fit_rows(sizes, width) > rows_needed:
+            width += step
+        return min(width, budget)
 
     @property
     def total_positions(self) -> int:
@@ -155,8 +182,9 @@ class CFGDataModule(ResumableStreamDataModule):
         shuffle_epochs: visit the batches of each epoch in a seeded random order.
         packed: pack whole sentences into rows with document ids (see the module's docstring);
             false: one padded sentence per row.
-        row_tokens: tokens per packed row, at most the model's ``block_size`` + 1 (inputs and
-            targets overlap by one token); at least 731, the longest sentence with BOS and EOS.
+        row_tokens: tokens per packed row, at least 731 (the longest sentence with BOS and EOS;
+            positions restart at each sentence, so a row may be longer than ``block_size``);
+            null: one row per micro-batch (the least padding).
         micro_batch_tokens: tokens (rows x row width) per forward/backward pass; a batch of more
             is trained by gradient accumulation, with the same update. Bounds activation memory.
     """
@@ -170,7 +198,7 @@ class CFGDataModule(ResumableStreamDataModule):
     def __init__(self, batch_size: int = 512, train_sentences: int = 20_000_000, epochs: int = 10,
                  val_sentences: int = 2048, seed: int = 0, val_seed: int = 1_000_003,
                  num_workers: int = 1, shuffle_epochs: bool = True, packed: bool = True,
-                 row_tokens: int = 1024, micro_batch_tokens: int = 16384) -> None:
+                 row_tokens: int | None = 1024, micro_batch_tokens: int = 16384) -> None:
         super().__init__()
         for name in ("batch_size", "train_sentences", "epochs", "val_sentences"):
             if locals()[name] < 1:
@@ -181,10 +209,10 @@ class CFGDataModule(ResumableStreamDataModule):
             raise ValueError("data.seed and data.val_seed must be >= 0")
         if seed == val_seed:
             raise ValueError(f"data.val_seed must differ from data.seed (both {seed})")
-        if packed and row_tokens < MAX_SEQUENCE_LENGTH:
+        if packed and row_tokens is not None and row_tokens < MAX_SEQUENCE_LENGTH:
             raise ValueError(f"data.row_tokens must be >= {MAX_SEQUENCE_LENGTH} (the longest "
                              f"sentence with BOS and EOS) with data.packed, got {row_tokens}")
-        longest_row = row_tokens if packed else math.ceil(MAX_SEQUENCE_LENGTH / 8) * 8
+        longest_row = (row_tokens or MAX_SEQUENCE_LENGTH) if packed else math.ceil(MAX_SEQUENCE_LENGTH / 8) * 8
         if micro_batch_tokens < longest_row:
             raise ValueError(f"data.micro_batch_tokens must be >= {longest_row} (the longest row "
                              f"of the {'packed' if packed else 'padded'} layout), "
@@ -200,8 +228,6 @@ class CFGDataModule(ResumableStreamDataModule):
         self.packed = packed
         self.row_tokens = row_tokens
         self.micro_batch_tokens = micro_batch_tokens
-        if packed:  # inputs are a row without its last token (oe.fit checks block_size)
-            self.max_sequence_length = row_tokens - 1
 
     def _layout(self) -> dict:
         return {"packed": self.packed, "row_tokens": self.row_tokens,

@@ -180,18 +180,20 @@ class GPT(nn.Module):
         """
         start = 0 if cache is None else cache.length
         length = x.shape[1]
-        if start + length > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + length} positions exceeds model.backbone.block_size "
-                f"({self.config.block_size})"
-            )
         if doc_ids is not None and cache is not None:
             raise ValueError("document ids are for training passes; generation uses the cache")
         documents = None if doc_ids is None else DocumentMask(doc_ids, self.document_attention)
         if documents is None:
             positions = torch.arange(start, start + length, device=x.device)
-        else:
+            longest = start + length
+        else:  # a packed row may be longer than block_size; its documents may not
             positions = documents.positions
+            longest = int(positions.max()) + 1
+        if longest > self.config.block_size:
+            raise ValueError(
+                f"sequence of {longest} positions exceeds model.backbone.block_size "
+                f"({self.config.block_size})"
+            )
         x = self.drop(x + self.position(positions))
         if cache is None:
             x = self._run_blocks_maybe_compiled(x.device)(x, documents)

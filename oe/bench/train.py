@@ -1,0 +1,200 @@
+"""``python -m oe.bench train``: training throughput of padded against packed cfg3f rows.
+
+The 2.4M cfg3f model (12 layers, width 128, 4 heads), baseline and OE-3 (orders {1, 2, 3},
+modulus 1009: every n-gram its own row, tables as ordinary parameters), takes AdamW steps on the
+same global batches of sentences in both layouts: padded (one sentence per row, causal kernel)
+and packed (sentences packed whole into rows of 1024 tokens, attention inside each sentence).
+Useful tokens are the counted targets (the same number in both layouts), so
+``packed_over_padded`` (useful tokens/s packed divided by padded, same global batch) is the
+speed-up of packing alone.
+
+Each case runs in its own process, which reports its peak resident memory (CPU) or peak CUDA
+memory; the processes take turns step by step (interleaved rounds), so a machine whose load
+changes slows every case alike. The generation-accuracy sampler is timed too: sentences/s of
+sampling (as many steps as the longest of a batch of real sentences, the cost of a batch from a
+trained model) plus parsing.
+
+Options: ``--quick`` (global batch 64, a few rounds: within 3 minutes on 2 CPU cores),
+``--batch``, ``--rounds``, ``--device``, ``--precision bf16``, ``--compile``, ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from datamodules.cfg import BOS_ID, PAD_ID, VOCAB_SIZE, CFGStream
+from oe.bench.common import peak_rss_mib, write_json
+from oe.cli.table import print_table
+from oe.models.embedding import OverEncodingConfig
+from oe.models.gpt import BackboneConfig, generate
+from oe.training.lm import LanguageModel
+
+KINDS = ("baseline", "oe3")
+LAYOUTS = ("padded", "packed")
+ROW_TOKENS = 1024
+MICRO_BATCH_TOKENS = 16384
+
+
+def build(kind: str, compile: bool) -> LanguageModel:
+    backbone = BackboneConfig(n_layer=12, n_head=4, n_embd=128, block_size=1024,
+                              compile=compile)
+    tables = (None if kind == "baseline"
+              else OverEncodingConfig(orders=[2, 3], modulus=1009, shard_tables=False))
+    torch.manual_seed(0)
+    return LanguageModel(vocab_size=VOCAB_SIZE, pad_id=PAD_ID, backbone=backbone,
+                         over_encoding=tables)
+
+
+def batches(layout: str, batch_size: int, count: int, device: torch.device) -> list[dict]:
+    """The first ``count`` global batches of the training stream in ``layout``."""
+    stream = CFGStream(seed=0, batch_size=batch_size, batches_per_epoch=count, epochs=1,
+                       shuffle_epochs=False, packed=layout == "packed", row_tokens=ROW_TOKENS,
+                       micro_batch_tokens=MICRO_BATCH_TOKENS)
+    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream]
+
+
+def run_case(args: argparse.Namespace) -> None:
+    """One case in this process: a step per line on stdin, its figures as a JSON line each."""
+    device = torch.device(args.device)
+    kind, layout = args.case.split(":")
+    model = build(kind, args.compile).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
+    data = batches(layout, args.batch, 4, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step = 0
+    for _ in sys.stdin:
+        batch = data[step % len(data)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss_sum, n_tokens, _ = model._loss(batch)
+        (loss_sum / n_tokens).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        ids = batch["input_ids"]
+        memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                  else peak_rss_mib())
+        print(json.dumps({"seconds": seconds, "tokens": n_tokens, "positions": ids.numel(),
+                          "rows": ids.shape[0], "peak_mib": memory}), flush=True)
+        step += 1
+
+
+def time_sampler(batch: int, device: torch.device) -> dict:
+    """Sentences/s of the generation-accuracy sampler on the 2.4M baseline (untrained)."""
+    from oe.cfg import accepts_padded, sample
+
+    model = build("baseline", compile=False).model.to(device).eval()
+    symbols, lengths = sample(0, np.arange(batch))
+    steps = int(lengths.max()) + 1  # a batch runs until its longest sentence ends
+    generator = torch.Generator(device=device).manual_seed(0)
+    start = time.perf_counter()
+    # An end token that is never sampled: exactly `steps` steps, as for real sentences.
+    generate(model, batch, BOS_ID, -1, steps, generator)
+    sampling = time.perf_counter() - start
+    start = time.perf_counter()
+    accepts_padded(symbols, lengths)
+    parsing = time.perf_counter() - start
+    return {"batch": batch, "steps": steps, "sampling_s": sampling, "parsing_s": parsing,
+            "sentences_per_s": batch / (sampling + parsing)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.bench train")
+    parser.add_argument("--quick", action="store_true", help="global batch 64, 2 rounds")
+    parser.add_argument("--batch", type=int, default=None, help="sentences per global batch")
+    parser.add_argument("--rounds", type=int, default=None, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
+    parser.add_argument("--sampler_batch", type=int, default=None,
+                        help="rows sampled together (the callback's default: 500)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a worker process
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (64 if args.quick else 512)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    if args.case:
+        run_case(args)
+        return 0
+
+    cases = [f"{k}:{l}" for k in KINDS for l in LAYOUTS]
+    workers = {}
+    for case in cases:
+        command = [sys.executable, "-m", "oe.bench.train", "--case", case, "--batch",
+                   str(args.batch), "--device", args.device, "--precision", args.precision]
+        workers[case] = subprocess.Popen(command + (["--compile"] if args.compile else []),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    results: dict[str, list[dict]] = {case: [] for case in cases}
+    try:
+        for round_index in range(args.warmup + args.rounds):
+            for case, worker in workers.items():  # one step of each case in turn
+                worker.stdin.write("step\n")
+                worker.stdin.flush()
+                line = worker.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"the worker of {case} stopped")
+                step = json.loads(line)
+                print(f"round {round_index + 1 - args.warmup}: {case} {step['seconds']:.2f} s",
+                      flush=True)
+                if round_index >= args.warmup:
+                    results[case].append(step)
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait()
+
+    table, figures = [], {}
+    for case, steps in results.items():
+        seconds = statistics.median(s["seconds"] for s in steps)
+        tokens = steps[0]["tokens"]
+        figures[case] = {
+            "step_s": seconds, "useful_tokens": tokens, "positions": steps[0]["positions"],
+            "rows": steps[0]["rows"], "useful_tokens_per_s": tokens / seconds,
+            "real_share": tokens / steps[0]["positions"],
+            "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
+                max(s["peak_mib"] for s in steps),
+            "step_s_all": [s["seconds"] for s in steps],
+        }
+    ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_s"]
+              / figures[f"{kind}:padded"]["useful_tokens_per_s"] for kind in KINDS}
+    memory_key = "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib"
+    for case, f in figures.items():
+        table.append({"case": case, "rows x width": f"{f['rows']}x{f['positions'] // f['rows']}",
+                      "real": f"{f['real_share']:.2f}", "step s": f"{f['step_s']:.3f}",
+                      "useful tok/s": f"{f['useful_tokens_per_s']:,.0f}",
+                      memory_key: f"{f[memory_key]:,.0f}"})
+    print_table(table, ["case", "rows x width", "real", "step s", "useful tok/s", memory_key])
+    for kind, ratio in ratios.items():
+        print(f"packed_over_padded {kind}: {ratio:.2f}")
+    sampler = time_sampler(args.sampler_batch or (100 if args.quick else 500),
+                           torch.device(args.device))
+    print(f"generation sampler: {sampler['sentences_per_s']:.1f} sentences/s "
+          f"(batch {sampler['batch']}, {sampler['steps']} steps)")
+    write_json("train", {
+        "batch": args.batch, "rounds": args.rounds, "precision": args.precision,
+        "compile": args.compile, "cases": figures,
+        "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
+            {case: f[memory_key] for case, f in figures.items()},
+        "packed_over_padded": ratios["baseline"], "packed_over_padded_by_kind": ratios,
+        "sampler": sampler,
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
