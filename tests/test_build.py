@@ -72,7 +72,7 @@ def test_model_kind_names_embedding_and_heads(mined) -> None:
 def test_bad_combinations_name_the_field(mined) -> None:
     with pytest.raises(ValueError, match="model.vocab_size must be >= 2"):
         build_model(1)
-    with pytest.raises(ValueError, match="model.over_encoding or model.frequent_ngrams, not both"):
+    with pytest.raises(ValueError, match="set one of model.over_encoding, model.frequent_ngrams, not over_encoding and frequent_ngrams"):
         build_model(VOCAB, backbone=TINY, over_encoding=OE, frequent_ngrams=mined)
 
 

@@ -24,6 +24,15 @@ from oe.models.pretrained import freeze_all_but_ngrams, load_gpt2_weights, pretr
 from oe.models.protocols import NgramTableEmbedding
 
 
+# The input embeddings beside plain tokens, by the model-section field that configures each. A
+# new kind is one module in oe/models/ whose class takes (vocab_size, n_embd, config, pad_id), one
+# entry here, and its config field on build_model and LanguageModel.
+EMBEDDING_KINDS: dict[str, type[nn.Module]] = {
+    "over_encoding": OverEncoding,
+    "frequent_ngrams": FrequentNgramEmbedding,
+}
+
+
 def table_parameters(model: GPT) -> list[nn.Parameter]:
     """The n-gram tables of ``model``'s input embedding; none for the token embedding."""
     embedding = model.embedding
@@ -62,16 +71,19 @@ def build_model(
     """
     if vocab_size < 2:
         raise ValueError(f"model.vocab_size must be >= 2, got {vocab_size}")
-    if over_encoding is not None and frequent_ngrams is not None:
-        raise ValueError("set model.over_encoding or model.frequent_ngrams, not both")
+    given = {name: config for name, config in
+             (("over_encoding", over_encoding), ("frequent_ngrams", frequent_ngrams))
+             if config is not None}
+    if len(given) > 1:
+        raise ValueError(f"set one of {', '.join(f'model.{n}' for n in EMBEDDING_KINDS)}, "
+                         f"not {' and '.join(given)}")
     if pretrained is not None:
         backbone = pretrained_backbone(pretrained, backbone, vocab_size)
-    if frequent_ngrams is not None:
-        embedding = FrequentNgramEmbedding(vocab_size, backbone.n_embd, frequent_ngrams, pad_id)
-    elif over_encoding is None:
-        embedding = TokenEmbedding(vocab_size, backbone.n_embd)
+    if given:
+        (name, config), = given.items()
+        embedding = EMBEDDING_KINDS[name](vocab_size, backbone.n_embd, config, pad_id)
     else:
-        embedding = OverEncoding(vocab_size, backbone.n_embd, over_encoding, pad_id)
+        embedding = TokenEmbedding(vocab_size, backbone.n_embd)
     gpt = GPT(backbone, embedding, vocab_size)
     if pretrained is not None:
         load_gpt2_weights(gpt, pretrained)
