@@ -64,6 +64,8 @@ def batches(layout: str, batch_size: int, count: int, device: torch.device) -> l
 def run_case(args: argparse.Namespace) -> None:
     """One case in this process: a step per line on stdin, its figures as a JSON line each."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kind, layout = args.case.split(":")
     model = build(kind, args.compile).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
@@ -76,7 +78,7 @@ def run_case(args: argparse.Namespace) -> None:
         batch = data[step % len(data)]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss_sum, n_tokens, _ = model._loss(batch)
@@ -84,32 +86,37 @@ def run_case(args: argparse.Namespace) -> None:
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         ids = batch["input_ids"]
         memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else peak_rss_mib())
-        print(json.dumps({"seconds": seconds, "tokens": n_tokens, "positions": ids.numel(),
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": n_tokens, "positions": ids.numel(),
                           "rows": ids.shape[0], "peak_mib": memory}), flush=True)
         step += 1
 
 
-def time_sampler(batch: int, device: torch.device) -> dict:
-    """Sentences/s of the generation-accuracy sampler on the 2.4M baseline (untrained)."""
+def time_sampler(batch: int, device: torch.device, timed_steps: int | None = None) -> dict:
+    """Sentences/s of the generation-accuracy sampler on the 2.4M baseline (untrained).
+
+    A batch takes as many steps as its longest sentence; ``timed_steps`` times only that many
+    and scales the time to the whole batch (a step's cost grows little with the cache's length
+    at this width)."""
     from oe.cfg import accepts_padded, sample
 
     model = build("baseline", compile=False).model.to(device).eval()
     symbols, lengths = sample(0, np.arange(batch))
     steps = int(lengths.max()) + 1  # a batch runs until its longest sentence ends
+    timed = min(steps, timed_steps or steps)
     generator = torch.Generator(device=device).manual_seed(0)
     start = time.perf_counter()
-    # An end token that is never sampled: exactly `steps` steps, as for real sentences.
-    generate(model, batch, BOS_ID, -1, steps, generator)
-    sampling = time.perf_counter() - start
+    # An end token that is never sampled: exactly `timed` steps, as for real sentences.
+    generate(model, batch, BOS_ID, -1, timed, generator)
+    sampling = (time.perf_counter() - start) * steps / timed
     start = time.perf_counter()
     accepts_padded(symbols, lengths)
     parsing = time.perf_counter() - start
-    return {"batch": batch, "steps": steps, "sampling_s": sampling, "parsing_s": parsing,
-            "sentences_per_s": batch / (sampling + parsing)}
+    return {"batch": batch, "steps": steps, "timed_steps": timed, "sampling_s": sampling,
+            "parsing_s": parsing, "sentences_per_s": batch / (sampling + parsing)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--sampler_batch", type=int, default=None,
                         help="rows sampled together (the callback's default: 500)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per case (default: torch's); 1 is steadier on a "
+                             "machine shared with other processes")
     parser.add_argument("--out", default=None)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a worker process
     args = parser.parse_args(argv)
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         command = [sys.executable, "-m", "oe.bench.train", "--case", case, "--batch",
                    str(args.batch), "--device", args.device, "--precision", args.precision]
+        command += ["--threads", str(args.threads)] if args.threads else []
         workers[case] = subprocess.Popen(command + (["--compile"] if args.compile else []),
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     results: dict[str, list[dict]] = {case: [] for case in cases}
@@ -161,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     table, figures = [], {}
     for case, steps in results.items():
         seconds = statistics.median(s["seconds"] for s in steps)
+        cpu_seconds = statistics.median(s["cpu_seconds"] for s in steps)
         tokens = steps[0]["tokens"]
         figures[case] = {
             "step_s": seconds, "useful_tokens": tokens, "positions": steps[0]["positions"],
             "rows": steps[0]["rows"], "useful_tokens_per_s": tokens / seconds,
+            "cpu_s": cpu_seconds, "useful_tokens_per_cpu_s": tokens / cpu_seconds,
             "real_share": tokens / steps[0]["positions"],
             "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
                 max(s["peak_mib"] for s in steps),
@@ -172,25 +185,33 @@ def main(argv: list[str] | None = None) -> int:
         }
     ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_s"]
               / figures[f"{kind}:padded"]["useful_tokens_per_s"] for kind in KINDS}
+    # Process CPU time: the same ratio, less sensitive to other processes on a shared machine.
+    cpu_ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_cpu_s"]
+                  / figures[f"{kind}:padded"]["useful_tokens_per_cpu_s"] for kind in KINDS}
     memory_key = "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib"
     for case, f in figures.items():
         table.append({"case": case, "rows x width": f"{f['rows']}x{f['positions'] // f['rows']}",
                       "real": f"{f['real_share']:.2f}", "step s": f"{f['step_s']:.3f}",
+                      "cpu s": f"{f['cpu_s']:.3f}",
                       "useful tok/s": f"{f['useful_tokens_per_s']:,.0f}",
                       memory_key: f"{f[memory_key]:,.0f}"})
-    print_table(table, ["case", "rows x width", "real", "step s", "useful tok/s", memory_key])
+    print_table(table, ["case", "rows x width", "real", "step s", "cpu s", "useful tok/s",
+                        memory_key])
     for kind, ratio in ratios.items():
-        print(f"packed_over_padded {kind}: {ratio:.2f}")
-    sampler = time_sampler(args.sampler_batch or (100 if args.quick else 500),
-                           torch.device(args.device))
+        print(f"packed_over_padded {kind}: {ratio:.2f} (wall), {cpu_ratios[kind]:.2f} (CPU time)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sampler = time_sampler(args.sampler_batch or 500, torch.device(args.device),
+                           timed_steps=32 if args.quick else None)
     print(f"generation sampler: {sampler['sentences_per_s']:.1f} sentences/s "
           f"(batch {sampler['batch']}, {sampler['steps']} steps)")
     write_json("train", {
-        "batch": args.batch, "rounds": args.rounds, "precision": args.precision,
+        "batch": args.batch, "rounds": args.rounds, "threads": args.threads or torch.get_num_threads(), "precision": args.precision,
         "compile": args.compile, "cases": figures,
         "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
             {case: f[memory_key] for case, f in figures.items()},
         "packed_over_padded": ratios["baseline"], "packed_over_padded_by_kind": ratios,
+        "packed_over_padded_cpu_time_by_kind": cpu_ratios,
         "sampler": sampler,
     }, args.out)
     return 0

@@ -116,30 +116,29 @@ class DocumentMask:
         self.slot_count = offset
         self.slots = first_slot.to(self.doc_ids.device)[document] + self.positions.reshape(-1)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               dropout: float = 0.0) -> torch.Tensor:
-        """Attention [B, H, T, d] of queries, keys and values [B, H, T, d] inside documents."""
-        if self.path == "dense":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout)
-        if self.path == "flex":
-            if dropout:
-                raise ValueError("model.backbone.dropout > 0 is not supported with packed rows "
-                                 "on the flex attention path")
-            return _flex_attention()(q, k, v, block_mask=self.block_mask)
-        batch, heads, length, dim = q.shape
-
-        def spread(t: torch.Tensor) -> torch.Tensor:
-            flat = t.transpose(1, 2).reshape(batch * length, heads, dim)
-            return flat.new_zeros(self.slot_count, heads, dim).index_copy(0, self.slots, flat)
-
-        q, k, v = spread(q), spread(k), spread(v)
+    def attend(self, qkv: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+        """Attention [B, T, H * d] inside documents of queries, keys and values [B, T, 3, H, d]."""
+        batch, length, _, heads, dim = qkv.shape
+        if self.path != "unpacked":
+            q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+            if self.path == "dense":
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout)
+            else:
+                if dropout:
+                    raise ValueError("model.backbone.dropout > 0 is not supported with packed "
+                                     "rows on the flex attention path")
+                y = _flex_attention()(q, k, v, block_mask=self.block_mask)
+            return y.transpose(1, 2).reshape(batch, length, heads * dim)
+        # One scatter of queries, keys and values together into the groups' slots.
+        flat = qkv.reshape(batch * length, 3, heads, dim)
+        spread = flat.new_zeros(self.slot_count, 3, heads, dim).index_copy(0, self.slots, flat)
         outputs, offset = [], 0
         for documents, longest in self.groups:
             end = offset + documents * longest
-            q_g, k_g, v_g = (t[offset:end].view(documents, longest, heads, dim).transpose(1, 2)
-                             for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q_g, k_g, v_g, is_causal=True, dropout_p=dropout)
+            group = spread[offset:end].view(documents, longest, 3, heads, dim)
+            q, k, v = (group[:, :, i].transpose(1, 2) for i in range(3))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
             outputs.append(y.transpose(1, 2).reshape(end - offset, heads, dim))
             offset = end
         y = torch.cat(outputs).index_select(0, self.slots)
-        return y.view(batch, length, heads, dim).transpose(1, 2)
+        return y.view(batch, length, heads * dim)

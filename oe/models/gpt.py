@@ -86,12 +86,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 documents: DocumentMask | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).split(dim, dim=2)
-        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        qkv = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
         if documents is not None:
-            y = documents.attend(q, k, v, dropout)
-            return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+            return self.out(documents.attend(qkv.view(batch, length, 3, self.n_head, -1), dropout))
+        q, k, v = qkv.split(dim, dim=2)
+        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.append(layer, k, v)
         # With a cache and one new query, every cached position is visible: no mask needed.
