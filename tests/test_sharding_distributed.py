@@ -153,6 +153,8 @@ generation:
 model:
   backbone:
     n_layer: 2
+  over_encoding:
+    shard_tables: true   # cfg3f's own tables are plain; this test is about sharded ones
 data:
   init_args:
     batch_size: 4

@@ -104,14 +104,16 @@ def jobs(cluster):
     env, root = cluster
     tiny = root / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
+    sharded = root / "sharded.yaml"  # cfg3f's own tables are plain; these jobs shard them
+    sharded.write_text(yaml.safe_dump({"model": {"over_encoding": {"shard_tables": True}}}))
     oe_configs = ["--config", "configs/cfg_oe3.yaml", "--config", "configs/presets/quick_cfg.yaml",
-                  "--config", str(tiny)]
+                  "--config", str(tiny), "--config", str(sharded)]
     submitted = {"root": root, "env": env}
 
     sweep = root / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "slurm_m", "base_configs": ["configs/cfg_oe3.yaml", "configs/presets/quick_cfg.yaml",
-                                            str(tiny)],
+                                            str(tiny), str(sharded)],
         "grid": {"model.over_encoding.modulus": [7, 37]}, "overrides": {"seed_everything": 3}}))
     runs = root / "runs"
     out = subprocess.run(

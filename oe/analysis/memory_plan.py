@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split,
+from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split, table_optimizer,
                                         state_floats_per_row, table_owners)
 from oe.models.build import BuiltModel, build_arguments, build_model
 
@@ -47,7 +47,7 @@ def plan(model: BuiltModel, world_size: int) -> dict:
     width = {t.name: t.width for t in tables}
     return {
         "world_size": world_size,
-        "table_optimizer": next(iter(owners.values())).config.table_optimizer,
+        "table_optimizer": _fused_optimizer(next(iter(owners.values())).config),
         "tables": [(t.name, t.modulus, t.width) for t in tables],
         "rows_per_rank": sum(rows.values()),
         "rows_total": sum(t.modulus for t in tables),
@@ -88,3 +88,8 @@ def print_plan(figures: dict, optimizer: str) -> None:
     for label, per_rank, everything in table:
         print(f"  {label:<42}{per_rank:>14}{everything:>16}")
     print("\nDense x4: weights, gradients and AdamW's two moments; activations not included.")
+
+
+def _fused_optimizer(config) -> str:
+    # The plan is of sharded tables: a config that keeps them plain is planned with the default.
+    return table_optimizer(config) if config.shard_tables else "rowwise_adagrad"

@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.distributed.embedding import ShardedEmbeddingCollection
 
-from oe.distributed.parallelize import local_shard, row_split, table_owners
+from oe.distributed.parallelize import local_shard, row_split, table_optimizer, table_owners
 from oe.models.build import build_arguments, build_model
 from oe.models.gpt import GPT
 
@@ -55,7 +55,7 @@ def table_signature(module: nn.Module) -> dict[str, dict]:
             "k": owner.config.k,
             "modulus": owner.config.modulus,
             "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
-            "table_optimizer": owner.config.table_optimizer,
+            "table_optimizer": table_optimizer(owner.config),
         }
         for prefix, owner in table_owners(module).items()
     }

@@ -25,14 +25,15 @@ from torchrec.distributed.embedding import EmbeddingCollectionSharder, ShardedEm
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise
 from torchrec.distributed.types import ShardingEnv
 
-from oe.models.embedding import OverEncoding, table_rows
+from oe.models.embedding import OverEncoding, OverEncodingConfig, table_rows
 
 if TYPE_CHECKING:
     import lightning as L
 
     from oe.training.lm import LanguageModel
 
-TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")  # fused, for sharded tables
+PLAIN_TABLE_OPTIMIZERS = ("adamw", "sgd")  # for tables that stay ordinary parameters
 GPU_ONLY_OPTIMIZERS = ("adam",)
 
 
@@ -67,6 +68,30 @@ def fused_params(optimizer: str, lr: float, weight_decay: float, device: torch.d
     if optimizer == "adam":
         params.update(beta1=betas[0], beta2=betas[1])
     return params
+
+
+def table_optimizer(config: OverEncodingConfig) -> str:
+    """The optimiser ``config``'s tables train with, or one ValueError naming the field."""
+    chosen = config.table_optimizer
+    if config.shard_tables:
+        chosen = chosen or "rowwise_adagrad"
+        allowed, where = TABLE_OPTIMIZERS, "sharded tables (shard_tables true)"
+    else:
+        chosen = chosen or "adamw"
+        allowed, where = PLAIN_TABLE_OPTIMIZERS, "plain tables (shard_tables false)"
+    if chosen not in allowed:
+        raise ValueError(f"over_encoding.table_optimizer {chosen!r} does not train {where}; "
+                         f"choose one of {', '.join(allowed)}")
+    return chosen
+
+
+def set_table_lr(module: nn.Module, lr: float) -> None:
+    """Set the fused optimisers' rate of every sharded table under ``module`` (no update)."""
+    for collection in sharded_collections(module).values():
+        fused = collection.fused_optimizer
+        for group in fused.param_groups:
+            group["lr"] = lr
+        fused.step()  # a fused optimiser's step only hands its rate to the kernel
 
 
 def row_split(rows: int, world_size: int) -> list[tuple[int, int]]:
@@ -205,7 +230,7 @@ def parallelize_tables(lm: LanguageModel, trainer: L.Trainer | None) -> None:
         )
     dense = lm.optimizer_config
     sharding = TableSharding(
-        optimizer=config.table_optimizer,
+        optimizer=table_optimizer(config),
         lr=config.table_lr if config.table_lr is not None else dense.lr,
         weight_decay=config.table_weight_decay, seed=lm.model.embedding.table_seed,
         init_std=config.init_std, betas=tuple(dense.betas),

@@ -43,14 +43,16 @@ class OverEncodingConfig:
     project: bool = True
     init_std: float = 0.02
     combine: Literal["mean", "sum"] = "mean"
-    # Optimiser of the n-gram tables, fused into the backward pass apart from the dense
-    # parameters (oe.distributed.parallelize); adam needs a GPU. table_lr None: the dense learning rate.
-    table_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
+    # The tables' optimiser. Sharded tables: rowwise_adagrad (None), adagrad, sgd, or adam (GPU
+    # only), fused into the backward pass (oe.distributed.parallelize). Plain tables: adamw (None,
+    # with the dense betas) or sgd. Either way the rate is table_lr (None: the dense lr) times the
+    # dense schedule's warm-up and cosine factor at every step.
+    table_optimizer: Literal["adamw", "rowwise_adagrad", "adagrad", "sgd", "adam"] | None = None
     table_lr: float | None = None
     table_weight_decay: float = 0.0
-    # False: the tables stay ordinary parameters, updated by the dense AdamW on every row every
-    # step. Only sensible for small tables (cfg3f's exact ones), e.g. on a device for which
-    # TorchRec's fused kernels are not installed; table_optimizer is then unused.
+    # False: the tables stay ordinary parameters, updated on every row they hold every step. Only
+    # sensible for small tables (cfg3f's exact ones), or where TorchRec's fused kernels are not
+    # installed.
     shard_tables: bool = True
 
 

@@ -15,7 +15,8 @@ import lightning as L
 import torch
 
 from oe.distributed.checkpoint import record_tokenizer
-from oe.distributed.parallelize import parallelize_tables, sharded_collections
+from oe.distributed.parallelize import (parallelize_tables, set_table_lr, sharded_collections,
+                                        table_optimizer)
 from oe.models.build import build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncodingConfig
 from oe.models.frequent_ngrams import FrequentNgramConfig
@@ -91,6 +92,8 @@ class LanguageModel(L.LightningModule):
         self.model = built.gpt
         self.heads = built.heads
         self._last_step_time: float | None = None
+        self._sgd_tables: list[torch.nn.Parameter] = []
+        self._table_lr = 0.0
 
     @property
     def kind(self) -> str:
@@ -255,6 +258,32 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with
 
+    def _table_lr_peak(self) -> float | None:
+        """The tables' rate before the schedule's factor; None for a model without tables."""
+        tables = self.over_encoding or self.frequent_ngrams
+        if tables is None:
+            return None
+        return tables.table_lr if tables.table_lr is not None else self.optimizer_config.lr
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # The tables follow the dense schedule on every path: AdamW's own group already does;
+        # fused (sharded) and plain SGD tables are given this step's rate here.
+        peak = self._table_lr_peak()
+        if peak is None:
+            return
+        group = self.trainer.optimizers[0].param_groups[0]
+        self._table_lr = peak * group["lr"] / group["initial_lr"]
+        set_table_lr(self, self._table_lr)
+        self.log("train/lr_tables", self._table_lr)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        with torch.no_grad():  # plain tables with sgd: outside AdamW, like a fused SGD
+            for p in self._sgd_tables:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-self._table_lr)
+                    p.grad = None
+
     def configure_optimizers(self):
         settings = self.optimizer_config
         tables = {id(p) for p in self.table_parameters()}
@@ -267,13 +296,13 @@ class LanguageModel(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         table_params = [p for p in self.table_parameters() if p.requires_grad and id(p) not in fused]
-        if table_params:
+        plain_sgd = (self.over_encoding is not None and not self.over_encoding.shard_tables
+                     and table_optimizer(self.over_encoding) == "sgd")
+        self._sgd_tables = table_params if plain_sgd else []
+        if table_params and not plain_sgd:
             tables_config = self.over_encoding or self.frequent_ngrams
-            groups.append({
-                "params": table_params,
-                "weight_decay": tables_config.table_weight_decay,
-                "lr": tables_config.table_lr if tables_config.table_lr is not None else settings.lr,
-            })
+            groups.append({"params": table_params, "weight_decay": tables_config.table_weight_decay,
+                           "lr": self._table_lr_peak()})
         optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(settings.warmup_steps, total)
