@@ -12,6 +12,7 @@ import torch
 from callbacks.schedule import EveryNValidations
 from datamodules.cfg import BOS_ID, EOS_ID
 from oe.cfg import MAX_LENGTH, accepts_padded
+from oe.cfg.inside import viable_prefix_length
 from oe.models.gpt import generate
 
 
@@ -20,7 +21,10 @@ class GenerationAccuracy(EveryNValidations):
 
     Sampling uses the raw next-token distribution (temperature 1, no top-k or top-p) from BOS
     until EOS or 729 symbols, batched with the key/value cache; the samples are split over the
-    ranks. Logs ``val/gen_acc`` (share accepted), ``val/gen_length`` (mean symbols),
+    ranks. Logs ``val/gen_acc`` (share accepted), ``val/gen_length`` (mean symbols), graded
+    progress below full validity: ``val/gen_viable_frac`` (mean share of a sample, up to its
+    first error, that some cfg3f sentence begins with) and ``val/gen_first_error`` (mean position
+    of the first symbol no sentence allows; the length where there is none),
     ``val/gen_seconds`` and ``val/gen_sentences_per_s`` (its wall time, so that its share of a
     run shows; ``every_n_validations`` spaces it out) and, on W&B, a table of a few samples.
 
@@ -55,18 +59,24 @@ class GenerationAccuracy(EveryNValidations):
         # the same batches, for as many steps as the slowest rank; surplus rows are dropped.
         most = -(-self.num_samples // trainer.world_size)
         started = time.perf_counter()
-        accepted, lengths, samples = sample_and_check(
+        accepted, lengths, viable, samples = sample_and_check(
             pl_module.model, most, self.batch_size, generator,
             all_done=lambda done: trainer.strategy.reduce_boolean_decision(done, all=True),
         )
         seconds = time.perf_counter() - started
-        accepted, lengths, samples = accepted[:share], lengths[:share], samples[:share]
+        accepted, lengths, viable, samples = (accepted[:share], lengths[:share], viable[:share],
+                                              samples[:share])
         device = pl_module.device
-        totals = torch.tensor([accepted.sum(), len(accepted), lengths.sum()],
+        totals = torch.tensor([accepted.sum(), len(accepted), lengths.sum(), viable.sum(),
+                               (viable / np.maximum(lengths, 1)).sum()],
                               dtype=torch.float64, device=device)
-        totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0) if trainer.world_size > 1 else totals
-        pl_module.log("val/gen_acc", float(totals[0] / totals[1]), rank_zero_only=True)
-        pl_module.log("val/gen_length", float(totals[2] / totals[1]), rank_zero_only=True)
+        if trainer.world_size > 1:
+            totals = pl_module.all_gather(totals).reshape(-1, len(totals)).sum(0)
+        n = float(totals[1])
+        pl_module.log("val/gen_acc", float(totals[0]) / n, rank_zero_only=True)
+        pl_module.log("val/gen_length", float(totals[2]) / n, rank_zero_only=True)
+        pl_module.log("val/gen_first_error", float(totals[3]) / n, rank_zero_only=True)
+        pl_module.log("val/gen_viable_frac", float(totals[4]) / n, rank_zero_only=True)
         pl_module.log("val/gen_seconds", seconds, rank_zero_only=True)
         pl_module.log("val/gen_sentences_per_s", float(totals[1]) / seconds, rank_zero_only=True)
         if trainer.is_global_zero:
@@ -85,16 +95,17 @@ class GenerationAccuracy(EveryNValidations):
 @torch.no_grad()
 def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.Generator,
                      all_done: Callable[[bool], bool] = bool,
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Sample sentences from ``model`` and parse them.
 
-    Returns ``(accepted [N] bool, lengths [N], texts)``; a sample that reaches 729 symbols
-    without EOS, or that holds a non-terminal token, is rejected. ``all_done``: as in
-    ``oe.models.gpt.generate``.
+    Returns ``(accepted [N] bool, lengths [N], viable [N], texts)``: ``viable`` is the length of
+    the longest prefix of each sample that some cfg3f sentence begins with. A sample that
+    reaches 729 symbols without EOS, or that holds a non-terminal token, is rejected.
+    ``all_done``: as in ``oe.models.gpt.generate``.
     """
     was_training = model.training
     model.eval()
-    accepted, lengths, texts = [], [], []
+    accepted, lengths, viable, texts = [], [], [], []
     try:
         for start in range(0, num_samples, batch_size):
             rows = min(batch_size, num_samples - start)
@@ -105,7 +116,8 @@ def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.
             ok = accepts_padded(tokens, np.minimum(length, MAX_LENGTH)) & ended
             accepted.append(ok)
             lengths.append(length)
+            viable.append(viable_prefix_length([tokens[r, : length[r]] for r in range(rows)]))
             texts += ["".join(str(t) for t in tokens[r, : length[r]]) for r in range(rows)]
     finally:
         model.train(was_training)
-    return np.concatenate(accepted), np.concatenate(lengths), texts
+    return np.concatenate(accepted), np.concatenate(lengths), np.concatenate(viable), texts

@@ -37,7 +37,8 @@ def test_quick_run_writes_csv_wandb_and_checkpoint(config, steps, tmp_path):
     metrics_csv = next(run.rglob("metrics.csv"))
     rows = list(csv.DictReader(metrics_csv.open()))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"train/loss", "val/loss", "val/gen_acc", "lr", "train/tokens_per_s"} <= logged
+    assert {"train/loss", "val/loss", "val/gen_acc", "val/gen_viable_frac", "val/gen_first_error",
+            "lr", "train/tokens_per_s"} <= logged
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0]
     assert (run / "checkpoints" / "last.ckpt").exists(), "no checkpoint in <run_dir>/checkpoints"
