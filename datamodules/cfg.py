@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.stream import ResumableStreamDataModule
-from oe.cfg import MAX_LENGTH, sample
+from oe.cfg import MAX_LENGTH, sample, sample_range
+from oe.cfg.inside import loss_floor
 
 PAD_ID, BOS_ID, EOS_ID = 0, 4, 5
 VOCAB_SIZE = 6
@@ -250,8 +251,8 @@ class CFGDataModule(ResumableStreamDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(*self._world()))
 
-    def val_dataloader(self) -> DataLoader:
-        rank, world_size = self._world()
+    def _validation_batches(self, world_size: int) -> tuple[int, int]:
+        """(sentences per batch, batches per rank) of the validation set."""
         batch = min(self.batch_size, self.val_sentences)
         n_batches = self.val_sentences // (batch * world_size)
         if n_batches < 1:
@@ -259,9 +260,22 @@ class CFGDataModule(ResumableStreamDataModule):
                 f"data.val_sentences ({self.val_sentences}) gives no batch of {batch} "
                 f"on each of {world_size} devices"
             )
+        return batch, n_batches
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world_size = self._world()
+        batch, n_batches = self._validation_batches(world_size)
         stream = CFGStream(self.val_seed, batch, n_batches, 1, rank, world_size,
                            shuffle_epochs=False, **self._layout())
         return self._loader(stream)
+
+    def validation_loss_floor(self) -> float:
+        """The least loss per predicted token (symbols and EOS) any model can reach on the
+        validation sentences of all ranks, from the grammar's exact probabilities."""
+        _, world_size = self._world()
+        batch, n_batches = self._validation_batches(world_size)
+        # Unshuffled, the ranks' validation batches are sentences 0 .. B * W * n - 1.
+        return loss_floor(sample_range(self.val_seed, 0, batch * world_size * n_batches))
 
     def stream_identity(self) -> dict:
         return {"seed": self.seed, "batch_size": self.batch_size,

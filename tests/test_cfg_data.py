@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.cfg import BOS_ID, EOS_ID, PAD_ID, CFGDataModule, CFGStream, pack
 from oe.cfg import accepts, sample_range
+from oe.cfg.inside import loss_floor
 
 
 def _sentences(batch: torch.Tensor) -> list[tuple[int, ...]]:
@@ -95,6 +96,14 @@ def test_validation_set_is_separate_and_fixed():
     train = [s for b in dm.train_dataloader() for s in _sentences(b["input_ids"])]
     assert len(val) == 16 and not set(val) & set(train)
     assert val == [s for b in dm.val_dataloader() for s in _sentences(b["input_ids"])]
+
+
+def test_loss_floor_is_that_of_the_validation_sentences():
+    dm = CFGDataModule(batch_size=8, train_sentences=64, epochs=1, val_sentences=20, num_workers=0)
+    val = [s for b in dm.val_dataloader() for s in _sentences(b["input_ids"])]
+    assert len(val) == 16  # whole batches only
+    assert dm.validation_loss_floor() == pytest.approx(loss_floor(val))
+    assert 0.6 < dm.validation_loss_floor() < 0.9
 
 
 def test_bad_values_name_the_field():

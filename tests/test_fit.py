@@ -38,7 +38,10 @@ def test_quick_run_writes_csv_wandb_and_checkpoint(config, steps, tmp_path):
     rows = list(csv.DictReader(metrics_csv.open()))
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"train/loss", "val/loss", "val/gen_acc", "val/gen_viable_frac", "val/gen_first_error",
-            "lr", "train/tokens_per_s"} <= logged
+            "val/loss_floor", "val/excess_loss", "lr", "train/tokens_per_s"} <= logged
+    for row in (r for r in rows if r.get("val/excess_loss")):
+        assert float(row["val/excess_loss"]) == pytest.approx(
+            float(row["val/loss"]) - float(row["val/loss_floor"]), abs=1e-5)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0]
     assert (run / "checkpoints" / "last.ckpt").exists(), "no checkpoint in <run_dir>/checkpoints"

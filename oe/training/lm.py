@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -41,6 +42,15 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@runtime_checkable
+class KnownLossFloor(Protocol):
+    """Data whose generating process is known exactly (cfg3f), so the least reachable loss is."""
+
+    def validation_loss_floor(self) -> float:
+        """Nats per predicted token that a perfect model would score on the validation set."""
+        ...
 
 
 class LanguageModel(L.LightningModule):
@@ -93,6 +103,7 @@ class LanguageModel(L.LightningModule):
         self.heads = built.heads
         self._last_step_time: float | None = None
         self._sgd_tables: list[torch.nn.Parameter] = []
+        self._loss_floor: float | None = None
         self._table_lr = 0.0
 
     @property
@@ -242,12 +253,20 @@ class LanguageModel(L.LightningModule):
                 heads[head.name] = (total + head.loss_sum, count + head.count)
         self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=n_tokens, sync_dist=True,
                  prog_bar=True)
+        if self._loss_floor is not None:
+            # Averaged like val/loss over the epoch, so that it is exactly val/loss - floor.
+            self.log("val/excess_loss", loss_sum / max(n_tokens, 1) - self._loss_floor,
+                     batch_size=n_tokens, sync_dist=True)
+            self.log("val/loss_floor", self._loss_floor, batch_size=n_tokens, sync_dist=True)
         for name, (total, count) in heads.items():
             self.log(f"val/loss_{name}", total / max(count, 1), batch_size=max(count, 1),
                      sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._last_step_time = None  # validation time is not training throughput
+        data = self.trainer.datamodule
+        if self._loss_floor is None and isinstance(data, KnownLossFloor):
+            self._loss_floor = data.validation_loss_floor()  # once: the sentences never change
 
     def table_parameters(self) -> list[torch.nn.Parameter]:
         return table_parameters(self.model)
