@@ -44,6 +44,9 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+TOKENS_SEEN_KEY = "tokens_seen"  # the checkpoint's count of target tokens trained on
+
+
 @runtime_checkable
 class KnownLossFloor(Protocol):
     """Data whose generating process is known exactly (cfg3f), so the least reachable loss is."""
@@ -104,6 +107,7 @@ class LanguageModel(L.LightningModule):
         self._last_step_time: float | None = None
         self._sgd_tables: list[torch.nn.Parameter] = []
         self._loss_floor: float | None = None
+        self._tokens_seen = 0
         self._table_lr = 0.0
 
     @property
@@ -226,6 +230,9 @@ class LanguageModel(L.LightningModule):
             objective = objective + (embedded[:before] * detached.grad[:before]).sum()
         means = self._global_sum(torch.stack(sums).sum(0).double()) / counts.clamp(min=1)
         n_tokens = int(counts[0])
+        self._tokens_seen += n_tokens
+        # Target tokens of every rank so far: the axis on which kinds compare at equal data.
+        self.log("train/tokens", float(self._tokens_seen), reduce_fx="max")
         self.log("train/loss", means[0], prog_bar=True, batch_size=n_tokens)
         if names:  # train/loss stays the next-token loss, comparable across model kinds
             for name, mean, count in zip(names, means[1:], counts[1:]):
@@ -276,6 +283,10 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with
+        checkpoint[TOKENS_SEEN_KEY] = self._tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._tokens_seen = int(checkpoint.get(TOKENS_SEEN_KEY, 0))
 
     def _table_lr_peak(self) -> float | None:
         """The tables' rate before the schedule's factor; None for a model without tables."""
