@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "mine": ("oe.cli.mine", "count the most frequent n-grams of a corpus"),
     "bench": ("oe.bench.__main__", "benchmarks: oe bench NAME"),
     "cfg": ("oe.cli.cfg", "sample or check cfg3f sentences"),
+    "evidence": ("oe.cli.evidence", "train the cfg3f kinds at equal tokens in a time budget; table, PNG, claims"),
 }
 
 

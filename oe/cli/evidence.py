@@ -1,0 +1,241 @@
+"""``python -m oe.evidence cfg3f --minutes M --kinds baseline,oe2,oe3,od3,ot3 --seeds 0,1,2``.
+
+Trains the cfg3f kinds one after another on this device, each seed of each kind for the same
+number of steps (so the same sentences and tokens per seed), sized to fit M minutes of wall clock:
+a short calibration of the most expensive kind times a step, a validation and the start-up, and
+the steps per run follow (``oe.analysis.evidence.plan_steps``); a budget too small for a meaningful
+run is refused before anything trains. Each run is ``python -m oe.fit --config
+configs/cfg_<kind>.yaml --config <presets> ...`` in a subprocess, with a cosine schedule over
+exactly its steps, validation on the same sentences at fixed step intervals and generation at
+each validation. A run folder with ``finished.json`` is not run again, and the steps chosen are
+kept in ``<runs-dir>/plan.json``, so an interrupted set resumes with the same steps.
+
+Writes into ``--out``: each run's ``metrics.csv`` (as ``<kind>_s<seed>.csv``), ``evidence.png``
+(excess loss on a log axis, generation accuracy and viable prefix against tokens, a band over the
+seeds) and ``evidence.md`` (set-up, budget as a share of the paper's, the table, the claims).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METRICS, TOKENS,
+                                  final_spreads, plan_steps, plot_evidence, render_markdown,
+                                  warmup_for)
+from oe.analysis.plot import read_csv_history
+
+EXPERIMENTS = {"cfg3f": "configs/cfg_{kind}.yaml"}
+COST_ORDER = ["ot3", "od3", "oe3", "oe2", "baseline"]  # most expensive first: extra heads, tables
+CSV_ONLY = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {name: csv}}]"
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (1 GPU)"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: int,
+             validations: int, warmup: int, batch_size: int, gen_samples: int | None) -> list[str]:
+    """oe.fit's arguments for one run: ``steps`` steps over exactly ``steps`` batches of data."""
+    args = ["--config", config]
+    for preset in presets:
+        args += ["--config", preset]
+    args += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+             "--run_dir", str(run_dir),
+             "--trainer.max_steps", str(steps), "--trainer.max_time", "null",
+             "--trainer.val_check_interval", str(steps // validations),
+             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+             "--trainer.logger", CSV_ONLY,
+             # one epoch of exactly `steps` batches: the schedule's length is the run's length
+             "--data.init_args.train_sentences", str(steps * batch_size),
+             "--data.init_args.epochs", "1",
+             "--model.optimizer.warmup_steps", str(warmup),
+             "--generation.every_n_validations", "1"]
+    if gen_samples is not None:
+        args += ["--generation.num_samples", str(gen_samples),
+                 "--generation.batch_size", str(gen_samples)]
+    return args
+
+
+def run_fit(args: list[str], log: Path) -> float:
+    """One oe.fit subprocess, its output into ``log``; its wall seconds. Fails loudly."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log, "w") as handle:
+        code = subprocess.call([sys.executable, "-m", "oe.fit", *args], stdout=handle,
+                               stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise EvidenceError(f"oe.fit exited with {code} (log: {log}):\n{tail}")
+    return time.time() - started
+
+
+def composed(config: str, presets: list[str]) -> tuple[int, int]:
+    """(batch size, warm-up steps) of a config with the presets layered over it."""
+    from oe.cli.config import parse_fit_config
+
+    args = ["--config", config] + [a for p in presets for a in ("--config", p)]
+    parsed = parse_fit_config(args)
+    return int(parsed.data.init_args.batch_size), int(parsed.model.optimizer.warmup_steps)
+
+
+def calibrate(config: str, presets: list[str], run_dir: Path, steps: int, batch_size: int,
+              gen_samples: int | None) -> Calibration:
+    """Time ``steps`` steps and one validation of ``config``; start-up is the rest of the wall time."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    wall = run_fit(fit_args(config, presets, 0, run_dir, steps, 1, 1, batch_size, gen_samples),
+                   run_dir / "fit.log")
+    history = read_csv_history(run_dir / "csv")
+    rates = [v for _, v in history.get("train/tokens_per_s", [])]
+    tokens = history.get(TOKENS, [])
+    if len(rates) < 2 or not tokens:
+        raise EvidenceError(f"calibration in {run_dir} logged too few steps to time")
+    seconds_per_step = (tokens[-1][1] / len(tokens)) / float(np.median(rates))
+    generation = history.get("val/gen_seconds", [(0, 0.0)])[-1][1]
+    # Later samples are longer (a trained model ends its sentences, an untrained one rambles to
+    # the length limit unevenly): count a validation as half as long again as the one measured.
+    validation = 1.5 * generation
+    startup = max(0.0, wall - steps * seconds_per_step - generation)
+    return Calibration(seconds_per_step, startup, validation)
+
+
+def load_or_make_plan(path: Path, request: dict, make) -> dict:
+    """The plan saved for this set of runs, or a new one; a different request is an error."""
+    if path.exists():
+        plan = json.loads(path.read_text())
+        if plan["request"] != request:
+            raise EvidenceError(f"{path} was planned for {plan['request']}, not {request}; use "
+                                f"another --runs-dir or delete it")
+        return plan
+    plan = {"request": request, **make()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=2))
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--minutes", type=float, required=True,
+                        help="wall-clock budget of the whole set, calibration included")
+    parser.add_argument("--kinds", default="baseline,oe2,oe3,od3,ot3")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--preset", action="append", default=[], metavar="YAML",
+                        help="config layered over each kind's config (repeatable, in order)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: docs/evidence/<experiment>_<cpu|gpu>)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="where the runs train (default: runs/evidence/<out folder's name>)")
+    parser.add_argument("--validations", type=int, default=4,
+                        help="validations per run, evenly spaced, the last at the final step")
+    parser.add_argument("--gen-samples", type=int, default=None,
+                        help="generated samples per validation (default: the presets')")
+    parser.add_argument("--calibration-steps", type=int, default=10)
+    parser.add_argument("--margin", type=float, default=0.85,
+                        help="share of each run's time after fixed costs planned for training")
+    parser.add_argument("--min-steps", type=int, default=20,
+                        help="refuse a budget that gives fewer steps per run")
+    args = parser.parse_args(argv)
+    args.command = "python -m oe.evidence " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        configs = {k: EXPERIMENTS[args.experiment].format(kind=k) for k in kinds}
+        for path in [*configs.values(), *args.preset]:
+            if not Path(path).is_file():
+                raise EvidenceError(f"no such config: {path}")
+        if not kinds or not seeds or args.validations < 1 or args.calibration_steps < 3:
+            raise EvidenceError("--kinds and --seeds need one entry or more, --validations >= 1, "
+                                "--calibration-steps >= 3")
+        return run(args, kinds, seeds, configs)
+    except EvidenceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> int:
+    started = time.time()
+    budget = 60 * args.minutes
+    device = device_name()
+    out = args.out or Path("docs/evidence") / f"{args.experiment}_{'gpu' if 'GPU' in device else 'cpu'}"
+    runs_dir = args.runs_dir or Path("runs/evidence") / out.name
+    batch_sizes = {composed(configs[k], args.preset)[0] for k in kinds}
+    if len(batch_sizes) != 1:
+        raise EvidenceError(f"the kinds' configs differ in data.init_args.batch_size "
+                            f"({sorted(batch_sizes)}): equal steps would not be equal tokens")
+    batch_size = batch_sizes.pop()
+    costliest = next((k for k in COST_ORDER if k in kinds), kinds[0])
+    request = {"experiment": args.experiment, "kinds": kinds, "seeds": seeds,
+               "presets": args.preset, "minutes": args.minutes, "validations": args.validations,
+               "gen_samples": args.gen_samples}
+
+    def make_plan() -> dict:
+        print(f"calibrating on {costliest}: {args.calibration_steps} steps and one validation",
+              flush=True)
+        calibration = calibrate(configs[costliest], args.preset, runs_dir / "calibration",
+                                args.calibration_steps, batch_size, args.gen_samples)
+        left = budget - (time.time() - started)
+        steps = plan_steps(left, len(kinds) * len(seeds), args.validations, calibration,
+                           args.margin, args.min_steps)
+        print(f"calibration: {calibration.seconds_per_step:.2f} s/step, start-up "
+              f"{calibration.startup_seconds:.0f} s, validation ~{calibration.validation_seconds:.0f}"
+              f" s; {steps} steps per run", flush=True)
+        return {"steps": steps, "calibration": vars(calibration)}
+
+    plan = load_or_make_plan(runs_dir / "plan.json", request, make_plan)
+    steps = plan["steps"]
+    total = len(kinds) * len(seeds)
+    for index, (kind, seed) in enumerate(((k, s) for k in kinds for s in seeds), start=1):
+        run_dir = runs_dir / f"{kind}_s{seed}"
+        if (run_dir / "finished.json").exists():
+            print(f"[{index}/{total}] {kind} seed {seed}: finished before, kept", flush=True)
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts again from step 0
+        warmup = warmup_for(steps, composed(configs[kind], args.preset)[1])
+        seconds = run_fit(fit_args(configs[kind], args.preset, seed, run_dir, steps,
+                                   args.validations, warmup, batch_size, args.gen_samples),
+                          run_dir / "fit.log")
+        left = (budget - (time.time() - started)) / 60
+        print(f"[{index}/{total}] {kind} seed {seed}: {steps} steps in {seconds:.0f} s, "
+              f"{left:.1f} min of the budget left", flush=True)
+    write_outputs(args, kinds, seeds, runs_dir, out, steps, device)
+    print(f"wrote {out / 'evidence.md'}, {out / 'evidence.png'} and the runs' CSVs", flush=True)
+    return 0
+
+
+def write_outputs(args, kinds: list[str], seeds: list[int], runs_dir: Path, out: Path, steps: int,
+                  device: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    histories = {}
+    for kind in kinds:
+        histories[kind] = []
+        for seed in seeds:
+            csvs = sorted((runs_dir / f"{kind}_s{seed}" / "csv").glob("version_*/metrics.csv"))
+            if not csvs:
+                raise EvidenceError(f"{runs_dir / f'{kind}_s{seed}'}: no metrics.csv")
+            shutil.copyfile(csvs[-1], out / f"{kind}_s{seed}.csv")
+            histories[kind].append(read_csv_history(runs_dir / f"{kind}_s{seed}" / "csv"))
+    tokens_per_run = {k: Spread.of([h[TOKENS][-1][1] for h in runs]) for k, runs in histories.items()}
+    compared, finals = final_spreads(histories, TABLE_METRICS)
+    plot_evidence(histories, out / "evidence.png")
+    (out / "evidence.md").write_text(render_markdown(
+        command=args.command, device=device, steps=steps, tokens_per_run=tokens_per_run,
+        compared_tokens=compared, minutes=args.minutes, seeds=seeds, finals=finals,
+        png_name="evidence.png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""oe.evidence: sizing and its refusal, values at equal tokens, the claims' verdicts, the outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oe.analysis.evidence import (CONTRADICTS, PAPER_TARGET_TOKENS, SUPPORTS, UNDECIDED,
+                                  Calibration, EvidenceError, Spread, budget_share, chain_verdict,
+                                  common_tokens, curve_against_tokens, final_spreads, judge_claims,
+                                  order_verdict, plan_steps, render_markdown, value_at_tokens,
+                                  warmup_for)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spread(*values: float) -> Spread:
+    return Spread.of(list(values))
+
+
+# -- verdicts --------------------------------------------------------------------------------------
+
+def test_order_verdict_supports_when_means_ordered_and_ranges_apart():
+    verdict = order_verdict(spread(0.80, 0.82), spread(0.90, 0.95), lower_is_better=True,
+                            better_name="OE-3", worse_name="baseline")
+    assert verdict.verdict == SUPPORTS
+    assert "OE-3 0.8100 (0.8000..0.8200, n=2)" in verdict.reason
+
+
+def test_order_verdict_contradicts_the_opposite_order_with_ranges_apart():
+    assert order_verdict(spread(0.90, 0.95), spread(0.80, 0.82), True).verdict == CONTRADICTS
+
+
+def test_order_verdict_cannot_decide_overlapping_ranges_or_one_seed():
+    overlap = order_verdict(spread(0.80, 0.91), spread(0.90, 0.95), True)
+    assert overlap.verdict == UNDECIDED and "overlap" in overlap.reason
+    assert order_verdict(spread(0.5), spread(0.9), True).verdict == UNDECIDED
+
+
+def test_order_verdict_higher_is_better_for_accuracy():
+    assert order_verdict(spread(0.6, 0.7), spread(0.1, 0.2), lower_is_better=False).verdict == SUPPORTS
+    assert order_verdict(spread(0.1, 0.2), spread(0.6, 0.7), lower_is_better=False).verdict == CONTRADICTS
+
+
+def test_chain_verdict_needs_every_link_and_any_contradiction_wins():
+    yes, no = order_verdict(spread(1, 2), spread(3, 4), True), order_verdict(spread(3, 4), spread(1, 2), True)
+    maybe = order_verdict(spread(1, 3), spread(2, 4), True)
+    assert chain_verdict([yes, yes]).verdict == SUPPORTS
+    assert chain_verdict([yes, maybe]).verdict == UNDECIDED
+    assert chain_verdict([maybe, no]).verdict == CONTRADICTS
+
+
+def test_judge_claims_on_constructed_finals():
+    def kind(loss, acc, viable):
+        return {"val/loss": spread(*loss), "val/gen_acc": spread(*acc),
+                "val/gen_viable_frac": spread(*viable)}
+    finals = {"baseline": kind((1.0, 1.1), (0.0, 0.0), (0.2, 0.3)),
+              "oe2": kind((0.9, 0.95), (0.0, 0.0), (0.4, 0.5)),
+              "oe3": kind((0.8, 0.85), (0.0, 0.0), (0.6, 0.7)),
+              "od3": kind((0.7, 0.75), (0.0, 0.0), (0.6, 0.7))}
+    verdicts = dict(judge_claims(finals))
+    assert verdicts["OE-3 < OE-2 < baseline in loss"].verdict == SUPPORTS
+    assert verdicts["OE-3 > OE-2 > baseline in generation accuracy"].verdict == UNDECIDED
+    assert "accuracy is 0" in verdicts["OE-3 > OE-2 > baseline in generation accuracy"].reason
+    assert verdicts["OE-3 > OE-2 > baseline in viable prefix (graded generation)"].verdict == SUPPORTS
+    assert verdicts["OD-3 hurts the 2.4M model: its loss > baseline"].verdict == CONTRADICTS
+    assert verdicts["OT-3 <= OE-3 in loss"].verdict == UNDECIDED
+    assert "not run: ot3" in verdicts["OT-3 <= OE-3 in loss"].reason
+
+
+# -- sizing, budget share --------------------------------------------------------------------------
+
+def test_plan_steps_fits_the_budget_and_is_a_multiple_of_the_validations():
+    calibration = Calibration(seconds_per_step=0.5, startup_seconds=20, validation_seconds=10)
+    steps = plan_steps(600, runs=4, validations=4, calibration=calibration, margin=0.8, min_steps=10)
+    # 150 s per run - 20 - 40 = 90 s; 0.8 * 90 / 0.5 = 144 steps
+    assert steps == 144
+    assert 4 * (20 + 4 * 10 + steps * 0.5) <= 600
+
+
+def test_plan_steps_refuses_a_budget_too_small():
+    calibration = Calibration(seconds_per_step=2.0, startup_seconds=20, validation_seconds=10)
+    with pytest.raises(EvidenceError, match="too small: 1.0 minutes for 2 run.*at least 20"):
+        plan_steps(60, runs=2, validations=2, calibration=calibration, margin=0.85, min_steps=20)
+
+
+def test_warmup_is_a_tenth_of_a_short_run_and_the_configured_one_otherwise():
+    assert warmup_for(100, 30) == 10
+    assert warmup_for(1000, 30) == 30
+
+
+def test_budget_share_against_the_papers_50b_tokens():
+    assert PAPER_TARGET_TOKENS == 10 * 20_000_000 * 251
+    assert budget_share(50.2e6) == pytest.approx(1e-3)
+
+
+# -- equal tokens ----------------------------------------------------------------------------------
+
+def history(tokens_per_step: float, steps: int, losses: dict[int, float]) -> dict:
+    return {"train/tokens": [(s, tokens_per_step * (s + 1)) for s in range(steps)],
+            "val/loss": sorted(losses.items())}
+
+
+def test_values_are_compared_at_the_largest_tokens_every_run_reached():
+    short = history(100, 10, {4: 2.0, 9: 1.0})       # validation at 500 and 1000 tokens
+    long = history(150, 10, {4: 3.0, 9: 2.0})        # at 750 and 1500 tokens
+    curves = [curve_against_tokens(h, "val/loss") for h in (short, long)]
+    assert curves[0] == [(500, 2.0), (1000, 1.0)]
+    assert common_tokens(curves) == 1000
+    assert value_at_tokens(curves[1], 1000) == pytest.approx(3.0 - 250 / 750)
+    with pytest.raises(EvidenceError, match="outside"):
+        value_at_tokens(curves[0], 1200)
+    tokens, finals = final_spreads({"a": [short], "b": [long]}, ["val/loss", "val/gen_acc"])
+    assert tokens == 1000
+    assert finals["a"]["val/loss"].mean == 1.0
+    assert finals["b"]["val/loss"].mean == pytest.approx(3.0 - 250 / 750)
+    assert "val/gen_acc" not in finals["a"]  # absent, not zero
+
+
+def test_curve_needs_train_tokens():
+    with pytest.raises(EvidenceError, match="train/tokens"):
+        curve_against_tokens({"val/loss": [(1, 1.0)]}, "val/loss")
+
+
+# -- markdown --------------------------------------------------------------------------------------
+
+def test_markdown_states_budget_share_values_and_verdicts():
+    finals = {"baseline": {"val/loss": spread(1.0, 1.1), "val/excess_loss": spread(0.26, 0.36)},
+              "oe3": {"val/loss": spread(0.8, 0.85)}}
+    text = render_markdown(command="python -m oe.evidence cfg3f --minutes 1", device="CPU",
+                           steps=40, tokens_per_run={"baseline": spread(502_000, 502_000),
+                                                     "oe3": spread(502_000, 502_000)},
+                           compared_tokens=502_000, minutes=1, seeds=[0, 1], finals=finals,
+                           png_name="evidence.png")
+    assert "`python -m oe.evidence cfg3f --minutes 1`" in text
+    assert "0.00100% of the paper's ~50B" in text
+    assert "| baseline | 502,000 | 1.0500 (1.0000..1.1000, n=2) | – | 0.3100" in text
+    assert "| OE-3 < OE-2 < baseline in loss | cannot decide | not run: oe2 (val/loss) |" in text
+    assert "![" in text and "evidence.png" in text
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def test_command_refuses_an_unknown_config_with_one_error(tmp_path, capsys):
+    from oe.cli.evidence import main
+
+    assert main(["cfg3f", "--minutes", "1", "--kinds", "nosuchkind", "--out", str(tmp_path)]) == 2
+    assert "no such config: configs/cfg_nosuchkind.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_two_kinds_one_seed_on_the_tiny_preset(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    command = [sys.executable, "-m", "oe.evidence", "cfg3f", "--minutes", "6",
+               "--kinds", "baseline,oe3", "--seeds", "0",
+               "--preset", "configs/presets/quick_cfg.yaml", "--preset", "configs/presets/tiny_cfg.yaml",
+               "--validations", "2", "--gen-samples", "4", "--calibration-steps", "4",
+               "--min-steps", "4", "--out", str(out), "--runs-dir", str(runs)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("evidence.md", "evidence.png", "baseline_s0.csv", "oe3_s0.csv"):
+        assert (out / name).is_file(), name
+    assert "| OE-3 < OE-2 < baseline in loss | cannot decide |" in (out / "evidence.md").read_text()
+    # resumable: finished runs are kept, the plan is reused
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished before, kept" in again.stdout
