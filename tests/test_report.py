@@ -116,3 +116,36 @@ def test_a_metric_some_run_lacks_is_one_error_before_rendering(tmp_path, capsys)
     assert "'val/loss' is missing from 1 run(s): b" in err and "train/loss" in err
     assert not out.exists()
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
+
+
+def test_default_report_shows_excess_loss_and_viable_fraction_and_wikitext_runs_without_them(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "cfg", "g", 7, [[(s, {"train/loss": 1.0, "train/tokens": 100.0 * (s + 1)})
+                                    for s in range(10)]
+                                   + [(9, {"val/loss": 0.9, "val/excess_loss": 0.16,
+                                           "val/gen_viable_frac": 0.42})]])
+    make_run(runs, "wikitext", "g", None, [[(9, {"train/loss": 3.0, "val/loss": 3.1})]])
+    out = tmp_path / "out"
+    assert main([str(runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "final val/excess_loss" in text and "final val/gen_viable_frac" in text
+    assert "final val/gen_acc" not in text  # no run logged it
+    assert "| cfg | g | 7 | 9 | 1,000 | 1.0000 | 0.9000 | 0.1600 | 0.4200 |" in text
+    assert "| wikitext | g | – | 9 | – | 3.0000 | 3.1000 | – | – |" in text
+    assert "Not compared" in text and "wikitext" in text.split("## At equal tokens")[1]
+
+
+def test_runs_are_compared_at_equal_tokens_not_equal_steps(tmp_path):
+    runs = tmp_path / "runs"
+    # "small" trains 100 tokens a step, "big" 300: at step 9 they saw 1,000 and 3,000 tokens.
+    for name, per_step, losses in (("small", 100, {4: 2.0, 9: 1.5}), ("big", 300, {1: 2.4, 4: 1.2, 9: 0.8})):
+        rows = [(s, {"train/loss": 1.0, "train/tokens": float(per_step * (s + 1))}) for s in range(10)]
+        rows += [(s, {"val/loss": v}) for s, v in losses.items()]
+        make_run(runs, name, "g", None, [rows])
+    out = tmp_path / "out"
+    assert main([str(runs), "--out", str(out)]) == 0
+    section = (out / "report.md").read_text().split("## At equal tokens")[1].split("##")[0]
+    assert "val/loss @ 1,000 tokens" in section
+    # big at 1,000 tokens: between step 1 (600 tokens, 2.4) and step 4 (1,500 tokens, 1.2)
+    assert f"| big | g | {2.4 + (1.2 - 2.4) * 400 / 900:.4f} |" in section
+    assert "| small | g | 1.5000 |" in section

@@ -6,7 +6,9 @@
   95% interval from Student's t (``fit_log_linear``), beside the paper's slope b = -0.0256
   (OLMoE-1.3B, Huang et al. 2025). ``oe.experiments.table_scaling`` takes its slopes from it too.
 - Writing: the curves of each group (drawn by ``oe.analysis.plot``), ``loglinear.png`` and
-  ``report.md`` (the runs, the fit, the downstream table).
+  ``report.md`` (the runs, the fit, the comparison at equal tokens, the downstream table).
+- Equal tokens: runs of different batch sizes or kinds are compared at the largest ``train/tokens``
+  (target tokens of all ranks) that every run reached, not at equal steps (``at_equal_tokens``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from oe.analysis.evidence import EvidenceError, curve_against_tokens, value_at_tokens
 from oe.analysis.plot import csv_version, plot_curves, read_csv_history
 
 PAPER_SLOPE = -0.0256  # per decade of m: L = 2.6754 - 0.0256 log10(m), OLMoE-1.3B, N=2, k=1
 PAPER_INTERCEPT = 2.6754
-DEFAULT_METRICS = ["train/loss", "val/loss", "val/gen_acc"]
+DEFAULT_METRICS = ["train/loss", "val/loss"]
+# Shown beside the default metrics when some run has them (cfg3f data: the grammar's loss floor and
+# graded generation); runs without them, such as Wikitext runs, report "–" there.
+EXTRA_METRICS = ["val/excess_loss", "val/gen_acc", "val/gen_viable_frac"]
+TOKENS = "train/tokens"
 
 
 class ReportError(ValueError):
@@ -269,6 +276,7 @@ def plot_group_curves(runs: list[Run], metrics: list[str], out_dir: Path) -> dic
         curves = {metric: {run.name: [tuple(np.asarray(a) for a in zip(*run.history[metric]))]
                            for run in members if run.history.get(metric)}
                   for metric in metrics}
+        curves = {metric: by_run for metric, by_run in curves.items() if by_run}
         slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", group)
         written[group] = plot_curves(curves, out_dir / f"curves_{slug}.png", title=group)
     return written
@@ -322,21 +330,71 @@ def downstream_table(runs: list[Run]) -> list[str]:
     return lines
 
 
-def render(runs: list[Run], out: Path, metrics: list[str], fit_metric: str, window: int) -> Path:
+def at_equal_tokens(runs: list[Run], metric: str) -> tuple[float, dict[str, float | None]] | None:
+    """(T, value of each run at T): T is the largest train/tokens at which every run that logged
+    ``metric`` had logged it, values linear in tokens between logged points. None when fewer than
+    two runs logged it against train/tokens. Runs without the metric get None."""
+    curves = {}
+    for run in runs:
+        if run.history.get(metric) and run.history.get(TOKENS):
+            try:
+                curves[run.name] = curve_against_tokens(run.history, metric)
+            except EvidenceError:  # logged at steps without train/tokens: not comparable
+                continue
+    if len(curves) < 2:
+        return None
+    tokens = min(curve[-1][0] for curve in curves.values())
+    values: dict[str, float | None] = {}
+    for run in runs:
+        curve = curves.get(run.name)
+        values[run.name] = (value_at_tokens(curve, tokens)
+                            if curve and curve[0][0] <= tokens else None)
+    return tokens, values
+
+
+def equal_tokens_table(runs: list[Run], metrics: list[str]) -> list[str]:
+    compared = {m: at_equal_tokens(runs, m) for m in metrics if not m.startswith("train/")}
+    compared = {m: c for m, c in compared.items() if c is not None}
+    lacking = [r.name for r in runs if not r.history.get(TOKENS)]
+    if not compared:
+        return [f"Not compared: it needs two or more runs that logged `{TOKENS}` beside the "
+                f"validation metrics" + (f" (without it: {', '.join(lacking)})" if lacking else "")
+                + "."]
+    lines = ["Each value at the largest target-token count every run reached for that metric "
+             "(linear in tokens between validations), not at equal steps.", "",
+             "| run | group | " + " | ".join(f"{m} @ {c[0]:,.0f} tokens" for m, c in compared.items())
+             + " |", "|---|---|" + "---|" * len(compared)]
+    for run in runs:
+        lines.append(f"| {run.name} | {run.group} | "
+                     + " | ".join(_fmt(c[1].get(run.name)) for c in compared.values()) + " |")
+    if lacking:
+        lines += ["", f"Without `{TOKENS}` (left out of this comparison): {', '.join(lacking)}."]
+    return lines
+
+
+def render(runs: list[Run], out: Path, metrics: list[str], fit_metric: str, window: int,
+           extra_metrics: list[str] = ()) -> Path:
+    """``metrics`` must be logged by every run; ``extra_metrics`` are shown when some run has them."""
     check_metrics(runs, metrics, fit_metric)
+    metrics = metrics + [m for m in extra_metrics
+                         if m not in metrics and any(r.history.get(m) for r in runs)]
     runs = sorted(runs, key=lambda r: (r.group, r.modulus or 0, r.name))
     out.mkdir(parents=True, exist_ok=True)
     curve_files = plot_group_curves(runs, metrics, out)
     md = ["# Report", "", f"{len(runs)} run(s) in {len(set(r.group for r in runs))} group(s).", "",
-          "| run | group | m | step | " + " | ".join(f"final {m}" for m in metrics) + " | source |",
-          "|---|---|---|---|" + "---|" * len(metrics) + "---|"]
+          "| run | group | m | step | tokens | " + " | ".join(f"final {m}" for m in metrics)
+          + " | source |",
+          "|---|---|---|---|---|" + "---|" * len(metrics) + "---|"]
     for run in runs:
         last = max((s for pts in run.history.values() for s, _ in pts), default=0)
+        tokens = run.final(TOKENS)
         md.append(f"| {run.name} | {run.group} | {run.modulus or '–'} | {last} | "
+                  f"{'–' if tokens is None else f'{tokens:,.0f}'} | "
                   + " | ".join(_fmt(run.final(m, window)) for m in metrics) + f" | `{run.source}` |")
     md += ["", "## Curves", ""]
     for group, path in curve_files.items():
         md += [f"Group `{group}`:", "", f"![curves of {group}]({path.name})", ""]
+    md += ["## At equal tokens", "", *equal_tokens_table(runs, metrics), ""]
     md += ["## Loss against log10(m)", ""]
     oe_runs = [r for r in runs if r.modulus is not None]
     ms = sorted({r.modulus for r in oe_runs})
