@@ -167,3 +167,11 @@ def test_end_to_end_two_kinds_one_seed_on_the_tiny_preset(tmp_path):
     # resumable: finished runs are kept, the plan is reused
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "finished before, kept" in again.stdout
+
+
+def test_schedule_end_is_the_last_rate_over_the_peak():
+    from oe.analysis.evidence import schedule_end
+
+    assert schedule_end({"lr": [(0, 0.5), (1, 1.0), (2, 0.4), (3, 0.1)]}) == pytest.approx(0.1)
+    with pytest.raises(EvidenceError, match="'lr'"):
+        schedule_end({})

@@ -82,6 +82,15 @@ def warmup_for(steps: int, configured: int, share: float = 0.1) -> int:
     return configured if configured <= share * steps else max(1, round(share * steps))
 
 
+def schedule_end(history: History) -> float:
+    """The learning rate at the run's last step as a share of its peak: the configured
+    ``min_lr_ratio`` when the cosine schedule ran over exactly the run's steps."""
+    rates = [v for _, v in history.get("lr", [])]
+    if not rates:
+        raise EvidenceError("this run never logged 'lr'")
+    return rates[-1] / max(rates)
+
+
 def budget_share(tokens: float) -> float:
     """Target tokens trained on, as a share of the paper's cfg3f budget."""
     return tokens / PAPER_TARGET_TOKENS
@@ -233,7 +242,8 @@ def final_spreads(histories: dict[str, list[History]], metrics: list[str]
 def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: dict[str, Spread],
                     compared_tokens: float, minutes: float, seeds: list[int],
                     finals: dict[str, dict[str, Spread]], png_name: str,
-                    metrics: list[str] = TABLE_METRICS) -> str:
+                    metrics: list[str] = TABLE_METRICS,
+                    schedule_ends: Spread | None = None) -> str:
     """evidence.md: the set-up, the budget as a share of the paper's, the table, the claims."""
     largest = max(s.high for s in tokens_per_run.values())
     lines = ["# cfg3f: the kinds at equal tokens", "",
@@ -245,7 +255,13 @@ def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: di
              f"sentences. Target tokens per run: up to {largest:,.0f}, "
              f"{100 * budget_share(largest):.5f}% of the paper's ~{PAPER_TARGET_TOKENS / 1e9:.0f}B "
              f"({PAPER_EPOCHS} epochs x {PAPER_SENTENCES / 1e6:.0f}M sentences x "
-             f"~{PAPER_TOKENS_PER_SENTENCE} tokens).", "",
+             f"~{PAPER_TOKENS_PER_SENTENCE} tokens).", ""]
+    if schedule_ends is not None:
+        lines += [f"Learning rate at the last step as a share of its peak, over the runs: "
+                  f"{schedule_ends.low:.3f}..{schedule_ends.high:.3f} (a cosine over exactly the "
+                  f"run's steps ends one step short of its floor, model.optimizer.min_lr_ratio).",
+                  ""]
+    lines += [
              f"Values below are at {compared_tokens:,.0f} target tokens (the largest count every "
              f"run reached), as mean (min..max, n seeds).", "",
              "| kind | tokens per run | " + " | ".join(metrics) + " |",

@@ -31,7 +31,7 @@ import numpy as np
 
 from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METRICS, TOKENS,
                                   final_spreads, plan_steps, plot_evidence, render_markdown,
-                                  warmup_for)
+                                  schedule_end, warmup_for)
 from oe.analysis.plot import read_csv_history
 
 EXPERIMENTS = {"cfg3f": "configs/cfg_{kind}.yaml"}
@@ -234,7 +234,8 @@ def write_outputs(args, kinds: list[str], seeds: list[int], runs_dir: Path, out:
     (out / "evidence.md").write_text(render_markdown(
         command=args.command, device=device, steps=steps, tokens_per_run=tokens_per_run,
         compared_tokens=compared, minutes=args.minutes, seeds=seeds, finals=finals,
-        png_name="evidence.png"))
+        png_name="evidence.png",
+        schedule_ends=Spread.of([schedule_end(h) for runs in histories.values() for h in runs])))
 
 
 if __name__ == "__main__":
