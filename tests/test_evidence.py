@@ -81,6 +81,14 @@ def test_plan_steps_fits_the_budget_and_is_a_multiple_of_the_validations():
     assert 4 * (20 + 4 * 10 + steps * 0.5) <= 600
 
 
+def test_plan_steps_counts_validations_without_generation_as_a_step():
+    calibration = Calibration(seconds_per_step=0.5, startup_seconds=20, validation_seconds=10)
+    # 150 s per run - 20 - 2 generating validations (20 s) - 2 others (1 s) = 109 s; 0.8 * 109 / 0.5
+    steps = plan_steps(600, runs=4, validations=4, calibration=calibration, margin=0.8,
+                       min_steps=10, generations=2)
+    assert steps == 172
+
+
 def test_plan_steps_refuses_a_budget_too_small():
     calibration = Calibration(seconds_per_step=2.0, startup_seconds=20, validation_seconds=10)
     with pytest.raises(EvidenceError, match="too small: 1.0 minutes for 2 run.*at least 20"):
@@ -144,21 +152,26 @@ def test_markdown_states_budget_share_values_and_verdicts():
 
 # -- the command -----------------------------------------------------------------------------------
 
-def test_command_refuses_an_unknown_config_with_one_error(tmp_path, capsys):
+def test_command_refuses_an_unknown_config_or_a_generation_missing_the_last_validation(
+        tmp_path, capsys, monkeypatch):
     from oe.cli.evidence import main
 
+    monkeypatch.chdir(REPO)
     assert main(["cfg3f", "--minutes", "1", "--kinds", "nosuchkind", "--out", str(tmp_path)]) == 2
     assert "no such config: configs/cfg_nosuchkind.yaml" in capsys.readouterr().err
+    assert main(["cfg3f", "--minutes", "1", "--validations", "4", "--gen-every", "2",
+                 "--out", str(tmp_path)]) == 2
+    assert "--gen-every 2 must divide --validations - 1 (3)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_end_to_end_two_kinds_one_seed_on_the_tiny_preset(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    command = [sys.executable, "-m", "oe.evidence", "cfg3f", "--minutes", "6",
+    command = [sys.executable, "-m", "oe.evidence", "cfg3f", "--minutes", "5",
                "--kinds", "baseline,oe3", "--seeds", "0",
                "--preset", "configs/presets/quick_cfg.yaml", "--preset", "configs/presets/tiny_cfg.yaml",
-               "--validations", "2", "--gen-samples", "4", "--calibration-steps", "4",
-               "--min-steps", "4", "--out", str(out), "--runs-dir", str(runs)]
+               "--validations", "1", "--gen-samples", "2", "--calibration-steps", "3",
+               "--min-steps", "2", "--out", str(out), "--runs-dir", str(runs)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("evidence.md", "evidence.png", "baseline_s0.csv", "oe3_s0.csv"):

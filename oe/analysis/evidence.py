@@ -53,17 +53,21 @@ class Calibration:
 
 
 def plan_steps(budget_seconds: float, runs: int, validations: int, calibration: Calibration,
-               margin: float, min_steps: int) -> int:
+               margin: float, min_steps: int, generations: int | None = None) -> int:
     """Steps per run, a multiple of ``validations``, so that ``runs`` runs fit ``budget_seconds``
     (what is left of --minutes after the calibration).
 
     ``margin`` (0 < margin <= 1) is the share of each run's time left for training after its
     fixed costs, against timing noise and longer generated samples later in training.
+    ``generations``: how many of the validations generate samples (default: all).
     """
     if runs < 1 or validations < 1 or not 0 < margin <= 1:
         raise EvidenceError("plan_steps needs runs >= 1, validations >= 1 and 0 < margin <= 1")
+    generations = validations if generations is None else generations
     per_run = budget_seconds / runs
-    fixed = calibration.startup_seconds + validations * calibration.validation_seconds
+    # a validation without generation costs about a training step (a forward of its sentences)
+    fixed = (calibration.startup_seconds + generations * calibration.validation_seconds
+             + (validations - generations) * calibration.seconds_per_step)
     steps = math.floor(margin * (per_run - fixed) / calibration.seconds_per_step)
     steps -= steps % validations
     if steps < min_steps:

@@ -48,7 +48,8 @@ def device_name() -> str:
 
 
 def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: int,
-             validations: int, warmup: int, batch_size: int, gen_samples: int | None) -> list[str]:
+             validations: int, warmup: int, batch_size: int, gen_samples: int | None,
+             gen_every: int = 1) -> list[str]:
     """oe.fit's arguments for one run: ``steps`` steps over exactly ``steps`` batches of data."""
     args = ["--config", config]
     for preset in presets:
@@ -63,7 +64,7 @@ def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: i
              "--data.init_args.train_sentences", str(steps * batch_size),
              "--data.init_args.epochs", "1",
              "--model.optimizer.warmup_steps", str(warmup),
-             "--generation.every_n_validations", "1"]
+             "--generation.every_n_validations", str(gen_every)]
     if gen_samples is not None:
         args += ["--generation.num_samples", str(gen_samples),
                  "--generation.batch_size", str(gen_samples)]
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="validations per run, evenly spaced, the last at the final step")
     parser.add_argument("--gen-samples", type=int, default=None,
                         help="generated samples per validation (default: the presets')")
+    parser.add_argument("--gen-every", type=int, default=1,
+                        help="generate at the 1st validation and every this-many-th after it; "
+                             "(validations - 1) must be a multiple, so the last one generates "
+                             "(default: 1)")
     parser.add_argument("--calibration-steps", type=int, default=10)
     parser.add_argument("--margin", type=float, default=0.85,
                         help="share of each run's time after fixed costs planned for training")
@@ -160,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         if not kinds or not seeds or args.validations < 1 or args.calibration_steps < 3:
             raise EvidenceError("--kinds and --seeds need one entry or more, --validations >= 1, "
                                 "--calibration-steps >= 3")
+        if args.gen_every < 1 or (args.validations - 1) % args.gen_every:
+            raise EvidenceError(f"--gen-every {args.gen_every} must divide --validations - 1 "
+                                f"({args.validations - 1}): generation runs at the 1st validation "
+                                f"and every {args.gen_every}th after it, and must reach the last")
         return run(args, kinds, seeds, configs)
     except EvidenceError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -180,7 +189,7 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
     costliest = next((k for k in COST_ORDER if k in kinds), kinds[0])
     request = {"experiment": args.experiment, "kinds": kinds, "seeds": seeds,
                "presets": args.preset, "minutes": args.minutes, "validations": args.validations,
-               "gen_samples": args.gen_samples}
+               "gen_samples": args.gen_samples, "gen_every": args.gen_every}
 
     def make_plan() -> dict:
         print(f"calibrating on {costliest}: {args.calibration_steps} steps and one validation",
@@ -189,7 +198,8 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
                                 args.calibration_steps, batch_size, args.gen_samples)
         left = budget - (time.time() - started)
         steps = plan_steps(left, len(kinds) * len(seeds), args.validations, calibration,
-                           args.margin, args.min_steps)
+                           args.margin, args.min_steps,
+                           (args.validations - 1) // args.gen_every + 1)
         print(f"calibration: {calibration.seconds_per_step:.2f} s/step, start-up "
               f"{calibration.startup_seconds:.0f} s, validation ~{calibration.validation_seconds:.0f}"
               f" s; {steps} steps per run", flush=True)
@@ -206,7 +216,8 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
         shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts again from step 0
         warmup = warmup_for(steps, composed(configs[kind], args.preset)[1])
         seconds = run_fit(fit_args(configs[kind], args.preset, seed, run_dir, steps,
-                                   args.validations, warmup, batch_size, args.gen_samples),
+                                   args.validations, warmup, batch_size, args.gen_samples,
+                                   args.gen_every),
                           run_dir / "fit.log")
         left = (budget - (time.time() - started)) / 60
         print(f"[{index}/{total}] {kind} seed {seed}: {steps} steps in {seconds:.0f} s, "
