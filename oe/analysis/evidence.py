@@ -306,7 +306,12 @@ def plot_evidence(histories: dict[str, list[History]], out: Path) -> Path:
                     label=f"{KIND_LABELS.get(kind, kind)} (n={len(curves)})")
             ax.fill_between(tokens, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
         if metric == "val/excess_loss":
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda value, _: f"{value:.3g}")  # 0.36, not 3.6 x 10^-1
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("target tokens (train/tokens)")
         ax.set_title(metric, fontsize=10)
         ax.grid(alpha=0.3, which="both")
