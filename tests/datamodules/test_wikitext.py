@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import math
 import pickle
-import random
 
 import numpy as np
 import pytest
 import torch
 
 from datamodules.wikitext import EOT, WikitextDataModule, split_articles
-
-WORDS = ("the of and to in a is was for on as with by he at from his an were are which this "
-         "be had it not or have first one their its new after but who they has her two been "
-         "river city team album song war game film year season church school island").split()
-
-
-def write_corpus(path, n_articles: int, seed: int, paragraphs: int = 3) -> str:
-    """A Wikitext-format file: ' = Title = ' headings, ' = = Section = = ', text lines."""
-    rng = random.Random(seed)
-    lines = []
-    for a in range(n_articles):
-        lines += ["", f" = Article {seed} {a} = ", ""]
-        for p in range(paragraphs):
-            if p == 1:
-                lines += [f" = = Section {p} = = ", ""]
-            words = [rng.choice(WORDS) for _ in range(rng.randint(30, 80))]
-            lines += [" " + " ".join(words) + " . ", ""]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+from tests.conftest import write_corpus
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_a_checkpoint_without_a_tokenizer_record_needs_one_given(tmp_path) -> No
 
 @pytest.fixture(scope="module")
 def two_rank_step(tmp_path_factory) -> Path:
-    from tests.test_sharding_distributed import launch
+    from tests.distributed.test_parallelize_two_ranks import launch
 
     out = tmp_path_factory.mktemp("export")
     launch(2, out, "step")
@@ -111,7 +111,7 @@ def two_rank_step(tmp_path_factory) -> Path:
 
 @pytest.mark.distributed
 def test_export_gives_a_single_device_checkpoint_with_identical_logits(two_rank_step: Path) -> None:
-    from tests.sharding_worker import probe_tokens
+    from tests.distributed.sharding_worker import probe_tokens
 
     runs = two_rank_step
     with pytest.raises(ValueError, match="needs `python -m oe.export` first"):

@@ -13,8 +13,7 @@ import yaml
 
 from oe.cli.evaluate import main as evaluate_main
 from oe.cli.fit import main as fit_main
-from tests.test_evaluate import tiny_gpt2_dir, write_task_files
-from tests.test_wikitext import write_corpus
+from tests.conftest import tiny_gpt2_dir, write_corpus, write_task_files
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
-"""Runs the sharding scenarios of tests/test_sharding_distributed.py on 1 or 2 ranks.
+"""Runs the sharding scenarios of tests/distributed/test_parallelize_two_ranks.py on 1 or 2 ranks.
 
-    torchrun --standalone --nproc_per_node=W tests/sharding_worker.py OUT SCENARIO[=ARG,...] ...
+    torchrun --standalone --nproc_per_node=W tests/distributed/sharding_worker.py OUT SCENARIO[=ARG,...] ...
 
 Every rank runs Lightning (``devices=W``, ShardedTableStrategy over gloo) on a tiny Over-Encoding
 model; rank 0 writes what the test compares under OUT.
@@ -17,13 +17,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oe.models.embedding import OverEncodingConfig  # noqa: E402
 from oe.training.lm import LanguageModel, OptimizerConfig  # noqa: E402
-from oe.models.gpt import BackboneConfig  # noqa: E402
 from oe.distributed.parallelize import local_shard, row_split  # noqa: E402
 from oe.distributed.strategy import ShardedTableStrategy  # noqa: E402
+from tests.conftest import tiny_language_model  # noqa: E402
 
 VOCAB = 11
 GLOBAL_BATCH = 8
@@ -33,13 +33,9 @@ STEPS_PER_EPOCH = 2
 
 def make_model(modulus: int = 101, optimizer: str = "rowwise_adagrad") -> LanguageModel:
     L.seed_everything(0, verbose=False)
-    return LanguageModel(
-        vocab_size=VOCAB, pad_id=0,
-        backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16, block_size=32),
-        over_encoding=OverEncodingConfig(orders=[2, 3], k=2, modulus=modulus, table_lr=0.5,
-                                         table_optimizer=optimizer),
-        optimizer=OptimizerConfig(lr=1e-2, warmup_steps=0),
-    )
+    tables = OverEncodingConfig(orders=[2, 3], k=2, modulus=modulus, table_lr=0.5,
+                                table_optimizer=optimizer)
+    return tiny_language_model(VOCAB, tables, optimizer=OptimizerConfig(lr=1e-2, warmup_steps=0))
 
 
 def global_batches() -> torch.Tensor:

@@ -8,20 +8,17 @@ import torch
 
 from oe.distributed.parallelize import local_shard, sharded_collections
 from oe.models.embedding import OverEncodingConfig
-from oe.models.gpt import BackboneConfig
 from oe.training.lm import LanguageModel, OptimizerConfig
+from tests.conftest import tiny_language_model
 
 VOCAB, STEPS = 11, 6
 
 
 def _model(shard_tables: bool, table_optimizer: str | None) -> LanguageModel:
-    torch.manual_seed(0)
-    return LanguageModel(
-        vocab_size=VOCAB, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16, block_size=32),
-        over_encoding=OverEncodingConfig(orders=[2, 3], k=2, modulus=101, table_lr=0.5,
-                                         table_optimizer=table_optimizer, shard_tables=shard_tables),
-        optimizer=OptimizerConfig(lr=1e-2, warmup_steps=2, min_lr_ratio=0.1),
-    )
+    tables = OverEncodingConfig(orders=[2, 3], k=2, modulus=101, table_lr=0.5,
+                                table_optimizer=table_optimizer, shard_tables=shard_tables)
+    return tiny_language_model(VOCAB, tables, optimizer=OptimizerConfig(lr=1e-2, warmup_steps=2,
+                                                                        min_lr_ratio=0.1))
 
 
 def _batches() -> list[dict]:

@@ -14,7 +14,7 @@ import pytest
 from datamodules.cfg import CFGDataModule
 from oe.analysis.report import read_wandb_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
          "--data.init_args.batch_size", "8", "--data.init_args.val_sentences", "32",
          "--trainer.log_every_n_steps", "5", "--generation.num_samples", "16"]

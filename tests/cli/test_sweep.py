@@ -10,7 +10,7 @@ import yaml
 
 from oe.cli.sweep import SweepError, check_point, load_sweep, main, point_name, write_points_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_sweep(tmp_path: Path, **fields) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from oe.cfg import sample_range
 from oe.cfg.inside import logprob, loss_floor, viable_prefix_length
-from tests.reference_parser import RULES, reference_probability, reference_viable_prefix
+from tests.cfg.reference_parser import RULES, reference_probability, reference_viable_prefix
 
 
 def derivations(symbol: int) -> dict[tuple[int, ...], float]:

@@ -1,7 +1,7 @@
 """The sharding of the n-gram tables, in one process without a process group.
 
 The two-process behaviour (sharded forward, fused step, checkpoints) is in
-tests/test_sharding_distributed.py.
+tests/distributed/test_parallelize_two_ranks.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import tiny_backbone, tiny_language_model
 from oe.models.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, deferred_ngram_tables,
                           table_rows)
 from oe.training.lm import LanguageModel
@@ -78,9 +79,8 @@ def test_optimizer_state_per_row() -> None:
 
 
 def _model(modulus: int = 101, vocab: int = 11, k: int = 2) -> LanguageModel:
-    torch.manual_seed(0)
-    return LanguageModel(vocab_size=vocab, backbone=BackboneConfig(n_layer=1, n_head=2, n_embd=16),
-                         over_encoding=OverEncodingConfig(orders=[2, 3], k=k, modulus=modulus))
+    return tiny_language_model(vocab, OverEncodingConfig(orders=[2, 3], k=k, modulus=modulus),
+                               backbone=tiny_backbone(block_size=1024))
 
 
 def test_plan_at_the_papers_scale(capsys) -> None:

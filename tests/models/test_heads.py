@@ -17,7 +17,7 @@ from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig, generate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=64)
 OE = OverEncodingConfig(orders=[2, 3], modulus=1009)
 PAD, BOS, EOS = 0, 4, 5

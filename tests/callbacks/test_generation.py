@@ -10,7 +10,7 @@ from datamodules.cfg import PAD_ID, VOCAB_SIZE
 from oe.cfg import accepts
 from oe.models.build import build_model
 from oe.models.gpt import BackboneConfig
-from tests.reference_parser import reference_viable_prefix
+from tests.cfg.reference_parser import reference_viable_prefix
 
 
 def test_samples_are_parsed_and_graded_by_their_longest_viable_prefix():

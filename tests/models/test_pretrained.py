@@ -1,6 +1,6 @@
 """GPT-2 in HF format: exact logits in our backbone, zero-initialised OE tables, bad sources.
 
-The shape and freezing that ``build_model`` derives from a checkpoint are in tests/test_build.py.
+The shape and freezing that ``build_model`` derives from a checkpoint are in tests/models/test_build.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Row-wise sharded n-gram tables on two processes over gloo (Lightning ``devices=2``).
 
-The scenarios run in tests/sharding_worker.py under torchrun; one module-scoped fixture runs
+The scenarios run in tests/distributed/sharding_worker.py under torchrun; one module-scoped fixture runs
 them in order (1 rank, 2 ranks, 1 rank) and the tests below check what they wrote.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from oe.distributed.checkpoint import read_tables, table_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "sharding_worker.py"
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "distributed" / "sharding_worker.py"
+sys.path.insert(0, str(ROOT / "tests" / "distributed"))
 
 from sharding_worker import make_model, probe_tokens  # noqa: E402
 

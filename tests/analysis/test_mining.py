@@ -14,7 +14,7 @@ from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbeddin
 from oe.analysis.mining import count_ngrams
 from oe.cli.mine import main
 from oe.models.ngram import ngram_ids, ngram_windows
-from tests.test_wikitext import write_corpus
+from tests.conftest import write_corpus
 
 ORDERS = [2, 3, 4, 5]
 

@@ -16,7 +16,7 @@ import yaml
 
 from oe.cli.config import ConfigError, config_layers, fit_parser, parse_fit_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 TOP_LEVEL = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 # Overlays (no run of their own) and a config each is layered over.

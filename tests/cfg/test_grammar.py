@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from oe.cfg import MAX_LENGTH, MIN_LENGTH, accepts, accepts_padded, sample, sample_range
-from tests.reference_parser import RULES as REFERENCE_RULES
-from tests.reference_parser import reference_accepts
+from tests.cfg.reference_parser import RULES as REFERENCE_RULES
+from tests.cfg.reference_parser import reference_accepts
 
 
 def test_grammar_table_matches_the_paper_text():

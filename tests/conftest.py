@@ -1,0 +1,106 @@
+"""Builders shared by the tests: tiny models, tiny HF checkpoints, small local data.
+
+Tests make their own data (no hub is reachable) in the formats real runs read, so the same
+loading code runs: Wikitext-format text files, JSONL in the task data sets' field names, and a
+random GPT-2 saved in HF format with a byte-level BPE tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from datamodules.wikitext import train_bpe
+from oe.models.embedding import OverEncodingConfig
+from oe.models.gpt import BackboneConfig
+from oe.training.lm import LanguageModel, OptimizerConfig
+
+
+def tiny_backbone(**fields) -> BackboneConfig:
+    """One layer, two heads, width 16: the smallest backbone that exercises every path."""
+    return BackboneConfig(**{"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 32, **fields})
+
+
+def tiny_language_model(vocab_size: int = 11, over_encoding: OverEncodingConfig | None = None,
+                        seed: int = 0, **fields) -> LanguageModel:
+    """A LanguageModel on ``tiny_backbone()`` (``backbone=``/``optimizer=`` override), seeded."""
+    torch.manual_seed(seed)
+    fields.setdefault("backbone", tiny_backbone())
+    fields.setdefault("optimizer", OptimizerConfig())
+    return LanguageModel(vocab_size=vocab_size, over_encoding=over_encoding, **fields)
+
+
+# -- Wikitext-format text --------------------------------------------------------------------
+
+WORDS = ("the of and to in a is was for on as with by he at from his an were are which this "
+         "be had it not or have first one their its new after but who they has her two been "
+         "river city team album song war game film year season church school island").split()
+
+
+def write_corpus(path, n_articles: int, seed: int, paragraphs: int = 3) -> str:
+    """A Wikitext-format file: ' = Title = ' headings, ' = = Section = = ', text lines."""
+    rng = random.Random(seed)
+    lines = []
+    for a in range(n_articles):
+        lines += ["", f" = Article {seed} {a} = ", ""]
+        for p in range(paragraphs):
+            if p == 1:
+                lines += [f" = = Section {p} = = ", ""]
+            words = [rng.choice(WORDS) for _ in range(rng.randint(30, 80))]
+            lines += [" " + " ".join(words) + " . ", ""]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# -- multiple-choice task files and a tiny GPT-2 with its tokenizer ---------------------------
+
+NOUNS = "man woman dog cat car boat ball knife cup bread water rope stick paper glass".split()
+VERBS = "takes opens cuts pours lifts throws holds cleans paints folds".split()
+
+
+def sentence(rng: random.Random, words: int = 8) -> str:
+    parts = [rng.choice(NOUNS if i % 2 == 0 else VERBS) for i in range(words)]
+    return " ".join(parts).capitalize() + "."
+
+
+def write_task_files(directory, n: int = 8, seed: int = 0) -> dict[str, list]:
+    """hellaswag.jsonl, piqa.jsonl and storycloze.jsonl with the hub data sets' field names."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = {"hellaswag": [], "piqa": [], "storycloze": []}
+    for i in range(n):
+        rows["hellaswag"].append({
+            "ind": i, "activity_label": "Cleaning a " + rng.choice(NOUNS),
+            "ctx_a": sentence(rng), "ctx_b": "then the " + rng.choice(NOUNS),
+            "ctx": "", "endings": [sentence(rng, rng.randint(3, 9)) + " [step]" * (j == 1)
+                                   for j in range(4)],
+            "source_id": f"src{i}", "split": "val", "split_type": "indomain",
+            "label": str(rng.randrange(4)),
+        })
+        rows["piqa"].append({"goal": "How do I " + sentence(rng, 4).lower(),
+                             "sol1": sentence(rng, rng.randint(2, 8)),
+                             "sol2": sentence(rng, rng.randint(2, 8)), "label": rng.randrange(2)})
+        story = {f"input_sentence_{k}": sentence(rng) for k in range(1, 5)}
+        rows["storycloze"].append({"story_id": f"s{i}", **story, "sentence_quiz1": sentence(rng, 5),
+                                   "sentence_quiz2": sentence(rng, 6),
+                                   "answer_right_ending": rng.randint(1, 2)})
+    for task, task_rows in rows.items():
+        (directory / f"{task}.jsonl").write_text("\n".join(json.dumps(r) for r in task_rows) + "\n")
+    return rows
+
+
+def tiny_gpt2_dir(directory, seed: int = 0):
+    """A random GPT-2 in HF format with a byte-level BPE tokenizer.json of its vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    rng = random.Random(seed)
+    text = [sentence(rng, 12) for _ in range(400)] + ["How do I Question: Answer: Cleaning a [title]"]
+    tokenizer = train_bpe(text, 320, directory / "tokenizer.json")
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=64,
+                                     n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    return directory
+
