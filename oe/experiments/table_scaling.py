@@ -48,10 +48,10 @@ def _overlay(path: Path, data: dict, run_root: Path) -> Path:
         "trainer": {
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                         "init_args": {"save_dir": str(run_root), "name": "csv"}}],
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "save_top_k": 0}}],
             "enable_progress_bar": False,
         },
+        "checkpoint": {"save_last": True, "save_top_k": 0, "every_n_train_steps": None},
+        "downstream": None,  # the tasks would come from the hub
         "data": {"init_args": data},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
