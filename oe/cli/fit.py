@@ -36,10 +36,11 @@ NAMED_CALLBACKS = {"checkpoint": ModelCheckpoint, "ngram_stats": NgramTableStats
 
 def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
     tags = [f"kind={model.kind}"]
-    oe = model.over_encoding
-    if oe is not None:
-        tags += [f"n={max(oe.orders)}", f"orders={'+'.join(map(str, [1, *sorted(oe.orders)]))}",
-                 f"m={oe.modulus}", f"k={oe.k}"]
+    tables = model.over_encoding
+    if tables is not None:
+        tags += [f"n={max(tables.orders)}",
+                 f"orders={'+'.join(map(str, [1, *sorted(tables.orders)]))}",
+                 f"m={tables.modulus}", f"k={tables.k}"]
     tags.append(f"size={model.model.num_parameters() / 1e6:.1f}M")
     if seed is not None:
         tags.append(f"seed={seed}")
