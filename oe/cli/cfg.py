@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 
-from oe.cfg.checker import accepts_padded, parse_line
-from oe.cfg.grammar import MAX_LENGTH
+from oe.cfg.checker import accepts, parse_line
 from oe.cfg.inside import logprob, viable_prefix_length
 from oe.cfg.sampler import sample
 
@@ -31,45 +30,21 @@ def _sample(n: int, seed: int, first: int) -> None:
         )
 
 
-def _check(lines) -> int:
-    n_valid = n_total = 0
+def _per_line(lines, score, bad: str, fmt) -> tuple[int, int]:
+    """Print ``fmt(score(sentences))`` per line, in chunks (``bad`` for unreadable lines).
+
+    Returns (lines read, lines that scored true): the valid ones, for ``check``.
+    """
     batch: list[np.ndarray | None] = []
+    n_lines = n_true = 0
 
     def flush() -> None:
-        nonlocal n_valid, n_total
-        parsed = [s for s in batch if s is not None and len(s) <= MAX_LENGTH]
-        symbols = np.zeros((len(parsed), MAX_LENGTH + 1), dtype=np.int64)
-        lengths = np.zeros(len(parsed), dtype=np.int64)
-        for r, s in enumerate(parsed):
-            symbols[r, : len(s)] = s
-            lengths[r] = len(s)
-        verdicts = iter(accepts_padded(symbols, lengths))
-        out = []
-        for s in batch:
-            ok = s is not None and len(s) <= MAX_LENGTH and bool(next(verdicts))
-            out.append("valid\n" if ok else "invalid\n")
-            n_valid += ok
-        n_total += len(batch)
-        sys.stdout.write("".join(out))
-        batch.clear()
-
-    for line in lines:
-        batch.append(parse_line(line))
-        if len(batch) == _CHUNK:
-            flush()
-    flush()
-    share = n_valid / n_total if n_total else 0.0
-    print(f"{n_valid}/{n_total} valid ({share:.2%})", file=sys.stderr)
-    return 0
-
-
-def _per_line(lines, score, bad: str, fmt) -> int:
-    """Print ``fmt(score(sentences))`` per line, in chunks; ``bad`` for unreadable lines."""
-    batch: list[np.ndarray | None] = []
-
-    def flush() -> None:
+        nonlocal n_lines, n_true
         values = iter(score([s for s in batch if s is not None]))
-        sys.stdout.write("".join((bad if s is None else fmt(next(values))) + "\n" for s in batch))
+        out = [None if s is None else next(values) for s in batch]
+        n_lines += len(out)
+        n_true += sum(1 for v in out if v is not None and v)
+        sys.stdout.write("".join((bad if v is None else fmt(v)) + "\n" for v in out))
         batch.clear()
 
     for line in lines:
@@ -77,14 +52,27 @@ def _per_line(lines, score, bad: str, fmt) -> int:
         if len(batch) == _CHUNK:
             flush()
     flush()
+    return n_lines, n_true
+
+
+def _check(lines) -> int:
+    n_lines, n_valid = _per_line(lines, accepts, "invalid", lambda ok: "valid" if ok else "invalid")
+    share = n_valid / n_lines if n_lines else 0.0
+    print(f"{n_valid}/{n_lines} valid ({share:.2%})", file=sys.stderr)
     return 0
 
 
-COMMANDS = {
-    "logprob": lambda lines: _per_line(lines, logprob, "-inf", lambda v: f"{v:.10g}"),
-    "prefix": lambda lines: _per_line(lines, viable_prefix_length, "0", str),
-    "check": _check,
-}
+def _logprob(lines) -> int:
+    _per_line(lines, logprob, "-inf", lambda v: f"{v:.10g}")
+    return 0
+
+
+def _prefix(lines) -> int:
+    _per_line(lines, viable_prefix_length, "0", str)
+    return 0
+
+
+COMMANDS = {"check": _check, "logprob": _logprob, "prefix": _prefix}
 
 
 def main(argv: list[str] | None = None) -> int:

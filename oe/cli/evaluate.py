@@ -1,21 +1,11 @@
-"""``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze, scored as lm-evaluation-harness does.
+"""``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint or GPT-2.
 
     python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa
     python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt --tasks hellaswag --limit 500
     python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --output results.json
 
-For each item and choice the model reads ``context + " " + choice`` (the harness's encoding: the
-pair is tokenised whole and the context's tokens cut off its front; an empty context is the
-end-of-text token; the longest sequences are cut from the left to the model's block size). The
-score is the summed log-probability of the choice's tokens only, each predicted from the
-position before it. acc: the argmax score is the gold choice; acc_norm: the same with each
-score divided by the choice's length in characters. Both come with the standard error of the
-mean (sample standard deviation / sqrt(n)), on the full validation sets unless ``--limit``.
-
-Scoring is batched: requests are sorted by length and right-padded; with causal attention and
-positions counted from the left, padding never reaches a scored position, and only the scored
-positions go through the output head. An Over-Encoding model computes its n-gram ids over the
-whole context + choice in the same forward pass.
+Items are scored as lm-evaluation-harness does (``oe.evaluation.scoring``), on the full
+validation sets unless ``--limit``.
 """
 
 from __future__ import annotations
