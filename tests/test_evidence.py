@@ -167,11 +167,11 @@ def test_command_refuses_an_unknown_config_or_a_generation_missing_the_last_vali
 @pytest.mark.slow
 def test_end_to_end_two_kinds_one_seed_on_the_tiny_preset(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    command = [sys.executable, "-m", "oe.evidence", "cfg3f", "--minutes", "5",
+    command = [sys.executable, "-m", "oe.evidence", "cfg3f", "--minutes", "2",
                "--kinds", "baseline,oe3", "--seeds", "0",
                "--preset", "configs/presets/quick_cfg.yaml", "--preset", "configs/presets/tiny_cfg.yaml",
                "--validations", "1", "--gen-samples", "2", "--calibration-steps", "3",
-               "--min-steps", "2", "--out", str(out), "--runs-dir", str(runs)]
+               "--min-steps", "2", "--margin", "0.5", "--out", str(out), "--runs-dir", str(runs)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("evidence.md", "evidence.png", "baseline_s0.csv", "oe3_s0.csv"):
