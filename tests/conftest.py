@@ -8,15 +8,32 @@ random GPT-2 saved in HF format with a byte-level BPE tokenizer.json.
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from datamodules.wikitext import train_bpe
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 from oe.training.lm import LanguageModel, OptimizerConfig
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_left_behind():
+    """Each test starts without a process group or the variables a rendezvous leaves.
+
+    A strategy that trains in this process sets MASTER_PORT and keeps its TCP store listening;
+    a later test that launches ranks of its own would inherit the port and find it taken.
+    """
+    environ = dict(os.environ)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def tiny_backbone(**fields) -> BackboneConfig:

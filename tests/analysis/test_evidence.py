@@ -14,7 +14,7 @@ from oe.analysis.evidence import (CONTRADICTS, PAPER_TARGET_TOKENS, SUPPORTS, UN
                                   order_verdict, plan_steps, render_markdown, value_at_tokens,
                                   warmup_for)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def spread(*values: float) -> Spread:
