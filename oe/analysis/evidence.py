@@ -1,7 +1,7 @@
 """What ``python -m oe.evidence`` (``oe.cli.evidence``) computes from the runs it trained.
 
 - Sizing: the steps per run that fit a wall-clock budget, from a short calibration run
-  (``plan_steps``), refused with ``EvidenceError`` when too few steps fit.
+  (``steps_in_budget``), refused with ``EvidenceError`` when too few steps fit.
 - Reading: a run's CSV history, each validation metric against ``train/tokens`` (the target tokens
   of all ranks trained on so far), and values at equal tokens (``value_at_tokens``).
 - Spread over seeds: mean, min and max (``Spread``); the paper's claims as verdicts
@@ -52,8 +52,8 @@ class Calibration:
     validation_seconds: float   # one validation with its generation
 
 
-def plan_steps(budget_seconds: float, runs: int, validations: int, calibration: Calibration,
-               margin: float, min_steps: int, generations: int | None = None) -> int:
+def steps_in_budget(budget_seconds: float, runs: int, validations: int, calibration: Calibration,
+                    margin: float, min_steps: int, generations: int | None = None) -> int:
     """Steps per run, a multiple of ``validations``, so that ``runs`` runs fit ``budget_seconds``
     (what is left of --minutes after the calibration).
 
@@ -62,7 +62,7 @@ def plan_steps(budget_seconds: float, runs: int, validations: int, calibration: 
     ``generations``: how many of the validations generate samples (default: all).
     """
     if runs < 1 or validations < 1 or not 0 < margin <= 1:
-        raise EvidenceError("plan_steps needs runs >= 1, validations >= 1 and 0 < margin <= 1")
+        raise EvidenceError("steps_in_budget needs runs >= 1, validations >= 1 and 0 < margin <= 1")
     generations = validations if generations is None else generations
     per_run = budget_seconds / runs
     # a validation without generation costs about a training step (a forward of its sentences)

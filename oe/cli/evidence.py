@@ -3,12 +3,12 @@
 Trains the cfg3f kinds one after another on this device, each seed of each kind for the same
 number of steps (so the same sentences and tokens per seed), sized to fit M minutes of wall clock:
 a short calibration of the most expensive kind times a step, a validation and the start-up, and
-the steps per run follow (``oe.analysis.evidence.plan_steps``); a budget too small for a meaningful
+the steps per run follow (``oe.analysis.evidence.steps_in_budget``); a budget too small for a meaningful
 run is refused before anything trains. Each run is ``python -m oe.fit --config
 configs/cfg_<kind>.yaml --config <presets> ...`` in a subprocess, with a cosine schedule over
 exactly its steps, validation on the same sentences at fixed step intervals and generation at
 each validation. A run folder with ``finished.json`` is not run again, and the steps chosen are
-kept in ``<runs-dir>/plan.json``, so an interrupted set resumes with the same steps.
+kept in ``<runs-dir>/sizing.json``, so an interrupted set resumes with the same steps.
 
 Writes into ``--out``: each run's ``metrics.csv`` (as ``<kind>_s<seed>.csv``), ``evidence.png``
 (excess loss on a log axis, generation accuracy and viable prefix against tokens, a band over the
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METRICS, TOKENS,
-                                  final_spreads, plan_steps, plot_evidence, render_markdown,
+                                  final_spreads, steps_in_budget, plot_evidence, render_markdown,
                                   schedule_end, warmup_for)
 from oe.analysis.plot import read_csv_history
 
@@ -113,18 +113,18 @@ def calibrate(config: str, presets: list[str], run_dir: Path, steps: int, batch_
     return Calibration(seconds_per_step, startup, validation)
 
 
-def load_or_make_plan(path: Path, request: dict, make) -> dict:
-    """The plan saved for this set of runs, or a new one; a different request is an error."""
+def load_or_make_sizing(path: Path, request: dict, make) -> dict:
+    """The sizing saved for this set of runs, or a new one; a different request is an error."""
     if path.exists():
-        plan = json.loads(path.read_text())
-        if plan["request"] != request:
-            raise EvidenceError(f"{path} was planned for {plan['request']}, not {request}; use "
+        sizing = json.loads(path.read_text())
+        if sizing["request"] != request:
+            raise EvidenceError(f"{path} was sized for {sizing['request']}, not {request}; use "
                                 f"another --runs-dir or delete it")
-        return plan
-    plan = {"request": request, **make()}
+        return sizing
+    sizing = {"request": request, **make()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan, indent=2))
-    return plan
+    path.write_text(json.dumps(sizing, indent=2))
+    return sizing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: 1)")
     parser.add_argument("--calibration-steps", type=int, default=10)
     parser.add_argument("--margin", type=float, default=0.85,
-                        help="share of each run's time after fixed costs planned for training")
+                        help="share of each run's time after fixed costs given to training")
     parser.add_argument("--min-steps", type=int, default=20,
                         help="refuse a budget that gives fewer steps per run")
     args = parser.parse_args(argv)
@@ -191,13 +191,13 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
                "presets": args.preset, "minutes": args.minutes, "validations": args.validations,
                "gen_samples": args.gen_samples, "gen_every": args.gen_every}
 
-    def make_plan() -> dict:
+    def make_sizing() -> dict:
         print(f"calibrating on {costliest}: {args.calibration_steps} steps and one validation",
               flush=True)
         calibration = calibrate(configs[costliest], args.preset, runs_dir / "calibration",
                                 args.calibration_steps, batch_size, args.gen_samples)
         left = budget - (time.time() - started)
-        steps = plan_steps(left, len(kinds) * len(seeds), args.validations, calibration,
+        steps = steps_in_budget(left, len(kinds) * len(seeds), args.validations, calibration,
                            args.margin, args.min_steps,
                            (args.validations - 1) // args.gen_every + 1)
         print(f"calibration: {calibration.seconds_per_step:.2f} s/step, start-up "
@@ -205,8 +205,8 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
               f" s; {steps} steps per run", flush=True)
         return {"steps": steps, "calibration": vars(calibration)}
 
-    plan = load_or_make_plan(runs_dir / "plan.json", request, make_plan)
-    steps = plan["steps"]
+    sizing = load_or_make_sizing(runs_dir / "sizing.json", request, make_sizing)
+    steps = sizing["steps"]
     total = len(kinds) * len(seeds)
     for index, (kind, seed) in enumerate(((k, s) for k in kinds for s in seeds), start=1):
         run_dir = runs_dir / f"{kind}_s{seed}"

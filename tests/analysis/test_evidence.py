@@ -11,7 +11,7 @@ import pytest
 from oe.analysis.evidence import (CONTRADICTS, PAPER_TARGET_TOKENS, SUPPORTS, UNDECIDED,
                                   Calibration, EvidenceError, Spread, budget_share, chain_verdict,
                                   common_tokens, curve_against_tokens, final_spreads, judge_claims,
-                                  order_verdict, plan_steps, render_markdown, value_at_tokens,
+                                  order_verdict, steps_in_budget, render_markdown, value_at_tokens,
                                   warmup_for)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,26 +73,26 @@ def test_judge_claims_on_constructed_finals():
 
 # -- sizing, budget share --------------------------------------------------------------------------
 
-def test_plan_steps_fits_the_budget_and_is_a_multiple_of_the_validations():
+def test_steps_in_budget_fits_the_budget_and_is_a_multiple_of_the_validations():
     calibration = Calibration(seconds_per_step=0.5, startup_seconds=20, validation_seconds=10)
-    steps = plan_steps(600, runs=4, validations=4, calibration=calibration, margin=0.8, min_steps=10)
+    steps = steps_in_budget(600, runs=4, validations=4, calibration=calibration, margin=0.8, min_steps=10)
     # 150 s per run - 20 - 40 = 90 s; 0.8 * 90 / 0.5 = 144 steps
     assert steps == 144
     assert 4 * (20 + 4 * 10 + steps * 0.5) <= 600
 
 
-def test_plan_steps_counts_validations_without_generation_as_a_step():
+def test_steps_in_budget_counts_validations_without_generation_as_a_step():
     calibration = Calibration(seconds_per_step=0.5, startup_seconds=20, validation_seconds=10)
     # 150 s per run - 20 - 2 generating validations (20 s) - 2 others (1 s) = 109 s; 0.8 * 109 / 0.5
-    steps = plan_steps(600, runs=4, validations=4, calibration=calibration, margin=0.8,
+    steps = steps_in_budget(600, runs=4, validations=4, calibration=calibration, margin=0.8,
                        min_steps=10, generations=2)
     assert steps == 172
 
 
-def test_plan_steps_refuses_a_budget_too_small():
+def test_steps_in_budget_refuses_a_budget_too_small():
     calibration = Calibration(seconds_per_step=2.0, startup_seconds=20, validation_seconds=10)
     with pytest.raises(EvidenceError, match="too small: 1.0 minutes for 2 run.*at least 20"):
-        plan_steps(60, runs=2, validations=2, calibration=calibration, margin=0.85, min_steps=20)
+        steps_in_budget(60, runs=2, validations=2, calibration=calibration, margin=0.85, min_steps=20)
 
 
 def test_warmup_is_a_tenth_of_a_short_run_and_the_configured_one_otherwise():
@@ -177,7 +177,7 @@ def test_end_to_end_two_kinds_one_seed_on_the_tiny_preset(tmp_path):
     for name in ("evidence.md", "evidence.png", "baseline_s0.csv", "oe3_s0.csv"):
         assert (out / name).is_file(), name
     assert "| OE-3 < OE-2 < baseline in loss | cannot decide |" in (out / "evidence.md").read_text()
-    # resumable: finished runs are kept, the plan is reused
+    # resumable: finished runs are kept, the sizing is reused
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "finished before, kept" in again.stdout
 
