@@ -1,10 +1,16 @@
 """Checkpoints of a model with n-gram tables: the format, its checks, export, and loading for evaluation.
 
 A training checkpoint ``X.ckpt`` is Lightning's dense state (written by rank 0) plus, when the
-tables are sharded, ``X.ckpt.tables/``: every rank's rows and their fused-optimiser state,
+tables are sharded, a table folder beside it: every rank's rows and their fused-optimiser state,
 written with torch.distributed.checkpoint (DCP), which reshards on load. Its entry ``TABLE_KEY``
 is the tables' signature (vocabulary, orders, k, moduli, widths, optimiser); a checkpoint is
 loaded only into a model whose signature is the same.
+
+Saving is atomic (``oe.distributed.strategy``): each save writes a table folder of its own,
+``X.ckpt.tables.<step>.<id>``, and then ``X.ckpt`` under a temporary name, renamed over the
+previous one once complete. ``X.ckpt`` names its folder (``TABLE_DIR_KEY``) and the folder names
+its file and step (``PAIR_FILE``), so a load never pairs the rows of one step with the weights of
+another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
 
 ``single_device_checkpoint`` turns such a checkpoint into one plain state dict (every table row,
 no optimiser state) that loads in one process; ``load_for_evaluation`` builds the network of any
@@ -16,6 +22,10 @@ that offers it (``TokenizerRecord``), so that evaluation reads text the same way
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.distributed.embedding import ShardedEmbeddingCollection
@@ -33,15 +44,148 @@ from oe.models.gpt import GPT
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
+TABLE_DIR_KEY = "table_dir"  # the checkpoint's entry naming its table folder (beside the file)
+PAIR_FILE = "pair.json"  # in a table folder: the checkpoint file and step it belongs to
 MODEL_PREFIX = "model."  # the GPT's keys in the LightningModule's state dict
 # What an exported checkpoint keeps beside the weights: enough to rebuild and to read text.
 KEPT = ("hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step",
         "datamodule_hyper_parameters", TABLE_KEY, TOKENIZER_KEY)
 
 
-def table_dir(checkpoint_path: str | Path) -> Path:
-    """Where the tables of checkpoint ``checkpoint_path`` live."""
-    return Path(f"{checkpoint_path}.tables")
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written; the previous one is kept."""
+
+
+# -- reading a checkpoint file, with one clear error for each way it can be wrong -----------
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path`` (on the CPU), or one CheckpointError naming the file.
+
+    ``mmap``: map the tensors instead of reading them (for checks that look at the entries only).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; expected a .ckpt file "
+                              f"(a table folder is read through its .ckpt file)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was never written in full")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint (not a torch.save "
+                              f"zip archive): truncated, or another kind of file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, OSError,
+            AttributeError, ModuleNotFoundError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}): truncated or "
+                              f"corrupt") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict); "
+                              f"expected a checkpoint written by oe fit")
+    return checkpoint
+
+
+def table_dir(checkpoint_path: str | Path, checkpoint: Mapping[str, Any] | None = None) -> Path:
+    """Where the tables of checkpoint ``checkpoint_path`` live: the folder it records.
+
+    ``checkpoint``: the checkpoint's entries when already read; otherwise the file is read (mapped)
+    when it exists. Checkpoints that record no folder keep their tables in ``X.ckpt.tables``.
+    """
+    path = Path(checkpoint_path)
+    if checkpoint is None and path.is_file():
+        try:
+            checkpoint = read_checkpoint(path, mmap=True)
+        except CheckpointError:
+            checkpoint = None
+    recorded = checkpoint.get(TABLE_DIR_KEY) if checkpoint is not None else None
+    return path.parent / recorded if recorded else Path(f"{path}.tables")
+
+
+def check_table_files(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
+    """The table folder of ``checkpoint`` (read from ``path``), checked complete and its own.
+
+    One CheckpointError if the folder is missing, unfinished, written for another checkpoint or
+    step, or a shard it lists is missing or shorter than recorded.
+    """
+    directory = table_dir(path, checkpoint)
+    if not (directory / ".metadata").is_file():
+        raise CheckpointError(f"checkpoint {path}: its table folder {directory} is missing or "
+                              f"incomplete (no .metadata)")
+    pair = directory / PAIR_FILE
+    if TABLE_DIR_KEY in checkpoint:
+        try:
+            owner = json.loads(pair.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path}: its table folder {directory} has no "
+                                  f"readable {PAIR_FILE} ({err})") from err
+        expected = {"checkpoint": Path(path).name, "global_step": checkpoint.get("global_step")}
+        if owner != expected:
+            raise CheckpointError(f"checkpoint {path}: its table folder {directory} belongs to "
+                                  f"{owner}, expected {expected}; the pair is mixed")
+    try:
+        metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    except Exception as err:  # noqa: BLE001 -- whatever unpickling a damaged file raises
+        raise CheckpointError(f"checkpoint {path}: the table index {directory / '.metadata'} "
+                              f"cannot be read ({type(err).__name__}); the table folder is corrupt") from err
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = str(info.relative_path)
+        needed[name] = max(needed.get(name, 0), int(info.offset) + int(info.length))
+    for name, size in sorted(needed.items()):
+        shard = directory / name
+        if not shard.is_file():
+            raise CheckpointError(f"checkpoint {path}: table shard {shard} is missing")
+        if shard.stat().st_size < size:
+            raise CheckpointError(f"checkpoint {path}: table shard {shard} is truncated "
+                                  f"({shard.stat().st_size} bytes, {size} expected)")
+    return directory
+
+
+def load_table_files(state: dict[str, Any], path: str | Path, checkpoint: Mapping[str, Any]) -> None:
+    """Fill ``state`` in place from the table folder of ``checkpoint``; CheckpointError if corrupt."""
+    directory = check_table_files(path, checkpoint)
+    try:
+        dcp.load(state, checkpoint_id=str(directory))
+    except Exception as err:  # noqa: BLE001 -- DCP wraps each rank's failure in its own type
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"checkpoint {path}: the tables in {directory} cannot be read "
+                              f"({type(err).__name__}: {first[-1] if first else ''}); a shard "
+                              f"is corrupt") from err
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the target, renamed over it once complete.
+
+    A kill or a full disk leaves the previous file as it was (and at worst a ``.X.tmp`` file,
+    removed by the next save); a failed write is one CheckpointWriteError.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        path = Path(path)
+        writing = temporary_name(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(writing, "wb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(writing, path)
+        except OSError as err:
+            writing.unlink(missing_ok=True)
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CheckpointWriteError(f"could not write checkpoint {path}: {err}{kept}") from err
+
+
+def temporary_name(path: Path) -> Path:
+    """Where ``path`` is written before it is complete (a hidden name no loader picks up)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 # -- the tables' signature and state ----------------------------------------------------------
@@ -54,6 +198,7 @@ def table_signature(module: nn.Module) -> dict[str, dict]:
             "orders": sorted(owner.config.orders),
             "k": owner.config.k,
             "modulus": owner.config.modulus,
+            "hash": owner.config.hash,
             "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
             "table_optimizer": table_optimizer(owner.config),
         }
@@ -124,18 +269,19 @@ def check_tables(checkpoint: Mapping[str, Any], module: nn.Module, path: str | P
         saved = theirs.get(prefix)
         if saved is None:
             raise ValueError(f"checkpoint {path} has no tables for {prefix}")
+        saved = {"hash": "polynomial", **saved}  # written before there were other hash families
         diff = [f"{key}: checkpoint {saved.get(key)!r}, model {value!r}"
                 for key, value in mine.items() if saved.get(key) != value]
         if diff:
             raise ValueError(
                 f"checkpoint {path} was written for other n-gram tables ({'; '.join(diff)}); "
-                "model.over_encoding (orders, k, modulus, table_optimizer) and data.vocab_size "
+                "model.over_encoding (orders, k, modulus, hash, table_optimizer) and data.vocab_size "
                 "must match the checkpoint"
             )
-    if TABLE_KEY in checkpoint and not (table_dir(path) / ".metadata").is_file() and not any(
+    if TABLE_KEY in checkpoint and not any(
         k.startswith(tuple(f"{p}." for p in ours)) for k in checkpoint.get("state_dict", {})
     ):
-        raise ValueError(f"checkpoint {path}: its table directory {table_dir(path)} is missing")
+        check_table_files(path, checkpoint)
 
 
 # -- export: one process, every row -----------------------------------------------------------
@@ -148,21 +294,19 @@ def read_tables(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     Runs in one process, no process group needed.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     if TABLE_KEY not in checkpoint:
-        raise ValueError(f"checkpoint {path} has no sharded n-gram tables ({TABLE_KEY!r} missing)")
-    directory = table_dir(path)
-    if not (directory / ".metadata").is_file():
-        raise ValueError(f"checkpoint {path}: its table directory {directory} is missing")
+        raise CheckpointError(f"checkpoint {path} has no sharded n-gram tables ({TABLE_KEY!r} missing)")
+    directory = check_table_files(path, checkpoint)
     metadata = dcp.FileSystemReader(str(directory)).read_metadata()
     tensors = {
         key: torch.empty(meta.size, dtype=meta.properties.dtype)
         for key, meta in metadata.state_dict_metadata.items()
         if isinstance(meta, TensorStorageMetadata)
     }
-    dcp.load(tensors, checkpoint_id=str(directory))
+    load_table_files(tensors, path, checkpoint)
     return checkpoint, tensors
 
 

@@ -3,9 +3,15 @@
 The model shards its tables in ``configure_model`` (``oe.distributed.parallelize``) and names their
 parameters in ``_ddp_params_and_buffers_to_ignore``, so DDP averages only the dense gradients.
 Lightning's own checkpointing would keep rank 0's file alone, losing every other rank's rows; here
-a checkpoint ``X.ckpt`` is the dense state (written by rank 0, as usual) plus ``X.ckpt.tables/``,
+a checkpoint ``X.ckpt`` is the dense state (written by rank 0, as usual) plus a table folder,
 every rank's rows and fused-optimiser state written with torch.distributed.checkpoint (DCP).
 DCP reshards on load, so a checkpoint from W ranks resumes on any number of ranks.
+
+A save is atomic: every rank writes into a new folder ``X.ckpt.tables.<step>.<id>.tmp``, renamed
+without ``.tmp`` once DCP has written its index; then rank 0 writes ``X.ckpt`` (naming that
+folder) under a temporary name and renames it over the previous one; only then are the previous
+folder and any leftovers of interrupted saves removed. A kill at any moment leaves either the old
+pair or the new one, both complete.
 
 Before anything is loaded the checkpoint's tables (vocabulary, orders, k, moduli, widths,
 optimiser) are compared with the model's: a mismatch is one ValueError and the model is left as
@@ -14,17 +20,42 @@ it was. The format and its checks live in ``oe.distributed.checkpoint``.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
-from oe.distributed.checkpoint import (TABLE_KEY, check_tables, load_full_tables, load_table_state,
-                                      table_dir, table_signature, table_state)
+from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, AtomicCheckpointIO,
+                                      CheckpointWriteError, check_tables, load_full_tables,
+                                      load_table_files, load_table_state, read_checkpoint,
+                                      table_signature, table_state)
 from oe.distributed.parallelize import sharded_collections, table_owners
+
+
+def _leftovers(filepath: Path, keep: str | None) -> list[Path]:
+    """Table folders and temporary files of ``filepath`` other than the folder ``keep``."""
+    folders = [p for p in filepath.parent.glob(f"{filepath.name}.tables*") if p.name != keep]
+    partial = list(filepath.parent.glob(f".{filepath.name}.*.tmp"))
+    return [*folders, *partial]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _holds_meta_tensors(module: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
 class ShardedTableStrategy(DDPStrategy):
@@ -33,8 +64,10 @@ class ShardedTableStrategy(DDPStrategy):
     strategy_name = "ddp_sharded_tables"
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
         super().__init__(**kwargs)
         self._loading_from: str | None = None
+        self._loaded: Mapping[str, Any] | None = None
 
     def _table_prefixes(self) -> tuple[str, ...]:
         return tuple(f"{p}." for p in sharded_collections(self.lightning_module))
@@ -46,28 +79,68 @@ class ShardedTableStrategy(DDPStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
                         storage_options: Any | None = None) -> None:
-        module = self.lightning_module
-        directory = table_dir(filepath)
-        if self.is_global_zero and directory.exists():
-            shutil.rmtree(directory)  # files of an earlier save, perhaps from more ranks
-        self.barrier("ShardedTableStrategy.save_checkpoint")
-        dcp.save(table_state(module), checkpoint_id=str(directory))
+        module, filepath = self.lightning_module, Path(filepath)
+        step = checkpoint.get("global_step")
+        # One name on every rank: rank 0's.
+        name = self.broadcast(f"{filepath.name}.tables.{step}.{uuid.uuid4().hex[:8]}")
+        final = filepath.parent / name
+        writing = final.with_name(f"{name}.tmp")
+        try:
+            if self.is_global_zero:
+                writing.mkdir(parents=True, exist_ok=False)
+            self.barrier("ShardedTableStrategy.save_checkpoint")
+            dcp.save(table_state(module), checkpoint_id=str(writing))  # collective: all or none
+            if self.is_global_zero:
+                pair = {"checkpoint": filepath.name, "global_step": step}
+                (writing / PAIR_FILE).write_text(json.dumps(pair))
+                os.replace(writing, final)
+        except Exception as err:
+            if self.is_global_zero:
+                _remove([writing])
+            if isinstance(err, CheckpointWriteError):
+                raise
+            kept = f"; the previous {filepath.name} is kept" if filepath.exists() else ""
+            raise CheckpointWriteError(
+                f"could not write the tables of checkpoint {filepath} into {writing}: "
+                f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}{kept}"
+            ) from err
         checkpoint[TABLE_KEY] = table_signature(module)
-        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        checkpoint[TABLE_DIR_KEY] = name
+        try:
+            super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        except CheckpointWriteError:
+            if self.is_global_zero:
+                _remove([final])
+            raise
+        if self.is_global_zero:
+            _remove(_leftovers(filepath, keep=name))  # the previous pair is replaced only now
 
     def remove_checkpoint(self, filepath: str | Path) -> None:
         super().remove_checkpoint(filepath)
         if self.is_global_zero:
-            shutil.rmtree(table_dir(filepath), ignore_errors=True)
+            _remove(_leftovers(Path(filepath), keep=None))
+
+    def teardown(self) -> None:
+        # A run that failed before its tables were sharded still holds them on the meta device;
+        # moving those to the CPU would raise and hide the error that ended the run.
+        module = self.lightning_module
+        if module is not None and _holds_meta_tensors(module):
+            module.cpu = lambda: module._apply(lambda t: t if t.is_meta else t.cpu())  # type: ignore[method-assign]
+            try:
+                super().teardown()
+            finally:
+                del module.cpu
+            return
+        super().teardown()
 
     def load_checkpoint(self, checkpoint_path: str | Path,
                         weights_only: bool | None = None) -> dict[str, Any]:
         # A run's own checkpoint: its hyper-parameters are pickled config dataclasses, which
         # torch.load's default weights_only=True refuses.
-        weights_only = False if weights_only is None else weights_only
-        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        checkpoint = read_checkpoint(checkpoint_path)
         check_tables(checkpoint, self.lightning_module, checkpoint_path)
         self._loading_from = str(checkpoint_path)
+        self._loaded = checkpoint
         return checkpoint
 
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
@@ -92,6 +165,6 @@ class ShardedTableStrategy(DDPStrategy):
             load_full_tables(module, full)
             return None
         state = table_state(module)
-        dcp.load(state, checkpoint_id=str(table_dir(self._loading_from)))
+        load_table_files(state, self._loading_from, self._loaded or checkpoint)
         load_table_state(module, state)
         return None

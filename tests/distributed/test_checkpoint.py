@@ -38,11 +38,12 @@ def test_a_checkpoint_of_other_tables_is_refused(other: dict, field: str, tmp_pa
     with pytest.raises(ValueError, match=f"{field}: checkpoint"):
         check_tables(checkpoint, model, path)
     ours = {TABLE_KEY: table_signature(_model()), "state_dict": {}}
-    with pytest.raises(ValueError, match="table directory .* is missing"):
+    with pytest.raises(ValueError, match="table folder .* is missing"):
         check_tables(ours, model, path)
     (tmp_path / "x.ckpt.tables").mkdir()
     (tmp_path / "x.ckpt.tables" / ".metadata").touch()
-    check_tables(ours, model, path)
+    with pytest.raises(ValueError, match="table index .* cannot be read"):
+        check_tables(ours, model, path)
 
 
 class _Tokens(L.LightningDataModule):

@@ -1,0 +1,126 @@
+"""Atomic checkpoints of sharded tables: a failed save keeps the previous pair; a bad pair is one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+import oe.distributed.checkpoint as checkpoint_module
+import oe.distributed.strategy as strategy_module
+from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, CheckpointError,
+                                       CheckpointWriteError, check_table_files, read_checkpoint,
+                                       read_tables, table_dir)
+from oe.distributed.strategy import ShardedTableStrategy
+from oe.models.embedding import OverEncodingConfig, deferred_ngram_tables
+from tests.conftest import tiny_language_model
+
+VOCAB = 11
+
+
+class _Tokens(L.LightningDataModule):
+    def train_dataloader(self) -> DataLoader:
+        rows = torch.randint(1, VOCAB, (8, 2, 13), generator=torch.Generator().manual_seed(2))
+        return DataLoader([{"input_ids": r} for r in rows], batch_size=None)
+
+
+def _model():
+    with deferred_ngram_tables():
+        return tiny_language_model(VOCAB, OverEncodingConfig(orders=[2, 3], k=2, modulus=101,
+                                                             shard_tables=True))
+
+
+def _fit(root: Path, steps: int, ckpt_path: str | None = None) -> L.Trainer:
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
+                        strategy=ShardedTableStrategy(), enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root,
+                        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True,
+                                                   save_top_k=0, every_n_train_steps=2)])
+    trainer.fit(_model(), datamodule=_Tokens(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def _step(path: Path) -> int:
+    return read_checkpoint(path)["global_step"]
+
+
+def test_a_save_replaces_the_pair_and_leaves_nothing_else(tmp_path) -> None:
+    _fit(tmp_path, 4)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(last)
+    assert checkpoint["global_step"] == 4
+    folder = table_dir(last)
+    assert folder.name == checkpoint[TABLE_DIR_KEY] and folder.name.startswith("last.ckpt.tables.4.")
+    assert json.loads((folder / PAIR_FILE).read_text()) == {"checkpoint": "last.ckpt", "global_step": 4}
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", folder.name]
+    assert check_table_files(last, checkpoint) == folder
+    read_tables(last)  # the export path reads the recorded folder
+
+
+@pytest.mark.parametrize("what", ["tables", "main file"])
+def test_a_failed_save_keeps_the_previous_checkpoint(what: str, tmp_path, monkeypatch) -> None:
+    calls = {"n": 0}
+    real = strategy_module.dcp.save if what == "tables" else checkpoint_module.torch.save
+
+    def second_fails(*args, **kwargs):
+        if what == "main file" and not (isinstance(args[0], dict) and "state_dict" in args[0]):
+            return real(*args, **kwargs)  # DCP's own writes of the tables
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    if what == "tables":
+        monkeypatch.setattr(strategy_module.dcp, "save", second_fails)
+    else:
+        monkeypatch.setattr(checkpoint_module.torch, "save", second_fails)
+    with pytest.raises(CheckpointWriteError, match="No space left on device.*previous last.ckpt is kept"):
+        _fit(tmp_path, 6)
+    monkeypatch.undo()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert _step(last) == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", table_dir(last).name]
+    check_table_files(last, read_checkpoint(last))
+    _fit(tmp_path / "resumed", 4, ckpt_path=str(last))  # and it resumes
+
+
+def test_bad_pairs_and_files_are_one_clear_error(tmp_path) -> None:
+    _fit(tmp_path, 2)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(last)
+    folder = table_dir(last)
+    other = last.parent / "other.ckpt"
+    shutil.copy(last, other)  # a file whose folder records another checkpoint
+    with pytest.raises(CheckpointError, match="belongs to .*the pair is mixed"):
+        check_table_files(other, read_checkpoint(other))
+    shard = next(folder.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="table shard .* is truncated"):
+        check_table_files(last, checkpoint)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="table shard .* is missing"):
+        check_table_files(last, checkpoint)
+    shutil.rmtree(folder)
+    with pytest.raises(CheckpointError, match="table folder .* is missing"):
+        check_table_files(last, checkpoint)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[:1000])
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    for path, message in [(truncated, "truncated"), (empty, "is empty"),
+                          (foreign, "not a Lightning checkpoint"), (text, "not a PyTorch checkpoint"),
+                          (tmp_path, "is a directory"), (tmp_path / "none.ckpt", "does not exist")]:
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint(path)
