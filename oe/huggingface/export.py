@@ -1,0 +1,232 @@
+"""A checkpoint of ``oe fit`` as a Hugging Face model directory (``oe export --format hf``).
+
+A baseline (token embedding, GPT-2 backbone, no extra heads) becomes a plain GPT-2
+(``oe.models.pretrained.save_gpt2``): ``AutoModelForCausalLM.from_pretrained(OUT)`` loads it.
+Any other kind that ``build_model`` builds from its hyper-parameters alone (Over-Encoding,
+Over-Decoding / MTP heads, both) becomes a directory of its own ``model_type`` (``oe_gpt``),
+loaded with ``trust_remote_code=True`` through ``oe.huggingface.modeling`` (``oe`` installed).
+Either way the tokenizer goes along (``tokenizer.json`` and ``tokenizer_config.json``:
+``AutoTokenizer.from_pretrained(OUT)``).
+
+The weights of an ``oe_gpt`` directory are safetensors shards with an index: the dense part in
+one file, every n-gram table in a file of its own. Tables of a row-wise sharded checkpoint are
+read from its table directory one at a time (torch.distributed.checkpoint gathers each from every
+rank's shard files), written, and dropped, so the export never holds more than the dense part and
+one table; a plain checkpoint is memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+
+from oe.distributed.checkpoint import MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, table_dir
+from oe.models.build import build_arguments, build_model, model_kind
+from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
+from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
+
+REMOTE_CODE_FILE = "modeling_oe.py"
+INDEX_FILE = "model.safetensors.index.json"
+EOT = "<|endoftext|>"
+_REMOTE_CODE = '''"""An exported oe model: its classes live in the installed oe package (pip install oe)."""
+
+from oe.huggingface.modeling import OEConfig, OEForCausalLM  # noqa: F401
+'''
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, tensors memory-mapped (a large plain table is not read whole)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of oe fit (no hyper_parameters or state_dict)")
+    return checkpoint
+
+
+def inference_arguments(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``build_model``'s arguments for the checkpoint's network: its own shape, no pretrained source."""
+    arguments = build_arguments(checkpoint["hyper_parameters"], where=f"{path}: model")
+    arguments.update(pretrained=None, freeze_backbone=False)
+    return arguments
+
+
+def kind_of(arguments: dict[str, Any]) -> str:
+    return model_kind(arguments.get("over_encoding"), arguments.get("frequent_ngrams"),
+                      arguments.get("heads"))
+
+
+def is_gpt2(arguments: dict[str, Any]) -> bool:
+    """Whether the network is exactly GPT-2: token embedding, biases, tied head, no extra heads."""
+    backbone = arguments.get("backbone")
+    heads = arguments.get("heads")
+    return (arguments.get("over_encoding") is None and arguments.get("frequent_ngrams") is None
+            and (heads is None or heads.empty)
+            and (backbone is None or (backbone.bias and backbone.tie_embeddings)))
+
+
+def check_expressible(arguments: dict[str, Any]) -> None:
+    """One ValueError naming the kind when its network needs more than its hyper-parameters."""
+    if arguments.get("frequent_ngrams") is not None:
+        raise ValueError(
+            f"--format hf cannot express model kind {kind_of(arguments)}: the frequent n-gram "
+            "embedding is built from its mined n-gram file, which the format does not carry; "
+            "export it with --format ckpt")
+
+
+def export_hf(checkpoint_path: str | Path, out: str | Path, tokenizer: str | None = None,
+              with_tokenizer: bool = True) -> tuple[str, str]:
+    """Write the Hugging Face directory ``out`` for ``checkpoint_path``; returns the model's kind
+    (``oe.models.build.model_kind``) and the directory's model_type (``gpt2`` or ``oe_gpt``).
+
+    ``tokenizer``: a tokenizer.json, its directory or a hub id (default: the one the checkpoint
+    records). ``with_tokenizer`` False writes no tokenizer files (a model trained on token ids).
+    """
+    checkpoint = _read_checkpoint(checkpoint_path)
+    arguments = inference_arguments(checkpoint, checkpoint_path)
+    check_expressible(arguments)
+    tokenizer_object = (_tokenizer(checkpoint, checkpoint_path, tokenizer, arguments["vocab_size"])
+                        if with_tokenizer else None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpt2 = is_gpt2(arguments)
+    block_size = (_write_gpt2(checkpoint, arguments, out) if gpt2
+                  else _write_oe(checkpoint, checkpoint_path, arguments, out))
+    eot = None
+    if tokenizer_object is not None:
+        eot = tokenizer_object.token_to_id(EOT)
+        _write_tokenizer(tokenizer_object, out, block_size, eot is not None)
+    _add_token_ids(out / CONFIG_FILE, eot)
+    return kind_of(arguments), "gpt2" if gpt2 else "oe_gpt"
+
+
+# -- a baseline: GPT-2 --------------------------------------------------------------------------
+
+def _write_gpt2(checkpoint: dict[str, Any], arguments: dict[str, Any], out: Path) -> int:
+    model = build_model(**arguments).gpt
+    state = _model_state(checkpoint)
+    model.load_state_dict(state)
+    save_gpt2(model, out)
+    return model.config.block_size
+
+
+def _model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
+            if k.startswith(MODEL_PREFIX)}
+
+
+# -- any other kind: oe_gpt -----------------------------------------------------------------------
+
+def _write_oe(checkpoint: dict[str, Any], path: str | Path, arguments: dict[str, Any], out: Path) -> int:
+    from oe.huggingface.modeling import OEConfig, OEForCausalLM, model_section
+
+    section = model_section(arguments)
+    config = OEConfig(oe_model=section, architectures=["OEForCausalLM"],
+                      auto_map={"AutoConfig": "modeling_oe.OEConfig",
+                                "AutoModelForCausalLM": "modeling_oe.OEForCausalLM"})
+    with torch.device("meta"):  # names and shapes only
+        expected = {k: tuple(v.shape) for k, v in OEForCausalLM(config).state_dict().items()}
+    state = checkpoint["state_dict"]
+    tables = _table_keys(checkpoint)
+    dense = {k: state[k].contiguous() for k in expected if k not in tables and k in state}
+    missing = [k for k in expected if k not in dense and k not in tables]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing[:4])}"
+                         + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                         + f"; expected every weight of a {kind_of(arguments)} model")
+    files = ["model-dense.safetensors"]
+    weight_map = {k: "model-dense.safetensors" for k in dense}
+    _check_shapes(dense, expected, path)
+    save_file(dense, str(out / "model-dense.safetensors"), metadata={"format": "pt"})
+    del dense
+    for key, table in _tables(checkpoint, path, tables):
+        _check_shapes({key: table}, expected, path)
+        name = f"model-{key.split('.')[-2]}.safetensors"  # e.g. model-ngram2_0.safetensors
+        save_file({key: table.contiguous()}, str(out / name), metadata={"format": "pt"})
+        weight_map[key] = name
+        files.append(name)
+        del table
+    total = sum((out / name).stat().st_size for name in files)
+    (out / INDEX_FILE).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    config.save_pretrained(out)
+    (out / REMOTE_CODE_FILE).write_text(_REMOTE_CODE)
+    return section["backbone"]["block_size"]
+
+
+def _table_keys(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """Model key -> table-directory key of each n-gram table stored row-wise sharded."""
+    keys = {}
+    for prefix, signature in (checkpoint.get(TABLE_KEY) or {}).items():
+        for name, _rows, _width in signature["tables"]:
+            model_key = f"{prefix}.embeddings.{name}.weight"
+            if model_key not in checkpoint["state_dict"]:  # else exported already: plain weights
+                keys[model_key] = f"{prefix}.tables.embeddings.{name}.weight"
+    return keys
+
+
+def _tables(checkpoint: dict[str, Any], path: str | Path,
+            keys: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each sharded table, whole, one at a time (torch.distributed.checkpoint reads the rows of
+    every rank's files into the one tensor asked for)."""
+    if not keys:
+        return
+    directory = table_dir(path)
+    if not (directory / ".metadata").is_file():
+        raise ValueError(f"checkpoint {path}: its table directory {directory} is missing")
+    metadata = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    for model_key, stored in keys.items():
+        if stored not in metadata:
+            raise ValueError(f"{directory} holds no {stored}")
+        one = {stored: torch.empty(metadata[stored].size, dtype=metadata[stored].properties.dtype)}
+        dcp.load(one, checkpoint_id=str(directory))
+        yield model_key, one.pop(stored)
+
+
+def _check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple], path) -> None:
+    for key, value in tensors.items():
+        if tuple(value.shape) != expected[key]:
+            raise ValueError(f"checkpoint {path}: {key} is {tuple(value.shape)}, its model "
+                             f"expects {expected[key]}")
+
+
+# -- the tokenizer ------------------------------------------------------------------------------
+
+def _tokenizer(checkpoint: dict[str, Any], path, source: str | None, vocab_size: int):
+    record = checkpoint.get(TOKENIZER_KEY) or {}
+    source = source or record.get("tokenizer_file")
+    if source is None:
+        raise ValueError(f"{path} records no tokenizer ({TOKENIZER_KEY!r}); pass --tokenizer, or "
+                         "--without_tokenizer for a model of token ids")
+    tokenizer = load_tokenizer(source)
+    check_tokenizer_matches(tokenizer, vocab_size, f"the checkpoint {path}")
+    recorded = record.get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
+                         f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {recorded})")
+    return tokenizer
+
+
+def _write_tokenizer(tokenizer, out: Path, block_size: int, has_eot: bool) -> None:
+    """tokenizer.json as trained, read verbatim by ``PreTrainedTokenizerFast``."""
+    tokenizer.save(str(out / TOKENIZER_FILE))
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
+                              "model_max_length": block_size, "add_bos_token": False,
+                              "clean_up_tokenization_spaces": False}
+    if has_eot:  # GPT-2's one special token: beginning, end and unknown alike
+        config.update(bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def _add_token_ids(config_file: Path, eot: int | None) -> None:
+    config = json.loads(config_file.read_text())
+    if eot is not None:
+        config.update(bos_token_id=eot, eos_token_id=eot)
+    config_file.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,110 @@
+"""oe export --format hf: GPT-2 for a baseline, an oe_gpt directory for n-gram models; equal logits,
+equal generation with a key/value cache, the tokenizer along, and the way back into oe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from oe.cli.export import main as export_main
+from oe.huggingface.load import load_exported, load_model
+from oe.models.frequent_ngrams import FrequentNgramConfig
+from oe.models.heads import OutputHeadsConfig
+from oe.tokenizer import load_tokenizer
+from tests.huggingface.conftest import OE3, save_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+
+def _exported(tmp_path: Path, tokenizer_dir: Path, over_encoding, **fields) -> tuple[Path, torch.nn.Module]:
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", tokenizer_dir / "tokenizer.json", over_encoding, **fields)
+    out = tmp_path / "hf"
+    assert export_main(["--format", "hf", str(ckpt), str(out)]) == 0
+    network, _ = load_model(ckpt)
+    return out, network
+
+
+def _reference_samples(network, prompt: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """Sampling as transformers samples (softmax, one multinomial draw a step), with oe's own
+    network read whole at every step: no cache."""
+    torch.manual_seed(seed)
+    tokens = prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            probs = torch.softmax(network(tokens)[:, -1].float(), dim=-1)
+            tokens = torch.cat([tokens, torch.multinomial(probs, 1)], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("kind", ["baseline", "oe123"])
+def test_export_round_trip_logits_and_generation(kind, tmp_path, tokenizer_dir) -> None:
+    out, network = _exported(tmp_path, tokenizer_dir, OE3 if kind == "oe123" else None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == ("gpt2" if kind == "baseline" else "oe_gpt")
+    remote = kind != "baseline"
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
+    assert type(model).__name__ == ("GPT2LMHeadModel" if kind == "baseline" else "OEForCausalLM")
+    vocab = network.vocab_size
+    tokens = torch.randint(0, vocab, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, network(tokens), rtol=0, atol=1e-5)
+    # A key/value cache changes nothing: equal tokens to sampling without it, and to oe's network.
+    prompt = tokens[:1, :5]
+    sample = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=20,
+                  min_new_tokens=20)
+    torch.manual_seed(7)
+    cached = model.generate(prompt, use_cache=True, **sample)
+    torch.manual_seed(7)
+    uncached = model.generate(prompt, use_cache=False, **sample)
+    assert cached.shape == (1, 25)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, _reference_samples(network, prompt, 20, seed=7))
+    # The tokenizer reads text as the one trained with.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=remote)
+    text = "Question: How do I cut the rope?\nAnswer: Take the knife."
+    assert tokenizer(text)["input_ids"] == load_tokenizer(str(tokenizer_dir)).encode(text).ids
+    assert tokenizer.eos_token == "<|endoftext|>"
+    # Back into oe: the exported directory evaluates as the checkpoint did.
+    back, source = load_exported(out)
+    assert source == str(out / "tokenizer.json")
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(tokens), network(tokens), rtol=0, atol=1e-5)
+
+
+def test_heads_travel_with_an_over_decoding_model(tmp_path, tokenizer_dir) -> None:
+    heads = OutputHeadsConfig(od_offsets=[2], lambdas=[0.5])
+    out, network = _exported(tmp_path, tokenizer_dir, None, heads=heads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert model.heads is not None and "od" in dict(model.heads.named_children())
+    tokens = torch.randint(0, network.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, network(tokens), rtol=0, atol=1e-5)
+
+
+def test_a_kind_the_format_cannot_express_is_one_error(tmp_path, tokenizer_dir, capsys) -> None:
+    ckpt = tmp_path / "frequent.ckpt"
+    torch.save({"hyper_parameters": {"vocab_size": 320, "frequent_ngrams": FrequentNgramConfig(
+        path=str(tmp_path / "mined.jsonl"), orders=[2], top_k=1)}, "state_dict": {}}, ckpt)
+    assert export_main(["--format", "hf", str(ckpt), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "cannot express model kind frequent12" in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_checkpoint_without_a_tokenizer(tmp_path, tokenizer_dir, capsys) -> None:
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", tokenizer_dir / "tokenizer.json", OE3)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    del checkpoint["tokenizer"]
+    torch.save(checkpoint, ckpt)
+    assert export_main(["--format", "hf", str(ckpt), str(tmp_path / "a")]) == 2
+    assert "records no tokenizer" in capsys.readouterr().err
+    assert export_main(["--format", "hf", "--without_tokenizer", str(ckpt), str(tmp_path / "b")]) == 0
+    assert not (tmp_path / "b" / "tokenizer.json").exists()
+    with pytest.raises(ValueError, match="has no tokenizer .*tokenizer=PATH"):
+        load_model(tmp_path / "b")
+    assert export_main(["--format", "hf", "--tokenizer", str(tokenizer_dir), str(ckpt),
+                        str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "tokenizer.json").is_file()
