@@ -5,7 +5,12 @@ Over a window of ``every_n_steps`` training batches, for each order n:
 - ``ngram/order{n}/ngrams_per_row``: distinct n-grams seen per touched row; 1.0 means no
   collision in the window, 2.0 means rows are shared by two n-grams on average;
 - ``ngram/order{n}/norm_ratio``: mean over positions of |n-gram contribution of order n| /
-  |1-gram embedding| (both before the final 1/(1+k|orders|) scaling).
+  |1-gram embedding| (both before the final 1/(1+k|orders|) scaling and any gate; the tables of
+  the first injection layer).
+
+and for each table, by hash family and head (the table name reads order and head):
+- ``ngram/{family}/{table}/rows_touched`` and ``ngram/{family}/{table}/ngrams_per_row``, e.g.
+  ``ngram/multiply_xor/ngram3_1/ngrams_per_row``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import lightning as L
 import torch
 
 from oe.models.embedding import OverEncoding
-from oe.models.ngram import KEY_MODULUS, ngram_ids
+from oe.models.ngram import KEY_MODULUS, hashed_ids, ngram_ids
 
 
 class NgramTableStats(L.Callback):
@@ -59,8 +64,8 @@ class NgramTableStats(L.Callback):
         doc_ids = None if doc_ids is None else doc_ids[:, :-1]
         real = tokens != embedding.pad_id
         for t in embedding.tables:
-            rows = ngram_ids(tokens, t.order, embedding.vocab_size, t.modulus, embedding.pad_id,
-                             doc_ids)[real]
+            rows = hashed_ids(tokens, t.hash, embedding.vocab_size, embedding.pad_id,
+                              doc_ids)[real]
             keys = ngram_ids(tokens, t.order, embedding.vocab_size, KEY_MODULUS,
                              embedding.pad_id, doc_ids)[real]
             self._rows[t.name].append(torch.unique(rows))
@@ -75,9 +80,10 @@ class NgramTableStats(L.Callback):
         if slices is None:
             return
         unigram = embedding.token(tokens).norm(dim=-1)[real]
+        first = embedding.tables_of(embedding.layers[0])
         start = 0
         for order in sorted(embedding.config.orders):
-            width = sum(t.width for t in embedding.tables if t.order == order)
+            width = sum(t.width for t in first if t.order == order)
             part = slices[..., start : start + width]
             if embedding.projection is not None:
                 part = part @ embedding.projection.weight[:, start : start + width].T
@@ -98,4 +104,10 @@ class NgramTableStats(L.Callback):
             if self._ratios[order]:
                 ratios = self._ratios[order]
                 pl_module.log(f"{prefix}/norm_ratio", sum(ratios) / len(ratios))
+        for t in embedding.tables:
+            touched = int(torch.unique(torch.cat(self._rows[t.name])).numel())
+            pairs = int(torch.unique(torch.cat(self._pairs[t.name]), dim=0).shape[0])
+            prefix = f"ngram/{t.hash.family}/{t.name}"
+            pl_module.log(f"{prefix}/rows_touched", float(touched))
+            pl_module.log(f"{prefix}/ngrams_per_row", pairs / max(touched, 1))
         self._reset()

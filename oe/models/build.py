@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
+from oe.models.embedding import (OverEncoding, OverEncodingConfig, TokenEmbedding,
+                                 check_over_encoding)
 from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.models.gpt import GPT, BackboneConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig
@@ -79,6 +80,8 @@ def build_model(
                          f"not {' and '.join(given)}")
     if pretrained is not None:
         backbone = pretrained_backbone(pretrained, backbone, vocab_size)
+    if over_encoding is not None:
+        check_over_encoding(over_encoding, backbone.n_layer)
     if given:
         (name, config), = given.items()
         embedding = EMBEDDING_KINDS[name](vocab_size, backbone.n_embd, config, pad_id)

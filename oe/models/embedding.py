@@ -6,12 +6,20 @@ token of a generation step from the last few tokens alone, and expose the 1-gram
 
 Over-Encoding (Huang et al., 2025) adds hashed n-gram tables:
 
-    OE(x)_i = ( E_1[x_i] + sum_n sum_s P_{n,s} E_{n,s}[ g_n(i) mod m_{n,s} ] ) / (1 + k |orders|)
+    OE(x)_i = ( E_1[x_i] + sum_n sum_s P_{n,s} E_{n,s}[ h_{n,s}(i) ] ) / (1 + k |orders|)
 
-Every order n has k slices of width D / (k |orders|), each with its own modulus m, m+2, m+4,
-... (distinct over the whole model). The slices together are exactly D wide, so the sum of the
-per-slice projections is one D x D linear map of their concatenation; with projections off,
-each slice keeps its own block of coordinates.
+Every order n has k heads (slices) of width D / (k |orders|), each its own table and hash
+h_{n,s} (``oe.models.ngram``: the paper's polynomial with moduli m, m+2, m+4, ..., or Engram's
+multiply-XOR with prime moduli; distinct over the whole model). The slices together are exactly
+D wide, so the sum of the per-slice projections is one D x D linear map of their concatenation;
+with projections off, each slice keeps its own block of coordinates.
+
+Beyond the paper, modelled on DeepSeek's Engram: ``gate`` scales each retrieved slice by
+sigmoid(<rmsnorm(h), rmsnorm(K_s e_s)> / sqrt(D)), h the hidden state where the memory enters
+(the 1-gram embedding at the input); ``layers`` adds the memory to the residual stream before
+any of the backbone's blocks (layer 0: the input, as above; an inner layer l adds
+P_l(slices) / (1 + k |orders|) before block l), with one set of tables shared by all of them or
+one set per layer. The defaults (polynomial, no gate, layers [0]) are the paper's model.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.models.ngram import last_ngram_ids, ngram_ids
+from oe.models.ngram import (HASH_FAMILIES, NgramHash, hashed_ids, last_hashed_ids, primes_from,
+                             xor_multipliers)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,50 @@ class OverEncodingConfig:
     # sensible for small tables (cfg3f's exact ones), or where TorchRec's fused kernels are not
     # installed.
     shard_tables: bool = True
+    # How n-grams map to rows (oe.models.ngram): polynomial (the paper's exact modular ids) or
+    # multiply_xor (Engram's: odd multipliers per head, XOR over the window, prime moduli).
+    hash: Literal["polynomial", "multiply_xor"] = "polynomial"
+    # Hashes (tables) per order. The paper's k is the same number: null reads k; set one of them.
+    heads: int | None = None
+    # Scale each retrieved slice by a sigmoid gate of the hidden state where the memory enters.
+    gate: bool = False
+    # Blocks before which the memory enters the residual stream; 0 is the input embedding.
+    layers: list[int] = field(default_factory=lambda: [0])
+    # With several layers: one set of tables per layer (true) or one set read by all (false).
+    per_layer_tables: bool = False
+
+    @property
+    def num_heads(self) -> int:
+        return self.k if self.heads is None else self.heads
+
+
+def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) -> None:
+    """One ValueError naming the first bad field of ``config``; ``n_layer`` bounds ``layers``.
+
+    Called before anything is built (``oe.models.build.build_model``); ``plan_tables`` checks
+    the fields that need the vocabulary and the width.
+    """
+    if config.hash not in HASH_FAMILIES:
+        raise ValueError(f"over_encoding.hash must be one of {', '.join(HASH_FAMILIES)}, "
+                         f"got {config.hash!r}")
+    if config.gate and not config.orders:
+        raise ValueError("over_encoding.gate needs n-gram tables to gate, but "
+                         "over_encoding.orders is empty")
+    if config.heads is not None and config.heads < 1:
+        raise ValueError(f"over_encoding.heads must be >= 1, got {config.heads}")
+    if config.heads is not None and config.k not in (1, config.heads):
+        raise ValueError(f"over_encoding.heads ({config.heads}) and over_encoding.k ({config.k}) "
+                         "name the same number (hashes per order); set one of them")
+    if not config.layers:
+        raise ValueError("over_encoding.layers must list at least one block index (0: the input)")
+    if len(set(config.layers)) != len(config.layers):
+        raise ValueError(f"over_encoding.layers repeats a block: {config.layers}")
+    outside = [layer for layer in config.layers
+               if layer < 0 or (n_layer is not None and layer >= n_layer)]
+    if outside:
+        bound = f"0..{n_layer - 1} (model.backbone.n_layer is {n_layer})" if n_layer else ">= 0"
+        raise ValueError(f"over_encoding.layers holds {outside}, outside the backbone's blocks "
+                         f"{bound}")
 
 
 _DEFER_TABLES: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_tables", default=False)
@@ -120,15 +174,24 @@ class TokenEmbedding(nn.Module):
 class NgramTable:
     name: str
     order: int
-    slice: int
+    slice: int  # the head: which of the order's hashes
     modulus: int
     width: int
+    hash: NgramHash
+    layer: int  # the injection layer it serves (with shared tables: the first of them)
 
 
 def plan_tables(
     config: OverEncodingConfig, vocab_size: int, dim: int
 ) -> list[NgramTable]:
-    """The n-gram tables of a model, or a ValueError naming the offending field."""
+    """The n-gram tables of a model, or a ValueError naming the offending field.
+
+    Tables of the first injection layer are named ``ngram{order}_{head}`` whatever that layer;
+    per-layer sets after it ``layer{l}_ngram{order}_{head}``. Table i has modulus m + 2i
+    (polynomial) or the i-th prime >= m (multiply_xor), and its own multipliers.
+    """
+    check_over_encoding(config)
+    heads = config.num_heads
     if config.k < 1:
         raise ValueError(f"over_encoding.k must be >= 1, got {config.k}")
     if config.modulus < 1:
@@ -143,30 +206,70 @@ def plan_tables(
             )
     if len(set(config.orders)) != len(config.orders):
         raise ValueError(f"over_encoding.orders repeats an order: {config.orders}")
-    n_slices = config.k * len(config.orders)
+    n_slices = heads * len(config.orders)
+    field_name = "k" if config.heads is None else "heads"
     if dim % n_slices:
         raise ValueError(
-            f"model width {dim} is not divisible by over_encoding.k * len(over_encoding.orders)"
-            f" = {config.k} * {len(config.orders)}; choose k so that the slice width is whole"
+            f"model width {dim} is not divisible by over_encoding.{field_name} * "
+            f"len(over_encoding.orders) = {heads} * {len(config.orders)}; choose "
+            f"{field_name} so that the slice width is whole"
         )
     width = dim // n_slices
+    table_layers = config.layers if config.per_layer_tables else config.layers[:1]
+    slots = [(layer, order, s) for layer in table_layers
+             for order in sorted(config.orders) for s in range(heads)]
+    primes = primes_from(config.modulus, len(slots)) if config.hash == "multiply_xor" else []
     tables = []
-    for i, (order, s) in enumerate(
-        (order, s) for order in sorted(config.orders) for s in range(config.k)
-    ):
-        modulus = config.modulus + 2 * i
-        if modulus % vocab_size == 0:
-            raise ValueError(
-                f"over_encoding.modulus: table {i} (order {order}, slice {s}) would use modulus "
-                f"{modulus}, a multiple of the vocabulary size {vocab_size}; pick m so that "
-                f"m, m+2, ..., m+{2 * (n_slices - 1)} are not multiples of {vocab_size}"
-            )
-        tables.append(NgramTable(f"ngram{order}_{s}", order, s, modulus, width))
+    for i, (layer, order, s) in enumerate(slots):
+        if config.hash == "multiply_xor":
+            modulus = primes[i]
+            spec = NgramHash("multiply_xor", order, modulus, xor_multipliers(order, i))
+        else:
+            modulus = config.modulus + 2 * i
+            if modulus % vocab_size == 0:
+                raise ValueError(
+                    f"over_encoding.modulus: table {i} (order {order}, slice {s}) would use "
+                    f"modulus {modulus}, a multiple of the vocabulary size {vocab_size}; pick m "
+                    f"so that m, m+2, ..., m+{2 * (len(slots) - 1)} are not multiples of "
+                    f"{vocab_size}"
+                )
+            spec = NgramHash("polynomial", order, modulus)
+        prefix = "" if layer == table_layers[0] else f"layer{layer}_"
+        tables.append(NgramTable(f"{prefix}ngram{order}_{s}", order, s, modulus, width, spec,
+                                 layer))
     return tables
 
 
+class MemoryGate(nn.Module):
+    """Engram's gate: each slice e_s scaled by sigmoid(<rmsnorm(h), rmsnorm(K_s e_s)> / sqrt(D)).
+
+    ``h`` is the hidden state where the memory enters, so what a table retrieves counts only
+    where it agrees with the context; K_s maps the slice to the model width.
+    """
+
+    def __init__(self, widths: list[int], dim: int) -> None:
+        super().__init__()
+        self.widths = widths
+        self.keys = nn.ModuleList(nn.Linear(w, dim, bias=False) for w in widths)
+        for key in self.keys:
+            nn.init.normal_(key.weight, std=0.02)
+
+    def forward(self, hidden: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+        dim = hidden.shape[-1]
+        query = F.rms_norm(hidden, (dim,))
+        gated = []
+        for key, part in zip(self.keys, slices.split(self.widths, dim=-1)):
+            score = (query * F.rms_norm(key(part), (dim,))).sum(-1, keepdim=True) / math.sqrt(dim)
+            gated.append(part * torch.sigmoid(score))
+        return torch.cat(gated, dim=-1)
+
+
 class OverEncoding(nn.Module):
-    """The 1-gram embedding widened with hashed n-gram tables (one TorchRec collection)."""
+    """The 1-gram embedding widened with hashed n-gram tables (one TorchRec collection).
+
+    With inner ``layers``, a pass also leaves the memory slices of those layers for the backbone
+    to take (``take_inner_memory``) and add before their blocks (``inject``).
+    """
 
     def __init__(
         self, vocab_size: int, dim: int, config: OverEncodingConfig, pad_id: int = 0
@@ -177,6 +280,8 @@ class OverEncoding(nn.Module):
         self.pad_id = pad_id
         self.tables = plan_tables(config, vocab_size, dim)
         self.context_size = max(config.orders) - 1
+        self.layers = list(config.layers)
+        self.inner_layers = [layer for layer in self.layers if layer != 0]
         self.token = nn.Embedding(vocab_size, dim)
         # TorchRec's own initial values are overwritten below; building them must not use the
         # global generator, so that a model is the same whether its tables are deferred or not.
@@ -188,21 +293,40 @@ class OverEncoding(nn.Module):
         self.table_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.keep_slices = False
         self.last_slices: torch.Tensor | None = None
-        n_terms = 1 + len(self.tables)
+        self._inner_memory: dict[int, torch.Tensor] | None = None
+        n_terms = 1 + len(self.tables_of(self.layers[0]))
         self.scale = 1.0 / n_terms if config.combine == "mean" else 1.0
         nn.init.normal_(self.token.weight, std=0.02)
         if self.projection is not None:
             nn.init.normal_(self.projection.weight, std=0.02)
+        # Parts beyond the paper's model are made last, so that without them the model draws
+        # exactly the paper model's initial values.
+        self.layer_projections = nn.ModuleDict()
+        if config.project:
+            for layer in self.layers[1:]:
+                self.layer_projections[str(layer)] = nn.Linear(dim, dim, bias=False)
+                nn.init.normal_(self.layer_projections[str(layer)].weight, std=0.02)
+        self.gates = nn.ModuleDict(
+            {str(layer): MemoryGate([t.width for t in self.tables_of(layer)], dim)
+             for layer in self.layers} if config.gate else {}
+        )
         self.reset_ngram_tables()
         for t in self.tables:
-            exact = vocab_size**t.order <= t.modulus
+            exact = t.hash.family == "polynomial" and vocab_size**t.order <= t.modulus
             log.info(
-                "n-gram table %s: %d rows x %d, %s",
+                "n-gram table %s: %d rows x %d, %s hash, %s",
                 t.name,
                 t.modulus,
                 t.width,
+                t.hash.family,
                 "exact (V^n <= m, no collisions)" if exact else "hashed (collisions possible)",
             )
+
+    def tables_of(self, layer: int) -> list[NgramTable]:
+        """The tables whose slices enter before block ``layer``."""
+        if not self.config.per_layer_tables:
+            return self.tables
+        return [t for t in self.tables if t.layer == layer]
 
     def _collection(self, config: OverEncodingConfig) -> EmbeddingCollection:
         return EmbeddingCollection(
@@ -233,8 +357,17 @@ class OverEncoding(nn.Module):
             table_rows(self.table_seed, index, 0, t.modulus, t.width, self.config.init_std,
                        out=weight)
 
-    def _ngram_vectors(self, ids: list[torch.Tensor]) -> torch.Tensor:
-        """Sum of the projected n-gram slices, from one id tensor [B, T] per table."""
+    def ngram_ids(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Row ids [B, T] of every table, for the n-grams ending at each position of ``tokens``."""
+        return [hashed_ids(tokens, t.hash, self.vocab_size, self.pad_id, doc_ids) for t in self.tables]
+
+    def last_ngram_ids(self, recent: torch.Tensor) -> list[torch.Tensor]:
+        """Row ids [B, 1] of every table for the newest token of ``recent`` [B, L]."""
+        return [last_hashed_ids(recent, t.hash, self.vocab_size, self.pad_id)[:, None]
+                for t in self.tables]
+
+    def _lookup(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """The tables' rows, concatenated in table order: [B, T, sum of widths]."""
         batch, length = ids[0].shape
         features = KeyedJaggedTensor.from_lengths_sync(
             keys=[t.name for t in self.tables],
@@ -245,22 +378,92 @@ class OverEncoding(nn.Module):
         )
         looked_up = self.ngram(features)
         slices = torch.cat([looked_up[t.name].values() for t in self.tables], dim=-1)
-        slices = slices.view(batch, length, -1)
+        return slices.view(batch, length, -1)
+
+    def _memory(self, layer: int, hidden: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+        """The projected (and gated) memory [B, T, D] entering before block ``layer``."""
+        if self.gates:
+            slices = self.gates[str(layer)](hidden, slices)
+        projection = self.projection if layer == self.layers[0] else (
+            self.layer_projections[str(layer)] if self.layer_projections else None)
+        return projection(slices) if projection is not None else slices
+
+    def _layer_slices(self, slices: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Each injection layer's part of the looked-up slices (all of them, when shared)."""
+        if not self.config.per_layer_tables:
+            return {layer: slices for layer in self.layers}
+        width = slices.shape[-1] // len(self.layers)
+        return {layer: slices[..., i * width : (i + 1) * width] for i, layer in enumerate(self.layers)}
+
+    def _embed(self, tokens: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
         if self.keep_slices:  # for callbacks.ngram_stats, which reads them after the step
             self.last_slices = slices.detach()
-        return self.projection(slices) if self.projection is not None else slices
+        per_layer = self._layer_slices(slices)
+        token = self.token(tokens)
+        if self.inner_layers:
+            self._inner_memory = {layer: per_layer[layer] for layer in self.inner_layers}
+        if 0 not in per_layer:
+            return token  # the memory enters later; the input is the plain token embedding
+        return (token + self._memory(0, token, per_layer[0])) * self.scale
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        ids = [
-            ngram_ids(tokens, t.order, self.vocab_size, t.modulus, self.pad_id, doc_ids)
-            for t in self.tables
-        ]
-        return (self.token(tokens) + self._ngram_vectors(ids)) * self.scale
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                slices: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, D]; ``slices`` [B, T, W]: the tables' rows, looked up already
+        (``HostTables``), else read here."""
+        if slices is None:
+            slices = self._lookup(self.ngram_ids(tokens, doc_ids))
+        return self._embed(tokens, slices)
 
-    def forward_last(self, recent: torch.Tensor) -> torch.Tensor:
+    def forward_last(self, recent: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
         """Embedding [B, 1, D] of the newest token of ``recent``, from its last few tokens."""
-        ids = [
-            last_ngram_ids(recent, t.order, self.vocab_size, t.modulus, self.pad_id)[:, None]
-            for t in self.tables
-        ]
-        return (self.token(recent[:, -1:]) + self._ngram_vectors(ids)) * self.scale
+        if slices is None:
+            slices = self._lookup(self.last_ngram_ids(recent))
+        return self._embed(recent[:, -1:], slices)
+
+    def take_inner_memory(self) -> dict[int, torch.Tensor]:
+        """The inner layers' slices of the last pass, handed over once (the backbone's)."""
+        memory, self._inner_memory = self._inner_memory, None
+        if memory is None:
+            raise RuntimeError(
+                "over_encoding.layers lists inner blocks, but no input embedding was computed "
+                "for this pass; call the embedding right before the backbone"
+            )
+        return memory
+
+    def inject(self, layer: int, hidden: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+        """The residual stream ``hidden`` with the memory of ``layer`` added."""
+        return hidden + self._memory(layer, hidden, slices) * self.scale
+
+
+class HostTables:
+    """An Over-Encoding model's n-gram tables kept in host memory for decoding.
+
+    Each step gathers only the rows of the newest n-grams (one per table and row of the batch)
+    on the host and moves them to the model's device; with a GPU, through a pinned buffer and a
+    non-blocking copy. The module's own tables are then not needed on the device.
+    """
+
+    def __init__(self, embedding: OverEncoding, device: torch.device) -> None:
+        self.embedding = embedding
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self.weights = []
+        for t in embedding.tables:
+            weight = embedding.ngram.embeddings[t.name].weight.detach().to("cpu")
+            self.weights.append(weight.pin_memory() if self.pin else weight)
+
+    def _gather(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        rows = torch.cat([F.embedding(i, w) for i, w in zip(ids, self.weights)], dim=-1)
+        if self.pin:
+            rows = rows.pin_memory()
+        return rows.to(self.device, non_blocking=self.pin)
+
+    @torch.no_grad()
+    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Slices [B, T, W] on the device of the n-grams ending at each position of ``tokens``."""
+        return self._gather(self.embedding.ngram_ids(tokens.cpu()))
+
+    @torch.no_grad()
+    def last_rows(self, recent: torch.Tensor) -> torch.Tensor:
+        """Slices [B, 1, W] on the device for the newest token of ``recent`` [B, L]."""
+        return self._gather(self.embedding.last_ngram_ids(recent.cpu()))

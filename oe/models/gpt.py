@@ -148,6 +148,11 @@ class GPT(nn.Module):
     def __init__(self, config: BackboneConfig, embedding: nn.Module, vocab_size: int) -> None:
         super().__init__()
         check_backbone(config)
+        outside = [layer for layer in getattr(embedding, "inner_layers", ())
+                   if layer >= config.n_layer]
+        if outside:
+            raise ValueError(f"over_encoding.layers holds {outside}, outside the backbone's "
+                             f"blocks 0..{config.n_layer - 1}")
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = embedding
@@ -195,16 +200,28 @@ class GPT(nn.Module):
                 f"({self.config.block_size})"
             )
         x = self.drop(x + self.position(positions))
+        memory = self._inner_memory()
         if cache is None:
-            x = self._run_blocks_maybe_compiled(x.device)(x, documents)
+            x = self._run_blocks_maybe_compiled(x.device)(x, documents, memory)
         else:
             for layer, block in enumerate(self.blocks):
+                if layer in memory:
+                    x = self.embedding.inject(layer, x, memory[layer])
                 x = block(x, cache, layer)
             cache.length += length
         return self.ln_f(x)
 
-    def _run_blocks(self, x: torch.Tensor, documents: DocumentMask | None) -> torch.Tensor:
-        for block in self.blocks:
+    def _inner_memory(self) -> dict[int, torch.Tensor]:
+        """What the input embedding adds before inner blocks in this pass (usually nothing)."""
+        if not getattr(self.embedding, "inner_layers", None):
+            return {}
+        return self.embedding.take_inner_memory()
+
+    def _run_blocks(self, x: torch.Tensor, documents: DocumentMask | None,
+                    memory: dict[int, torch.Tensor]) -> torch.Tensor:
+        for layer, block in enumerate(self.blocks):
+            if layer in memory:
+                x = self.embedding.inject(layer, x, memory[layer])
             x = block(x, documents=documents)
         return x
 
@@ -232,9 +249,18 @@ class GPT(nn.Module):
         dtype = self.position.weight.dtype
         return KVCache(c.n_layer, batch, c.n_head, capacity, c.n_embd // c.n_head, dtype, device)
 
-    def step(self, recent: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits [B, V] of the token after the newest of ``recent`` [B, L], using the cache."""
-        return self.logits(self.hidden(self.embedding.forward_last(recent), cache))[:, -1]
+    def step(self, recent: torch.Tensor, cache: KVCache,
+             ngram_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] of the token after the newest of ``recent`` [B, L], using the cache.
+
+        ``ngram_rows``: the n-gram rows of that token, looked up already (tables in host memory,
+        ``oe.models.embedding.HostTables``).
+        """
+        if ngram_rows is None:
+            embedded = self.embedding.forward_last(recent)
+        else:
+            embedded = self.embedding.forward_last(recent, ngram_rows)
+        return self.logits(self.hidden(embedded, cache))[:, -1]
 
     def num_parameters(self, include_ngram_tables: bool = False) -> int:
         tables = set()

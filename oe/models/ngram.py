@@ -1,13 +1,23 @@
-"""n-gram ids: the one function that training, generation and evaluation share.
+"""n-gram ids: the one module that training, generation and evaluation share.
 
-For order n, the id at position i is  g_n(i) = sum_{j=1..n} x_{i-j+1} * V^(j-1)  (mod m),
-with the current token at weight 1. Positions before the start of a row, or in an earlier
-document of a packed row, read as ``pad_id``. All arithmetic is done modulo m in int64 with a
-split multiplication, so it is exact for V < 2^31, order <= 8 and m < 2^40. ``ngram_windows``
-gives the tokens themselves, read the same way.
+Two hash families map the n-gram ending at position i to a table row:
+
+- ``polynomial`` (the paper's): g_n(i) = sum_{j=1..n} x_{i-j+1} * V^(j-1)  (mod m), with the
+  current token at weight 1. All arithmetic is done modulo m in int64 with a split
+  multiplication, so it is exact for V < 2^31, order <= 8 and m < 2^40.
+- ``multiply_xor`` (Engram's): h(i) = XOR_{j=1..n} (x_{i-j+1} * a_j)  (mod p), with odd
+  multipliers a_j < 2^31 drawn per table (so per head) from a fixed integer mixer, and p prime.
+  Products stay below 2^62, so int64 holds them exactly.
+
+Either way, positions before the start of a row, or in an earlier document of a packed row, read
+as ``pad_id``, and the ids depend on nothing but the tokens and the table (no random state), so
+every process computes the same ones. ``ngram_windows`` gives the tokens themselves, read the
+same way.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -98,3 +108,112 @@ def last_ngram_ids(
     if recent.dim() != 2 or recent.shape[1] < 1:
         raise ValueError(f"recent must be [B, L>=1], got shape {tuple(recent.shape)}")
     return ngram_ids(recent[:, -order:], order, vocab_size, modulus, pad_id)[:, -1]
+
+
+# -- hash families ------------------------------------------------------------------------------
+
+HASH_FAMILIES = ("polynomial", "multiply_xor")
+_MULTIPLIER_BITS = 31  # a_j < 2^31 and x < 2^31: every product fits in int64
+
+
+@dataclass(frozen=True)
+class NgramHash:
+    """How one table maps n-grams to rows: family, order, number of rows, multiplier keys."""
+
+    family: str
+    order: int
+    modulus: int
+    multipliers: tuple[int, ...] = ()  # multiply_xor: a_1 (current token) .. a_order
+
+
+def _splitmix64(x: int) -> int:
+    """A fixed 64-bit integer mixer (SplitMix64's finaliser): the same numbers everywhere."""
+    x = (x + 0x9E3779B97F4A7C15) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return x ^ (x >> 31)
+
+
+def xor_multipliers(order: int, key: int) -> tuple[int, ...]:
+    """Odd multipliers a_1..a_order (each < 2^31) of the multiply-XOR table number ``key``."""
+    return tuple(
+        (_splitmix64((key << 8) + j) >> (64 - _MULTIPLIER_BITS)) | 1 for j in range(order)
+    )
+
+
+def is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin, exact for n < 3.3e24 (far beyond MAX_MODULUS)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    for p in bases:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def primes_from(start: int, count: int) -> list[int]:
+    """The ``count`` smallest primes >= ``start``."""
+    primes, n = [], max(start, 2)
+    while len(primes) < count:
+        if is_prime(n):
+            primes.append(n)
+        n += 1
+    return primes
+
+
+def multiply_xor_ids(
+    tokens: torch.Tensor,
+    multipliers: tuple[int, ...],
+    modulus: int,
+    pad_id: int = 0,
+    doc_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Row ids of the multiply-XOR hash of the n-grams (order ``len(multipliers)``) ending at
+    each position of ``tokens`` [B, T]."""
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+    if not 1 <= len(multipliers) <= MAX_ORDER:
+        raise ValueError(f"order must be in 1..{MAX_ORDER}, got {len(multipliers)}")
+    if not 1 <= modulus < MAX_MODULUS:
+        raise ValueError(f"modulus must be in 1..2^40-1, got {modulus}")
+    if doc_ids is not None and doc_ids.shape != tokens.shape:
+        raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}")
+    tokens = tokens.long()
+    mixed = tokens * multipliers[0]
+    for j, a in enumerate(multipliers[1:], start=1):
+        mixed = mixed ^ (earlier_tokens(tokens, j, pad_id, doc_ids) * a)
+    return mixed % modulus
+
+
+def hashed_ids(tokens: torch.Tensor, spec: NgramHash, vocab_size: int, pad_id: int = 0,
+               doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Row ids [B, T] of table ``spec`` for the n-grams ending at each position of ``tokens``."""
+    if spec.family == "polynomial":
+        return ngram_ids(tokens, spec.order, vocab_size, spec.modulus, pad_id, doc_ids)
+    if spec.family == "multiply_xor":
+        _check(spec.order, vocab_size, spec.modulus, pad_id)
+        return multiply_xor_ids(tokens, spec.multipliers, spec.modulus, pad_id, doc_ids)
+    raise ValueError(f"unknown hash family {spec.family!r}; expected one of {', '.join(HASH_FAMILIES)}")
+
+
+def last_hashed_ids(recent: torch.Tensor, spec: NgramHash, vocab_size: int,
+                    pad_id: int = 0) -> torch.Tensor:
+    """Ids [B] of table ``spec`` for the n-gram ending at the newest token of ``recent`` [B, L]
+    (the incremental form of ``hashed_ids``, as ``last_ngram_ids`` is of ``ngram_ids``)."""
+    if recent.dim() != 2 or recent.shape[1] < 1:
+        raise ValueError(f"recent must be [B, L>=1], got shape {tuple(recent.shape)}")
+    return hashed_ids(recent[:, -spec.order:], spec, vocab_size, pad_id)[:, -1]

@@ -12,7 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oe.models.ngram import KEY_MODULUS, MAX_MODULUS, last_ngram_ids, ngram_ids, ngram_windows
+from oe.models.ngram import (KEY_MODULUS, MAX_MODULUS, NgramHash, hashed_ids, is_prime,
+                             last_hashed_ids, last_ngram_ids, ngram_ids, ngram_windows,
+                             primes_from, xor_multipliers)
 
 
 def reference(tokens, order, vocab, modulus, pad=0, docs=None):
@@ -130,3 +132,88 @@ def test_key_modulus_is_a_prime_that_ngram_ids_accepts():
     # Prime: no power of a vocabulary size below it is 0 modulo it, so every token weighs.
     assert KEY_MODULUS < MAX_MODULUS
     assert all(KEY_MODULUS % p for p in range(2, math.isqrt(KEY_MODULUS) + 1))
+
+
+# -- the hash families -------------------------------------------------------------------------
+
+def xor_reference(tokens, multipliers, modulus, pad=0, docs=None):
+    """Multiply-XOR in plain Python integers: XOR over the window of x * a_j, then mod p."""
+    out = []
+    for b, row in enumerate(tokens):
+        ids = []
+        for i in range(len(row)):
+            mixed = 0
+            for j, a in enumerate(multipliers):
+                p = i - j
+                same_doc = docs is None or (p >= 0 and docs[b][p] == docs[b][i])
+                mixed ^= (row[p] if p >= 0 and same_doc else pad) * a
+            ids.append(mixed % modulus)
+        out.append(ids)
+    return out
+
+
+def test_multipliers_are_odd_fixed_and_distinct_per_head():
+    first, second = xor_multipliers(3, 0), xor_multipliers(3, 1)
+    assert all(a % 2 == 1 and 0 < a < 2**31 for a in first + second)
+    assert first != second and len(set(first)) == 3
+    assert xor_multipliers(3, 0) == first  # no random state
+
+
+def test_primes_from_finds_the_next_primes():
+    assert primes_from(12_800_001, 3) == [12_800_009, 12_800_017, 12_800_041]
+    assert primes_from(1, 4) == [2, 3, 5, 7]
+    assert [n for n in range(200) if is_prime(n)] == [
+        n for n in range(2, 200) if all(n % d for d in range(2, n))]
+
+
+@pytest.mark.parametrize("vocab,order,modulus", [(6, 3, 1009), (50257, 5, 12_800_009),
+                                                 (2**31 - 1, 8, 2**40 - 87), (50257, 2, 7)])
+def test_multiply_xor_matches_a_plain_python_reference(vocab, order, modulus):
+    gen = torch.Generator().manual_seed(order)
+    tokens = torch.randint(0, vocab, (3, 17), generator=gen)
+    docs = torch.tensor([[0] * 5 + [1] * 7 + [2] * 5, [0] * 17, [3] * 2 + [4] * 15])
+    spec = NgramHash("multiply_xor", order, modulus, xor_multipliers(order, 5))
+    for d in (None, docs):
+        got = hashed_ids(tokens, spec, vocab, pad_id=1, doc_ids=d)
+        expected = xor_reference(tokens.tolist(), spec.multipliers, modulus, 1,
+                                 None if d is None else d.tolist())
+        assert got.tolist() == expected
+
+
+def test_polynomial_family_is_the_paper_id():
+    tokens = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(3))
+    docs = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])
+    spec = NgramHash("polynomial", 3, 12_800_001)
+    assert torch.equal(hashed_ids(tokens, spec, 50257, 0, docs),
+                       ngram_ids(tokens, 3, 50257, 12_800_001, 0, docs))
+
+
+@pytest.mark.parametrize("family", ["polynomial", "multiply_xor"])
+def test_each_family_incremental_equals_full(family):
+    tokens = torch.randint(0, 50257, (3, 20), generator=torch.Generator().manual_seed(4))
+    for order in (2, 3, 5):
+        spec = NgramHash(family, order, 12_800_009,
+                         xor_multipliers(order, order) if family == "multiply_xor" else ())
+        full = hashed_ids(tokens, spec, 50257)
+        padded = torch.cat([torch.zeros(3, order - 1, dtype=torch.long), tokens], dim=1)
+        for t in range(20):
+            assert torch.equal(last_hashed_ids(padded[:, t : t + order], spec, 50257), full[:, t])
+
+
+def test_multiply_xor_is_deterministic_across_processes():
+    code = (
+        "import torch; from oe.models.ngram import NgramHash, hashed_ids, xor_multipliers; "
+        "t = torch.arange(40).reshape(2, 20) * 7919 % 50257; "
+        "s = NgramHash('multiply_xor', 4, 12_800_009, xor_multipliers(4, 2)); "
+        "print(hashed_ids(t, s, 50257).tolist())"
+    )
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120).stdout for _ in range(2)}
+    tokens = torch.arange(40).reshape(2, 20) * 7919 % 50257
+    spec = NgramHash("multiply_xor", 4, 12_800_009, xor_multipliers(4, 2))
+    assert outputs == {f"{hashed_ids(tokens, spec, 50257).tolist()}\n"}
+
+
+def test_an_unknown_family_is_named():
+    with pytest.raises(ValueError, match="unknown hash family 'crc'"):
+        hashed_ids(torch.zeros(1, 3, dtype=torch.long), NgramHash("crc", 2, 7), 10)
