@@ -8,7 +8,10 @@ import lightning as L
 import torch
 
 from callbacks.schedule import EveryNValidations
-from oe.evaluation.scoring import build_requests, eot_id_of, item_correct, loglikelihoods
+from lightning.pytorch.utilities import rank_zero_warn
+
+from oe.evaluation.scoring import (build_requests, empty_choices, eot_id_of, item_correct,
+                                   loglikelihoods)
 from oe.evaluation.tasks import TASKS, load_items
 
 
@@ -48,6 +51,9 @@ class DownstreamEvaluation(EveryNValidations):
         # Load (and so check) the data before training starts, not at the first validation.
         for task in self.tasks:
             self._items[task] = load_items(task, self.data_dir, self.limit)
+            for line in empty_choices(self._items[task]):
+                rank_zero_warn(f"DownstreamEvaluation: {task}: {line}; scored by the harness's "
+                               "rule (never the acc_norm choice)")
 
     def _tokenizer(self, trainer: L.Trainer):
         if self.tokenizer_source is not None:

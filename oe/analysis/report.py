@@ -104,6 +104,19 @@ def _update_config(config: dict, items) -> None:
             config[key] = json.loads(item.value_json)
 
 
+def read_wandb_info(path: Path) -> dict:
+    """The run record of a W&B run file: name, group, id, project and tags (the first record)."""
+    for record in read_wandb_records(path):
+        if record.WhichOneof("record_type") == "run":
+            return _run_info(record.run)
+    raise ReportError(f"{path} holds no W&B run record")
+
+
+def _run_info(run) -> dict:
+    return {"name": run.display_name, "group": run.run_group, "id": run.run_id,
+            "project": run.project, "tags": list(run.tags)}
+
+
 def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]], dict]:
     """(config, history, run info) of an offline W&B run file."""
     config: dict = {}
@@ -112,8 +125,7 @@ def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]
     for record in read_wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":  # the config given to wandb.init comes with the run record
-            info = {"name": record.run.display_name, "group": record.run.run_group,
-                    "id": record.run.run_id, "tags": list(record.run.tags)}  # the last one wins
+            info = _run_info(record.run)  # the last one wins
             _update_config(config, record.run.config.update)
         elif kind == "config":  # later config.update() calls
             _update_config(config, record.config.update)

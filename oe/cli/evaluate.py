@@ -1,22 +1,41 @@
 """``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint or GPT-2.
 
-    python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa
-    python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt --tasks hellaswag --limit 500
-    python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --output results.json
+    python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt
+    python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa --out results.json
+    python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --limit 500
 
 Items are scored as lm-evaluation-harness does (``oe.evaluation.scoring``), on the full
-validation sets unless ``--limit``.
+validation sets unless ``--limit``. The default tasks run from the hub as they are (StoryCloze is
+``xstorycloze_en``, or the 2016 set when ``--data_dir`` holds it).
+
+Before any work: the output file and the W&B folder are checked (creatable, writable) and every
+task's data is loaded; a task whose data cannot be found is named then, and the others still run.
+Each task shows a progress bar (items/s, time left); its result is written and logged as soon as
+it finishes. At the end: a table, and the tasks not run (exit status 1 if any).
+
+Where results go. A checkpoint inside a run folder (``RUN/checkpoints/X.ckpt``) writes
+``RUN/eval/X.json`` (``--out`` elsewhere), where ``oe.report`` reads it, and logs
+``downstream/<task>/<metric>`` at the checkpoint's step into the training run's own W&B run (same
+id, the keys of ``callbacks.downstream``). Other sources log to a new W&B run of
+``--wandb_project``; ``--no_wandb`` logs nothing.
 """
 
 from __future__ import annotations
+
 import argparse
 import json
+import os
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-import torch
-from oe.evaluation.tasks import TASKS, load_items
 
-from oe.evaluation.scoring import (evaluate_task, eot_id_of)
+import torch
+
+from oe.evaluation.scoring import empty_choices, eot_id_of, evaluate_task
+from oe.evaluation.tasks import TASKS, TaskDataError, default_tasks, load_items
+
+METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
 # -- model and tokenizer sources ----------------------------------------------------------------
@@ -55,81 +74,229 @@ def load_checkpoint(path: str, tokenizer_source: str | None = None):
     return model, tokenizer
 
 
-# -- output -----------------------------------------------------------------------------------
+def checkpoint_step(path: str | Path) -> int | None:
+    """The global step a checkpoint of ``oe.cli.fit`` was saved at (None if it records none)."""
+    try:  # memory-mapped: only the small entries are read
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # an old, non-zip file cannot be mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return None if step is None else int(step)
+
+
+# -- where results go -----------------------------------------------------------------------------
+
+def run_dir_of(ckpt: str | Path) -> Path | None:
+    """The run folder of ``RUN/checkpoints/X.ckpt`` (a folder ``oe.fit`` wrote), else None."""
+    folder = Path(ckpt).resolve().parent
+    if folder.name != "checkpoints":
+        return None
+    run = folder.parent
+    wrote = [run / "csv", run / "wandb", run / "finished.json"]
+    return run if any(p.exists() for p in wrote) else None
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Create ``path``'s folder and write a scratch file there, so that a path that cannot be
+    written fails now, not after the work."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file path such as {path}/results.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    """Write to a scratch file beside ``path``, then rename: a reader sees the old or the new file."""
+    scratch = path.with_name(f".{path.name}.partial")
+    scratch.write_text(json.dumps(payload, indent=2))
+    os.replace(scratch, path)
+
+
+@dataclass
+class Results:
+    """One evaluation's results, rewritten in full after each task (``RUN/eval/X.json``)."""
+    source: str
+    step: int | None
+    tasks: dict[str, dict] = field(default_factory=dict)
+    not_run: dict[str, str] = field(default_factory=dict)  # task -> why
+
+    def payload(self) -> dict:
+        return {"source": self.source, "step": self.step, "tasks": self.tasks,
+                "not_run": self.not_run}
+
+
+@dataclass
+class WandbTarget:
+    """The W&B run results go to: the training run's own (``run_id`` set) or a new one."""
+    project: str | None
+    run_id: str | None = None
+    name: str | None = None
+    group: str | None = None
+    directory: Path | None = None
+
+
+def training_wandb_run(run_dir: Path) -> WandbTarget | None:
+    """The W&B run a training run folder logged to: its newest run file (online or offline)."""
+    from oe.analysis.report import read_wandb_info
+
+    files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    if not files:
+        return None
+    info = read_wandb_info(files[-1])
+    return WandbTarget(info.get("project") or None, info["id"], info.get("name"),
+                       info.get("group") or None, run_dir)
+
+
+def start_wandb(target: WandbTarget, config: dict):
+    import wandb
+
+    from oe.training.wandb_logger import choose_mode
+
+    if target.directory is not None:
+        check_writable_file(target.directory / "wandb" / "probe", "the W&B folder")
+    kwargs = dict(project=target.project, name=target.name, group=target.group,
+                  mode=choose_mode(), dir=None if target.directory is None else str(target.directory))
+    if target.run_id is not None:  # the training run itself: same id, resumed
+        return wandb.init(id=target.run_id, resume="allow", **kwargs)
+    return wandb.init(job_type="eval", config=config, **kwargs)
+
+
+def log_task(run, task: str, result: dict, step: int | None) -> None:
+    """``downstream/<task>/<metric>``, the training callback's keys, at the checkpoint's step."""
+    row = {f"downstream/{task}/{k}": result[k] for k in METRICS}
+    if step is not None:
+        row["trainer/global_step"] = step  # the x-axis Lightning's WandbLogger defines
+    run.log(row)
+    run.summary.update({f"downstream/{task}/n": result["n"]})
+
+
+# -- output ---------------------------------------------------------------------------------------
 
 def print_results(results: dict[str, dict]) -> None:
     from oe.cli.table import print_table
 
     rows = [{"task": t, "n": r["n"], "acc": f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}",
              "acc_norm": f"{r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}",
-             "items/s": r.get("items_per_s", float("nan"))} for t, r in results.items()]
+             "items/s": f"{r['items_per_s']:.2f}"} for t, r in results.items()]
     print_table(rows, ["task", "n", "acc", "acc_norm", "items/s"])
 
 
-def log_wandb(results: dict[str, dict], project: str, name: str | None, config: dict) -> None:
-    import wandb
+def progress_bar(task: str, total: int):
+    from tqdm import tqdm
 
-    from oe.training.wandb_logger import choose_mode
-
-    run = wandb.init(project=project, name=name, job_type="eval", config=config, mode=choose_mode())
-    table = wandb.Table(columns=["task", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"])
-    for task, r in results.items():
-        table.add_data(task, r["n"], r["acc"], r["acc_stderr"], r["acc_norm"], r["acc_norm_stderr"])
-        run.summary.update({f"{task}/{k}": v for k, v in r.items()})
-    run.log({"downstream": table})
-    run.finish()
+    # Items finish in fractions (their choices are batched by length): show whole items.
+    return tqdm(total=total, desc=task, unit="item", dynamic_ncols=True, file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} "
+                           "[{elapsed}<{remaining}, {rate_fmt}]")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="a checkpoint written by oe.cli.fit")
+    source.add_argument("--ckpt", help="a checkpoint written by oe.fit")
     source.add_argument("--pretrained", help="GPT-2 in HF format: hub id or local directory")
     parser.add_argument("--tokenizer", help="tokenizer.json, its directory or a hub id "
                                             "(default: the checkpoint's own)")
-    parser.add_argument("--tasks", default="hellaswag,piqa,storycloze",
-                        help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--tasks", default=None,
+                        help=f"comma-separated, from {', '.join(TASKS)} (default: "
+                             f"{','.join(default_tasks())}; storycloze instead of xstorycloze_en "
+                             f"when --data_dir holds it)")
     parser.add_argument("--data_dir", help="read <data_dir>/<task>.jsonl instead of the hub")
     parser.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
     parser.add_argument("--batch_size", type=int, default=32, help="sequences per forward pass")
-    parser.add_argument("--output", help="write {task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}}")
+    parser.add_argument("--out", "--output", dest="out", type=Path, default=None,
+                        help="results JSON, rewritten after each task (default: RUN/eval/X.json "
+                             "for a checkpoint RUN/checkpoints/X.ckpt; else none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--wandb_project", default="oe-eval")
+    parser.add_argument("--wandb_project", default="oe-eval",
+                        help="project of the new W&B run, when the source is not a training run's")
     parser.add_argument("--wandb_name", default=None)
     parser.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
     args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
+    if args.tasks is None:
+        args.tasks = default_tasks(args.data_dir)
+    else:
+        args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown or not args.tasks:
         parser.error(f"--tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_dir = run_dir_of(args.ckpt) if args.ckpt else None
+    out = args.out
+    if out is None and run_dir is not None:
+        out = run_dir / "eval" / f"{Path(args.ckpt).stem}.json"
     try:
-        if args.ckpt:
-            model, tokenizer = load_checkpoint(args.ckpt, args.tokenizer)
-        else:
-            model, tokenizer = load_pretrained(args.pretrained, args.tokenizer)
-        model.to(args.device)
-        eot = eot_id_of(tokenizer)
-        results = {}
-        for task in tasks:
-            items = load_items(task, args.data_dir, args.limit)
-            results[task] = evaluate_task(model, tokenizer, eot, items, args.batch_size, pad_id=eot)
+        if out is not None:
+            check_writable_file(out, "--out")
+        step = checkpoint_step(args.ckpt) if args.ckpt else None
+        results = Results(str(args.ckpt or args.pretrained), step)
+        items = {}
+        for task in args.tasks:  # every task's data before the model: missing data shows now
+            try:
+                items[task] = load_items(task, args.data_dir, args.limit)
+            except (FileNotFoundError, TaskDataError) as err:
+                results.not_run[task] = str(err)
+                print(f"not run: {task}: {err}", file=sys.stderr)
+        for task, task_items in items.items():
+            for line in empty_choices(task_items):
+                print(f"warning: {task}: {line}; scored by the harness's rule (never the "
+                      f"acc_norm choice)", file=sys.stderr)
+        wandb_run = None
+        if not args.no_wandb and items:
+            target = training_wandb_run(run_dir) if run_dir is not None else None
+            target = target or WandbTarget(args.wandb_project, name=args.wandb_name)
+            wandb_run = start_wandb(target, {k: str(v) for k, v in vars(args).items()})
+        if items:
+            if args.ckpt:
+                model, tokenizer = load_checkpoint(args.ckpt, args.tokenizer)
+            else:
+                model, tokenizer = load_pretrained(args.pretrained, args.tokenizer)
+            model.to(args.device)
+            eot = eot_id_of(tokenizer)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_results(results)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(
-            {t: {k: r[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")}
-             for t, r in results.items()}, indent=2))
-        print(f"wrote {args.output}")
-    if not args.no_wandb:
-        log_wandb(results, args.wandb_project, args.wandb_name,
-                  {k: v for k, v in vars(args).items() if k not in ("no_wandb",)})
+    try:
+        for task, task_items in items.items():
+            with progress_bar(task, len(task_items)) as bar:
+                try:
+                    result = evaluate_task(model, tokenizer, eot, task_items, args.batch_size,
+                                           pad_id=eot, progress=bar.update)
+                except TaskDataError as err:
+                    results.not_run[task] = str(err)
+                    print(f"not run: {task}: {err}", file=sys.stderr)
+                    continue
+            results.tasks[task] = result
+            if out is not None:
+                write_json_atomically(out, results.payload())
+            if wandb_run is not None:
+                log_task(wandb_run, task, result, step)
+    finally:
+        if out is not None and not results.tasks:
+            write_json_atomically(out, results.payload())
+        if wandb_run is not None:
+            wandb_run.finish()
+    if results.tasks:
+        print_results(results.tasks)
+    if out is not None:
+        print(f"wrote {out}")
+    if results.not_run:
+        print(f"not run ({len(results.not_run)} of {len(args.tasks)} tasks):", file=sys.stderr)
+        for task, why in results.not_run.items():
+            print(f"  {task}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

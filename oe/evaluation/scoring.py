@@ -6,7 +6,9 @@ end-of-text token; the longest sequences are cut from the left to the model's bl
 score is the summed log-probability of the choice's tokens only, each predicted from the
 position before it. acc: the argmax score is the gold choice; acc_norm: the same with each
 score divided by the choice's length in characters. Both come with the standard error of the
-mean (sample standard deviation / sqrt(n)).
+mean (sample standard deviation / sqrt(n)). An empty choice (no characters) follows the harness's
+rule, made explicit here: its normalised score is -inf, so it is never the acc_norm prediction;
+``empty_choices`` names such items so that the caller can say so.
 
 Scoring is batched: requests are sorted by length and right-padded; with causal attention and
 positions counted from the left, padding never reaches a scored position, and only the scored
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,11 +72,13 @@ def _window(request: Request, max_length: int) -> tuple[list[int], int]:
 
 @torch.no_grad()
 def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
-                   pad_id: int = 0, min_batches: int = 0) -> np.ndarray:
+                   pad_id: int = 0, min_batches: int = 0,
+                   on_batch: Callable[[list[int]], None] | None = None) -> np.ndarray:
     """Summed log-probability of each request's continuation tokens, batched.
 
     ``min_batches``: run at least this many forward passes (one-token ones after the real
     batches), so that ranks sharing row-wise sharded tables make equally many collective calls.
+    ``on_batch``: called with the indices of the requests each batch scored (progress).
     """
     device = model.position.weight.device
     max_length = model.config.block_size
@@ -101,6 +106,8 @@ def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
             sums = torch.zeros(len(chosen), dtype=torch.float64, device=device)
             sums.index_add_(0, torch.tensor(rows, device=device), per_token.double())
             scores[chosen] = sums.cpu().numpy()
+            if on_batch is not None:
+                on_batch(chosen)
         for _ in range(min_batches - math.ceil(len(order) / batch_size)):
             model.hidden(model.embedding(torch.full((1, 1), pad_id, device=device)))
     finally:
@@ -118,9 +125,18 @@ def item_correct(items: list[Item], requests: list[Request], scores: np.ndarray)
     for i, item in enumerate(items):
         lls = np.array(per_item[i])
         lengths = np.array([float(len(c)) for c in item.choices])
+        # The harness divides by the length as it is: an empty choice gets -inf (see empty_choices).
+        normalised = np.full(len(lls), -np.inf)
+        np.divide(lls, lengths, out=normalised, where=lengths > 0)
         acc[i] = float(np.argmax(lls) == item.gold)
-        acc_norm[i] = float(np.argmax(lls / lengths) == item.gold)
+        acc_norm[i] = float(np.argmax(normalised) == item.gold)
     return acc, acc_norm
+
+
+def empty_choices(items: list[Item]) -> list[str]:
+    """One line per empty choice (``<where>: choice C is empty``): acc_norm never picks it."""
+    return [f"{item.where or f'item {i}'}: choice {c} is empty"
+            for i, item in enumerate(items) for c, choice in enumerate(item.choices) if not choice]
 
 
 def mean_stderr(values: np.ndarray) -> float:
@@ -135,10 +151,19 @@ def summarise(acc: np.ndarray, acc_norm: np.ndarray) -> dict:
 
 
 def evaluate_task(model: GPT, tokenizer, eot_id: int, items: list[Item], batch_size: int = 32,
-                  pad_id: int = 0) -> dict:
+                  pad_id: int = 0, progress: Callable[[float], None] | None = None) -> dict:
+    """acc, acc_norm, their standard errors, n and items/s of one task.
+
+    ``progress``: called after each batch with the items it finished (fractions: an item's
+    choices may fall into different batches), e.g. a tqdm bar's ``update``.
+    """
     started = time.perf_counter()
     requests = build_requests(items, tokenizer, eot_id)
-    scores = loglikelihoods(model, requests, batch_size, pad_id)
+    on_batch = None
+    if progress is not None:
+        share = [1.0 / len(items[r.item].choices) for r in requests]
+        on_batch = lambda chosen: progress(sum(share[i] for i in chosen))  # noqa: E731
+    scores = loglikelihoods(model, requests, batch_size, pad_id, on_batch=on_batch)
     result = summarise(*item_correct(items, requests, scores))
     result["items_per_s"] = len(items) / (time.perf_counter() - started)
     return result

@@ -17,6 +17,9 @@ appends ``" " + choice`` to the context and scores the choice's tokens only.
                     StoryCloze, same fields and format.
 
 Offline, ``--data_dir D`` reads ``D/<task>.jsonl`` through the same row parsers.
+
+``default_tasks``: HellaSwag, PIQA and StoryCloze, all of them loadable from the hub as they are:
+StoryCloze is ``xstorycloze_en`` unless a local copy of the 2016 set is given.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import csv
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -34,6 +37,7 @@ class Item:
     context: str
     choices: list[str]
     gold: int
+    where: str = field(default="", compare=False)  # file:line or hub split[index], for messages
 
 
 class TaskDataError(ValueError):
@@ -73,20 +77,20 @@ def hellaswag_item(row: dict, where: str) -> Item:
     if not isinstance(endings, list) or len(endings) != 4:
         raise TaskDataError(f"{where}: endings must be a list of 4 strings, got {endings!r}")
     choices = [hellaswag_preprocess(e) for e in endings]
-    return Item(context, choices, _label(_field(row, "label", where), 4, 0, where, "label"))
+    return Item(context, choices, _label(_field(row, "label", where), 4, 0, where, "label"), where)
 
 
 def piqa_item(row: dict, where: str) -> Item:
     context = f"Question: {_field(row, 'goal', where)}\nAnswer:"
     choices = [_field(row, "sol1", where), _field(row, "sol2", where)]
-    return Item(context, choices, _label(_field(row, "label", where), 2, 0, where, "label"))
+    return Item(context, choices, _label(_field(row, "label", where), 2, 0, where, "label"), where)
 
 
 def storycloze_item(row: dict, where: str) -> Item:
     context = " ".join(_field(row, f"input_sentence_{i}", where) for i in range(1, 5))
     choices = [_field(row, "sentence_quiz1", where), _field(row, "sentence_quiz2", where)]
     gold = _label(_field(row, "answer_right_ending", where), 2, 1, where, "answer_right_ending")
-    return Item(context, choices, gold)
+    return Item(context, choices, gold, where)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,25 @@ _STORYCLOZE_CSV = {
     "RandomFifthSentenceQuiz1": "sentence_quiz1", "RandomFifthSentenceQuiz2": "sentence_quiz2",
     "AnswerRightEnding": "answer_right_ending",
 }
+
+
+DEFAULT_TASKS = ["hellaswag", "piqa", "xstorycloze_en"]
+
+
+def has_local_storycloze(data_dir: str | Path | None) -> bool:
+    """Whether ``data_dir`` holds the StoryCloze 2016 set (storycloze.jsonl or its CSV)."""
+    if data_dir is None:
+        return False
+    data_dir = Path(data_dir)
+    return (data_dir / "storycloze.jsonl").is_file() or any(data_dir.glob("*.csv"))
+
+
+def default_tasks(data_dir: str | Path | None = None) -> list[str]:
+    """HellaSwag, PIQA and StoryCloze: the 2016 set when ``data_dir`` holds it, else xstorycloze_en
+    (the openly hosted English StoryCloze), so that the list runs from the hub as it is."""
+    if has_local_storycloze(data_dir):
+        return ["hellaswag", "piqa", "storycloze"]
+    return list(DEFAULT_TASKS)
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[dict, str]]:

@@ -74,7 +74,7 @@ def test_quick_preset_trains_20_steps_and_evaluates_its_checkpoint(tmp_path, off
                           "hellaswag,piqa,storycloze", "--data_dir", str(tmp_path / "tasks"),
                           "--output", str(out)])
     assert code == 0
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text())["tasks"]
     assert {t: r["n"] for t, r in results.items()} == {"hellaswag": 6, "piqa": 6, "storycloze": 6}
     assert list(tmp_path.glob("wandb/offline-run-*"))  # and W&B, offline here
     # The callback's figures at step 20 are the CLI's on the same checkpoint.

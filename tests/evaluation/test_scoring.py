@@ -176,14 +176,122 @@ def test_cli_writes_table_and_json(setup, tmp_path, capsys):
     root, _, model_dir, _, _ = setup
     out = tmp_path / "results.json"
     code = main(["--pretrained", str(model_dir), "--tasks", "hellaswag,piqa,storycloze",
-                 "--data_dir", str(root / "tasks"), "--limit", "6", "--output", str(out),
+                 "--data_dir", str(root / "tasks"), "--limit", "6", "--out", str(out),
                  "--no_wandb", "--batch_size", "7"])
     assert code == 0
-    results = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    assert written["source"] == str(model_dir) and written["step"] is None
+    assert written["not_run"] == {}
+    results = written["tasks"]
     assert set(results) == {"hellaswag", "piqa", "storycloze"}
     for r in results.values():
         assert r["n"] == 6 and 0 <= r["acc"] <= 1 and r["acc_stderr"] > 0
-        assert set(r) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
-    printed = capsys.readouterr().out
-    assert "hellaswag" in printed and "±" in printed
-    assert main(["--pretrained", str(model_dir), "--tasks", "storycloze", "--no_wandb"]) == 2
+        assert set(r) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "items_per_s"}
+    captured = capsys.readouterr()
+    assert "hellaswag" in captured.out and "±" in captured.out
+    assert "6/6" in captured.err and "item/s" in captured.err  # a progress bar per task
+    assert main(["--pretrained", str(model_dir), "--tasks", "storycloze", "--no_wandb"]) == 1
+
+
+def test_missing_task_is_named_first_and_the_others_still_run(setup, tmp_path, capsys):
+    root, _, model_dir, _, _ = setup
+    data = tmp_path / "tasks"
+    data.mkdir()
+    for task in ("hellaswag", "piqa"):
+        (data / f"{task}.jsonl").write_text((root / "tasks" / f"{task}.jsonl").read_text())
+    out = tmp_path / "r.json"
+    code = main(["--pretrained", str(model_dir), "--tasks", "hellaswag,storycloze,piqa",
+                 "--data_dir", str(data), "--limit", "3", "--out", str(out), "--no_wandb"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.index("not run: storycloze") < err.index("hellaswag:")  # named before any work
+    assert "not run (1 of 3 tasks):\n  storycloze:" in err
+    written = json.loads(out.read_text())
+    assert set(written["tasks"]) == {"hellaswag", "piqa"} and set(written["not_run"]) == {"storycloze"}
+
+
+def test_output_path_is_checked_before_any_work(setup, tmp_path, capsys):
+    root, _, model_dir, _, _ = setup
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out, expected in ((blocker / "r.json", "cannot be written"), (tmp_path, "is a folder")):
+        code = main(["--pretrained", str(model_dir), "--tasks", "piqa", "--data_dir",
+                     str(root / "tasks"), "--out", str(out), "--no_wandb"])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "piqa:" not in err  # nothing scored
+
+
+def test_default_tasks_run_from_the_hub_unless_storycloze_is_local(tmp_path):
+    from oe.evaluation.tasks import TASKS, default_tasks
+
+    assert default_tasks() == ["hellaswag", "piqa", "xstorycloze_en"]
+    assert all(TASKS[t].hub is not None for t in default_tasks())
+    assert default_tasks(tmp_path) == ["hellaswag", "piqa", "xstorycloze_en"]
+    (tmp_path / "storycloze.jsonl").write_text("{}\n")
+    assert default_tasks(tmp_path) == ["hellaswag", "piqa", "storycloze"]
+
+
+def test_progress_counts_every_item_once(setup):
+    root, _, _, model, tokenizer = setup
+    items = load_items("hellaswag", root / "tasks")
+    done = []
+    evaluate_task(model, tokenizer, 0, items, batch_size=3, progress=done.append)
+    assert len(done) > 2 and sum(done) == pytest.approx(len(items))
+
+
+def test_empty_choice_follows_the_harness_rule_and_is_named(setup):
+    from oe.evaluation.scoring import empty_choices
+    from oe.evaluation.tasks import Item
+
+    items = [Item("Question: x\nAnswer:", ["", "Cut it."], 0, "piqa.jsonl:7"),
+             Item("Question: y\nAnswer:", ["Cut it.", "Pull."], 1, "piqa.jsonl:8")]
+    assert empty_choices(items) == ["piqa.jsonl:7: choice 0 is empty"]
+    _, _, _, model, tokenizer = setup
+    requests = build_requests(items, tokenizer, 0)
+    scores = loglikelihoods(model, requests)
+    _, acc_norm = item_correct(items, requests, scores)
+    # lm-eval divides by len(choice) = 0: -inf for the empty one, which is never the prediction.
+    assert acc_norm[0] == 0.0
+
+
+def _when_written(read, seconds: float = 20.0):
+    """W&B's writer process may still be flushing a run file for a moment after finish()."""
+    import time
+
+    from oe.analysis.report import ReportError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return read()
+        except (ReportError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_results_go_to_the_training_runs_own_wandb_run(tmp_path, monkeypatch):
+    import wandb
+
+    from oe.analysis.report import read_wandb_run
+    from oe.cli.evaluate import WandbTarget, log_task, start_wandb, training_wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    training = wandb.init(project="oe-test", name="point", group="sweep", dir=str(run_dir))
+    training.log({"train/loss": 2.0, "trainer/global_step": 10})
+    training.finish()
+    target = _when_written(lambda: training_wandb_run(run_dir))
+    assert (target.run_id, target.project, target.name, target.group) == \
+        (training.id, "oe-test", "point", "sweep")
+    run = start_wandb(target, {})
+    log_task(run, "piqa", {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.75,
+                           "acc_norm_stderr": 0.1, "n": 4}, step=10)
+    run.finish()
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and all(f.name == f"run-{training.id}.wandb" for f in files)
+    history = _when_written(lambda: read_wandb_run(files[-1])[1]["downstream/piqa/acc_norm"])
+    assert history == [(10, 0.75)]
+    assert WandbTarget("p").run_id is None  # other sources: a new run

@@ -1,0 +1,84 @@
+"""What the ``oe`` tools print: quiet by default, everything with ``--verbose``.
+
+Quiet means: the warnings and notices below, each known to be harmless in this project, are not
+shown; every other warning and every error still is. ``--verbose`` (any ``oe`` tool, or
+``OE_VERBOSE=1`` in the environment, which the runs a tool starts inherit) shows them all.
+
+Known harmless, and why:
+- Lightning's hint that ``srun`` exists but is not used: a run started without srun on a machine
+  with SLURM installed is a local run on purpose (SLURM jobs start through srun).
+- Lightning's tip to install ``litlogger``: an advertisement.
+- ``isinstance(treespec, LeafSpec)`` is deprecated: inside Lightning, about a torch API.
+- torch.fx's note that ``is_fx_tracing`` also covers torch.export: printed when a model is
+  traced for the FLOPs count of the model summary; no code here asks either question.
+- ``It is recommended to use self.log(..., sync_dist=True)`` for ``val/gen_*`` and
+  ``downstream/*``: those callbacks gather their counts over the ranks themselves and log the
+  total from rank 0 (``rank_zero_only``).
+- ``Your IterableDataset has __len__ defined``: the data modules give each loader worker its own
+  share of the stream (``get_worker_info``), which is what the warning asks for.
+- The ``datasets`` library's per-split progress bars (``Generating train split``, ``Map``): the
+  data is prepared in seconds and the bars repeat on every rank.
+- ``The number of training batches (N) is smaller than the logging interval``: short test and
+  smoke runs log less often than asked, which is what they are for.
+- W&B's own start and end banners (``wandb: ...`` lines): the run folder and ``wandb sync`` are
+  what matter, and ``oe`` prints where its runs go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+VERBOSE_FLAG = "--verbose"
+VERBOSE_ENV = "OE_VERBOSE"
+
+# (regular expression at the start of the message, where it comes from)
+HARMLESS_WARNINGS = [
+    (r"The `srun` command is available on your system but is not used", "lightning"),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "lightning"),
+    (r"It is recommended to use `self\.log\('(val/gen_|downstream/)", "lightning"),
+    (r"Your `IterableDataset` has `__len__` defined", "lightning"),
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", "lightning"),
+]
+HARMLESS_LOG_MESSAGES = ["For seamless cloud logging", "is_fx_tracing will return true"]
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def take_verbose_flag(argv: list[str]) -> list[str]:
+    """``argv`` without ``--verbose``; when it was there, ``OE_VERBOSE=1`` for this process and
+    the ones it starts."""
+    if VERBOSE_FLAG in argv:
+        os.environ[VERBOSE_ENV] = "1"
+    return [a for a in argv if a != VERBOSE_FLAG]
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(known in message for known in HARMLESS_LOG_MESSAGES)
+
+
+_DROP = _DropHarmless()
+_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+            "torch.fx._symbolic_trace")
+
+
+def quiet_known_warnings() -> None:
+    """Hide the known harmless warnings and notices above; with ``--verbose``, show them again."""
+    if verbose():
+        warnings.filters[:] = [f for f in warnings.filters
+                               if not (f[0] == "ignore" and f[1] is not None
+                                       and any(f[1].pattern == p for p, _ in HARMLESS_WARNINGS))]
+        for name in _LOGGERS:
+            logging.getLogger(name).removeFilter(_DROP)
+        return
+    for pattern, _ in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _LOGGERS:
+        logging.getLogger(name).addFilter(_DROP)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
