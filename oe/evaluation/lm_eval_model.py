@@ -1,0 +1,231 @@
+"""The ``oe`` model of lm-evaluation-harness: any task of the harness on an ``oe`` checkpoint.
+
+    python -m oe.lm_eval --model oe --model_args checkpoint=PATH --tasks piqa --batch_size 32
+
+lm-eval 0.4.13 finds models in its own registry only (no entry points), so ``python -m
+oe.lm_eval`` (``oe lm-eval``) is lm-eval's own command line with this model registered; in Python,
+import this module and call ``lm_eval.simple_evaluate(model="oe", ...)``.
+
+``model_args``: ``checkpoint`` (a ``.ckpt`` of ``oe fit``, its single-device export, or a
+directory of ``oe export --format hf``), ``tokenizer`` (default: the one the checkpoint records
+or the directory holds). ``--batch_size`` and ``--device`` as for any lm-eval model.
+
+Log-likelihoods follow ``oe.evaluation.scoring``'s rules: a request reads context +
+continuation cut from the left to the block size, right-padded in batches sorted by length, and
+an Over-Encoding model computes its n-gram ids over the whole context and continuation in the
+same forward pass. Generation is greedy unless ``do_sample``, with the backbone's key/value cache;
+rows of one context length share a batch (the cache has one length for all its rows).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import lm_eval.models  # noqa: F401  (the harness's own models first: its registry fills lazily
+from lm_eval import utils as lm_eval_utils  # only while empty, so "oe" alone would hide them)
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from oe.evaluation.scoring import eot_id_of
+from oe.huggingface.load import load_model
+
+MODEL_ARGS = ("checkpoint", "tokenizer", "batch_size", "max_batch_size", "device", "max_gen_toks")
+GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
+
+
+@register_model("oe")
+class OELM(TemplateLM):
+    """An ``oe`` network and its tokenizer behind lm-eval's model interface."""
+
+    def __init__(self, checkpoint: str | None = None, tokenizer: str | None = None,
+                 batch_size: int | str = 32, device: str | None = None,
+                 max_gen_toks: int | str = 256, max_batch_size: int | None = None,
+                 **unknown: Any) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(f"model_args: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"the oe model takes {', '.join(MODEL_ARGS)}")
+        if checkpoint is None:
+            raise ValueError("model_args: checkpoint=PATH is required (a .ckpt of oe fit or a "
+                             "directory of oe export --format hf)")
+        if str(batch_size).startswith("auto"):
+            raise ValueError("batch_size auto is not supported by the oe model; give a number")
+        self.batch_size = int(batch_size)
+        self.max_gen_toks = int(max_gen_toks)
+        if self.batch_size < 1 or self.max_gen_toks < 1:
+            raise ValueError("batch_size and max_gen_toks must be >= 1")
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tokenizer = load_model(checkpoint, tokenizer)
+        self.model.to(self._device)
+        self.checkpoint = str(checkpoint)
+        self._eot = eot_id_of(self.tokenizer)
+
+    # -- the tokenizer ------------------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._eot
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.block_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.checkpoint
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        return self.tokenizer.encode(string).ids
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+
+    # -- log-likelihoods ----------------------------------------------------------------------
+
+    def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]],
+                              disable_tqdm: bool = False, override_bs: int | None = None,
+                              **kwargs: Any) -> list[tuple[float, bool]]:
+        """(summed log-probability, whether every token is the argmax) per request."""
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+        batch_size = override_bs or self.batch_size
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            scored = self._score_batch([(requests[i][1], requests[i][2]) for i in chosen])
+            for i, result in zip(chosen, scored):
+                out[i] = result
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
+        return out
+
+    @torch.no_grad()
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        model, max_length = self.model, self.max_length
+        windows = []
+        for context, continuation in pairs:
+            if not continuation:
+                raise ValueError("a loglikelihood request has no continuation tokens to score")
+            full = (context + continuation)[-(max_length + 1):]
+            windows.append((full[:-1], min(len(continuation), len(full) - 1), full))
+        width = max(len(inputs) for inputs, _, _ in windows)
+        tokens = torch.full((len(pairs), width), self._eot, dtype=torch.long)
+        rows, positions, targets = [], [], []
+        for r, (inputs, n_scored, full) in enumerate(windows):
+            tokens[r, :len(inputs)] = torch.tensor(inputs)
+            rows += [r] * n_scored
+            positions += range(len(inputs) - n_scored, len(inputs))
+            targets += full[-n_scored:]
+        device = self._device
+        hidden = model.hidden(model.embedding(tokens.to(device)))
+        rows_t = torch.tensor(rows, device=device)
+        picked = hidden[rows_t, torch.tensor(positions, device=device)]
+        logp = model.logits(picked).float().log_softmax(dim=-1)
+        targets_t = torch.tensor(targets, device=device)
+        per_token = logp.gather(1, targets_t[:, None])[:, 0].double()
+        sums = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, rows_t, per_token)
+        misses = torch.zeros(len(pairs), dtype=torch.long, device=device).index_add_(
+            0, rows_t, (logp.argmax(dim=-1) != targets_t).long())
+        return [(float(s), bool(m == 0)) for s, m in zip(sums.cpu(), misses.cpu())]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihoods: disjoint windows of the block size, each read after as much
+        preceding text as fits, their sums added."""
+        windows, owners = [], []
+        for index, (text,) in enumerate(request.args for request in requests):
+            for context, continuation in map(lm_eval_utils.make_disjoint_window,
+                                             lm_eval_utils.get_rolling_token_windows(
+                                                 token_list=self.tok_encode(text),
+                                                 prefix_token=self.prefix_token_id,
+                                                 max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, context, continuation))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows)):
+            totals[owner] += logprob
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), total)
+        return totals
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Text generated after each context until a stop string, end of text or max_gen_toks."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        prepared = []
+        for index, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            settings = self._generation_settings(gen_kwargs)
+            budget = self.max_length - settings["max_gen_toks"]
+            if budget < 1:
+                raise ValueError(f"max_gen_toks {settings['max_gen_toks']} leaves no room for a "
+                                 f"context in the block size {self.max_length}")
+            ids = (self.tok_encode(context) or [self.prefix_token_id])[-budget:]
+            prepared.append((ids, settings))
+            key = (len(ids), settings["max_gen_toks"], settings["do_sample"], settings["temperature"])
+            groups[key].append(index)
+        out = [""] * len(requests)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chosen = indices[start:start + self.batch_size]
+                texts = self._generate_batch([prepared[i][0] for i in chosen],
+                                             [prepared[i][1]["until"] for i in chosen],
+                                             prepared[chosen[0]][1])
+                for i, text in zip(chosen, texts):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        return out
+
+    def _generation_settings(self, gen_kwargs: dict) -> dict:
+        unknown = sorted(set(gen_kwargs) - set(GEN_KWARGS))
+        if unknown:
+            raise ValueError(f"generation kwargs {', '.join(unknown)} are not supported by the oe "
+                             f"model; it takes {', '.join(GEN_KWARGS)}")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        temperature = float(gen_kwargs.get("temperature", 0.0))
+        do_sample = bool(gen_kwargs.get("do_sample", False)) and temperature > 0
+        return {"until": until, "max_gen_toks": int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)),
+                "do_sample": do_sample, "temperature": temperature}
+
+    @torch.no_grad()
+    def _generate_batch(self, contexts: list[list[int]], until: list[list[str]], settings: dict) -> list[str]:
+        model, device = self.model, self._device
+        tokens = torch.tensor(contexts, dtype=torch.long, device=device)
+        batch, length = tokens.shape
+        steps = settings["max_gen_toks"]
+        cache = model.new_cache(batch, length + steps, device)
+        logits = model.logits(model.hidden(model.embedding(tokens), cache))[:, -1]
+        context_size = model.embedding.context_size + 1
+        recent = F.pad(tokens, (max(context_size - length, 0), 0),
+                       value=getattr(model.embedding, "pad_id", 0))[:, -context_size:]
+        generated = [[] for _ in range(batch)]
+        done = [False] * batch
+        for step in range(steps):
+            if settings["do_sample"]:
+                probs = torch.softmax(logits.float() / settings["temperature"], dim=-1)
+                chosen = torch.multinomial(probs, 1)[:, 0]
+            else:
+                chosen = logits.argmax(dim=-1)
+            for row, token in enumerate(chosen.tolist()):
+                if done[row]:
+                    continue
+                if token == self._eot:
+                    done[row] = True
+                    continue
+                generated[row].append(token)
+                if until[row] and any(stop in self.tok_decode(generated[row]) for stop in until[row]):
+                    done[row] = True
+            if all(done) or step == steps - 1:
+                break
+            recent = torch.cat([recent[:, 1:], chosen[:, None]], dim=1)
+            logits = model.step(recent, cache)
+        texts = []
+        for row, ids in enumerate(generated):
+            text = self.tok_decode(ids)
+            for stop in until[row]:
+                if stop:
+                    text = text.split(stop)[0]
+            texts.append(text)
+        return texts
