@@ -7,6 +7,11 @@ the run's folder). Callbacks are named fields, e.g. ``--generation.num_samples 4
 (GenerationAccuracy, cfg3f) and ``downstream`` (DownstreamEvaluation, Wikitext); a field left
 null adds no callback. Each run writes to its ``run_dir``: CSV metrics, checkpoints, the W&B run
 (offline without a key) and, only when training finished, ``finished.json``.
+
+A folder that already holds a run is refused unless the run resumes it: ``--ckpt_path FILE``, or
+``--resume`` for the folder's newest complete checkpoint (``oe.training.rundir``). SIGTERM and
+SIGINT stop at the next step with a checkpoint and exit 128 + the signal (``oe.training.stops``).
+Exit status: 0 finished, 1 a checkpoint could not be written, 2 bad input, 128+N stopped by N.
 """
 
 from __future__ import annotations
@@ -14,20 +19,27 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.downstream import DownstreamEvaluation
 from callbacks.generation import GenerationAccuracy
 from callbacks.ngram_stats import NgramTableStats
 from oe.cli.config import ComposedConfigFile, parse_with
+from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError, check_tables,
+                                      read_checkpoint)
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
-from oe.training.rundir import requeue_resume_path
+from oe.training.rundir import (RunFolderError, launching_process, lock_run_folder,
+                                newest_checkpoint, refuse_used_folder, requeue_resume_path)
+from oe.training.stops import CleanStop, stop_message
 
 # Callbacks as named config fields: a layer sets the fields of one and keeps the others.
 NAMED_CALLBACKS = {"checkpoint": ModelCheckpoint, "ngram_stats": NgramTableStats,
@@ -59,15 +71,77 @@ class FitCLI(LightningCLI):
         self.config = parse_with(parser, sys.argv[1:] if args is None else list(args))
 
     def instantiate_classes(self) -> None:
+        self.ckpt_path = self._resume_path()
         # Sharded n-gram tables get their values only when sharded (LanguageModel.configure_model).
         with deferred_ngram_tables():
             super().instantiate_classes()
+
+    def _checkpoint_dirs(self) -> list[str]:
+        root = Path(self.config.trainer.default_root_dir)
+        named = self.config.get("checkpoint")
+        dirpath = named.init_args.get("dirpath") if named is not None else None
+        return list(dict.fromkeys([str(dirpath or root / "checkpoints"), str(root / "checkpoints")]))
+
+    def _resume_path(self) -> str | None:
+        """The checkpoint this run resumes from, checked readable, before anything is built.
+
+        The run folder is locked first (by the process that starts the run), and refused when it
+        already holds a run that this one does not resume.
+        """
+        config, root = self.config, self.config.trainer.get("default_root_dir")
+        if config.ckpt_path is not None and config.resume:
+            raise RunFolderError("give --ckpt_path or --resume, not both")
+        if root is None:  # no run folder: nothing to guard or to resume from
+            if config.resume:
+                raise RunFolderError("--resume needs the run's folder: give --run_dir")
+            return config.ckpt_path
+        dirs = self._checkpoint_dirs()
+        if launching_process():
+            self._lock = lock_run_folder(root)
+        path = config.ckpt_path
+        if config.resume:
+            newest = newest_checkpoint(root, dirs)
+            if newest is None:
+                raise RunFolderError(f"--resume: run folder {root} holds no complete checkpoint; "
+                                     f"start the run without --resume")
+            path = str(newest)
+        path = path or requeue_resume_path(root, dirs)
+        if path is None and launching_process():
+            refuse_used_folder(root, dirs)
+        if path is not None:
+            read_checkpoint(path, mmap=True)  # one clear line if it is not a usable file
+        return path
+
+    def check_resume(self) -> None:
+        """Refuse a checkpoint whose tables or model settings differ from this run's config.
+
+        A resumed run restores the model, optimiser and schedule state from the checkpoint, so a
+        changed model setting (``--model.optimizer.lr``, ...) would be silently dropped.
+        """
+        if self.ckpt_path is None:
+            return
+        checkpoint = read_checkpoint(self.ckpt_path, mmap=True)
+        check_tables(checkpoint, self.model, self.ckpt_path)
+        saved = _flat(checkpoint.get("hyper_parameters") or {}, "model")
+        ours = _flat(dict(self.model.hparams), "model")
+        changed = [f"--{key} {ours.get(key)!r} (the checkpoint has {saved.get(key)!r})"
+                   for key in sorted(set(saved) | set(ours))
+                   if not key.endswith("_instantiator") and saved.get(key) != ours.get(key)]
+        if changed:
+            raise ValueError(
+                f"checkpoint {self.ckpt_path} was written with other model settings: "
+                f"{'; '.join(changed)}; a resumed run keeps its checkpoint's model, optimiser "
+                f"and schedule, so these cannot apply: drop them, or start a new run in another "
+                f"--run_dir"
+            )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume from")
+        parser.add_argument("--resume", type=bool, default=False,
+                            help="resume from the run folder's newest complete checkpoint")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="one folder for all this run writes: default_root_dir, the "
                                  "loggers' save_dir and <run_dir>/checkpoints")
@@ -85,10 +159,15 @@ class FitCLI(LightningCLI):
         named = [self.config_init[key] for key in NAMED_CALLBACKS
                  if self.config_init.get(key) is not None]
         listed = listed if isinstance(listed, list) else [listed]
-        return super().instantiate_trainer(callbacks=[*listed, *named], **kwargs)
+        self.clean_stop = CleanStop()
+        trainer = super().instantiate_trainer(callbacks=[*listed, *named, self.clean_stop], **kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no half-written last.ckpt
+        return trainer
 
     def before_fit(self) -> None:
         model, data, trainer = self.model, self.datamodule, self.trainer
+        self.check_resume()
         longest = getattr(data, "max_sequence_length", None)
         block = model.backbone_config.block_size
         if longest is not None and block < longest:
@@ -122,22 +201,43 @@ CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataMod
                   subclass_mode_data=True, save_config_kwargs={"overwrite": True})
 
 
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested hyper-parameters as ``{"model.optimizer.lr": 0.003, ...}`` (dataclasses as mappings)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}.{key}"))
+        return flat
+    return {prefix: list(value) if isinstance(value, tuple) else value}
+
+
 def main(args: list[str] | None = None) -> int:
     started = time.time()
     succeeded = False
     try:
         cli = FitCLI(**CLI_KWARGS, args=args, run=False)
         cli.before_fit()
-        ckpt_path = cli.config.ckpt_path or requeue_resume_path(
-            cli.trainer.default_root_dir,
-            [cb.dirpath for cb in cli.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)])
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-        succeeded = True
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path)
+        succeeded = not cli.trainer.interrupted and cli.clean_stop.stopped is None
+    except CheckpointWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         _finish_wandb(succeeded)
+    stopped = cli.clean_stop.stopped
+    if stopped is not None:
+        if cli.trainer.is_global_zero:
+            print(stop_message(stopped, "resume with the same command and --resume (or "
+                                        f"--ckpt_path {stopped.checkpoint})"), file=sys.stderr)
+        return stopped.exit_code
+    if cli.trainer.interrupted:
+        print("error: training was interrupted; no finished.json written", file=sys.stderr)
+        return 1
     _mark_finished(cli.trainer, started)
     return 0
 

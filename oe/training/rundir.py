@@ -6,18 +6,34 @@ requeue, ``finished.json``), every logger's ``save_dir`` (``csv/version_*/metric
 ``wandb/``) and every ModelCheckpoint's ``dirpath`` (``<run_dir>/checkpoints``); ``run_dir`` wins
 over any of these a config states itself. ``run_name`` (default: the folder's name),
 ``run_group`` and ``run_project`` name the W&B run, its group and its project.
+
+A run folder holds one run. A folder that already holds one (a checkpoint, ``finished.json`` or
+logged metrics) is refused unless the run resumes it (``--ckpt_path``, ``--resume``: its newest
+complete checkpoint, or a requeued SLURM job); a lock file (``.lock``, held while the run lives)
+refuses a second run into the same folder at the same time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import re
 from pathlib import Path
+from typing import IO
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+
+from oe.distributed.checkpoint import (TABLE_KEY, CheckpointError, check_table_files,
+                                      read_checkpoint)
+
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(ValueError):
+    """A run folder that this run may not write to; the message says what to do instead."""
 
 
 def _class_of(spec: Namespace) -> type | None:
@@ -75,19 +91,103 @@ def place_run(config: Namespace, callback_keys: tuple[str, ...] = ("checkpoint",
             callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
 
 
+def checkpoint_files(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> list[Path]:
+    """A run's checkpoint files, the newest first: Lightning's ``hpc_ckpt_N.ckpt`` and every
+    ``.ckpt`` in its checkpoint folders (files still being written have hidden ``.tmp`` names)."""
+    found = {p for p in Path(default_root_dir).glob("hpc_ckpt_*.ckpt") if p.is_file()}
+    for folder in checkpoint_dirs:
+        found |= {p for p in Path(folder).glob("*.ckpt") if p.is_file()}
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def is_complete(path: Path) -> bool:
+    """Whether checkpoint ``path`` can be read and, with sharded tables, its table folder too."""
+    try:
+        checkpoint = read_checkpoint(path, mmap=True)
+        if TABLE_KEY in checkpoint:
+            check_table_files(path, checkpoint)
+    except CheckpointError:
+        return False
+    return True
+
+
+def newest_checkpoint(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> Path | None:
+    """The run's newest complete checkpoint (saves are atomic, so normally simply the newest)."""
+    return next((p for p in checkpoint_files(default_root_dir, checkpoint_dirs) if is_complete(p)),
+                None)
+
+
 def requeue_resume_path(default_root_dir: str, checkpoint_dirs: list[str]) -> str | None:
     """On a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0): the checkpoint to resume from.
 
-    Lightning's newest ``hpc_ckpt_N.ckpt`` when there is one: it is complete by construction (the
-    requeue is only asked for once it is written), whereas the run goes on for a few steps until it
-    is killed and may be cut off while writing ``last.ckpt``. Without one (a preemption that sent no
-    signal first), each ModelCheckpoint's ``last.ckpt``, the newest first. None outside a requeue.
+    The newest complete one of Lightning's ``hpc_ckpt_N.ckpt`` (written on SIGUSR1 before the
+    requeue) and the checkpoint folders' files (``last.ckpt``, also written by a clean stop on
+    the SIGTERM that follows); every save is atomic, so a later file is never a cut-off one.
+    None outside a requeue, or when the run has no checkpoint yet.
     """
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return None
-    hpc = [(int(m.group(1)), p) for p in Path(default_root_dir).glob("hpc_ckpt_*.ckpt")
-           if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
-    if hpc:
-        return str(max(hpc)[1])
-    last = [p for p in (Path(d) / "last.ckpt" for d in checkpoint_dirs) if p.exists()]
-    return str(max(last, key=lambda p: p.stat().st_mtime)) if last else None
+    newest = newest_checkpoint(default_root_dir, checkpoint_dirs)
+    return str(newest) if newest is not None else None
+
+
+def launching_process() -> bool:
+    """Whether this process starts the run (global rank 0), not a rank started for it."""
+    return all(os.environ.get(name, "0") == "0"
+               for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def run_contents(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> list[str]:
+    """What in a run folder shows that a run was there: results, checkpoints, logged metrics."""
+    root = Path(default_root_dir)
+    found = [p for p in [root / "finished.json"] if p.is_file()]
+    found += checkpoint_files(root, checkpoint_dirs)
+    found += sorted(root.glob("*/version_*/metrics.csv"))
+    return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in found]
+
+
+def refuse_used_folder(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> None:
+    """RunFolderError when the folder already holds a run: resume it or choose another folder."""
+    root = Path(default_root_dir)
+    contents = run_contents(root, checkpoint_dirs)
+    if not contents:
+        return
+    shown = ", ".join(contents[:3]) + (f" and {len(contents) - 3} more" if len(contents) > 3 else "")
+    newest = newest_checkpoint(root, checkpoint_dirs)
+    if newest is None:
+        raise RunFolderError(
+            f"run folder {root} already holds a run ({shown}) without a complete checkpoint; it "
+            f"cannot be resumed: give another --run_dir, or remove {root} to start it again"
+        )
+    raise RunFolderError(
+        f"run folder {root} already holds a run ({shown}); resume it with --resume (its newest "
+        f"complete checkpoint, {newest}) or --ckpt_path FILE, or give another --run_dir"
+    )
+
+
+def lock_run_folder(default_root_dir: str | Path) -> IO[str]:
+    """Hold the run folder's lock for as long as the returned file stays open (this process).
+
+    RunFolderError when another live run holds it, or when the folder cannot be written.
+    """
+    root = Path(default_root_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK_FILE, "a+")
+    except OSError as err:
+        raise RunFolderError(f"run folder {root} cannot be written ({err.strerror}); give a "
+                             f"writable --run_dir") from err
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(f"run folder {root} is in use by another run (process {holder}, "
+                             f"lock {root / LOCK_FILE}); wait for it to end or give another "
+                             f"--run_dir") from err
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from jsonargparse import Namespace
 
-from oe.training.rundir import place_run, requeue_resume_path
+from oe.training.rundir import (RunFolderError, lock_run_folder, newest_checkpoint, place_run,
+                                refuse_used_folder, requeue_resume_path)
 
 
 def fit_config(run_dir: str | None, name: str | None = None, group: str | None = None,
@@ -80,16 +82,56 @@ def test_a_logger_without_a_folder_and_no_run_dir_is_refused():
         place_run(config)
 
 
-def test_requeued_job_prefers_the_newest_hpc_checkpoint(tmp_path, monkeypatch):
+def _checkpoint(path: Path, step: int, mtime: float | None = None) -> None:
+    torch.save({"state_dict": {}, "global_step": step}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def test_requeued_job_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
-    (ckpts / "last.ckpt").write_bytes(b"x")
+    now = time.time()
+    _checkpoint(ckpts / "last.ckpt", 4, now - 30)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert requeue_resume_path(str(tmp_path), [str(ckpts)]) is None  # a first start: from scratch
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert requeue_resume_path(str(tmp_path), [str(ckpts)]) == str(ckpts / "last.ckpt")
-    for n in (2, 10):
-        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"x")
-    later = time.time() + 5
-    os.utime(ckpts / "last.ckpt", (later, later))  # written after the signal: may be cut off
+    for n, age in ((2, 20), (10, 10)):
+        _checkpoint(tmp_path / f"hpc_ckpt_{n}.ckpt", n, now - age)
     assert requeue_resume_path(str(tmp_path), [str(ckpts)]) == str(tmp_path / "hpc_ckpt_10.ckpt")
+    # A clean stop after the SIGUSR1 save wrote last.ckpt later: saves are atomic, so it wins.
+    _checkpoint(ckpts / "last.ckpt", 12, now)
+    assert requeue_resume_path(str(tmp_path), [str(ckpts)]) == str(ckpts / "last.ckpt")
+    # A file that cannot be read is passed over; a hidden temporary one is never a candidate.
+    (ckpts / "broken.ckpt").write_bytes(b"x")
+    os.utime(ckpts / "broken.ckpt", (now + 5, now + 5))
+    _checkpoint(ckpts / ".last.ckpt.123.tmp", 14, now + 5)
+    assert newest_checkpoint(tmp_path, [str(ckpts)]) == ckpts / "last.ckpt"
+
+
+def test_a_used_run_folder_is_refused_with_both_choices(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    refuse_used_folder(tmp_path, [str(ckpts)])  # empty: fine
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    (tmp_path / "csv" / "version_0" / "metrics.csv").write_text("step\n")
+    with pytest.raises(RunFolderError, match="without a complete checkpoint; it cannot be resumed"):
+        refuse_used_folder(tmp_path, [str(ckpts)])
+    ckpts.mkdir()
+    _checkpoint(ckpts / "last.ckpt", 4)
+    with pytest.raises(RunFolderError, match=r"resume it with --resume .*last.ckpt\) or "
+                                             r"--ckpt_path FILE, or give another --run_dir"):
+        refuse_used_folder(tmp_path, [str(ckpts)])
+
+
+def test_a_second_live_run_is_refused_by_the_lock(tmp_path):
+    held = lock_run_folder(tmp_path / "run")
+    # flock belongs to the open file, so a second opening conflicts even in this process.
+    with pytest.raises(RunFolderError, match=f"in use by another run \\(process {os.getpid()}"):
+        lock_run_folder(tmp_path / "run")
+    held.close()  # the lock ends with its holder
+    lock_run_folder(tmp_path / "run").close()
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")
+    with pytest.raises(RunFolderError, match="cannot be written"):
+        lock_run_folder(unwritable / "run")
