@@ -108,3 +108,33 @@ def test_a_checkpoint_without_a_tokenizer(tmp_path, tokenizer_dir, capsys) -> No
     assert export_main(["--format", "hf", "--tokenizer", str(tokenizer_dir), str(ckpt),
                         str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "tokenizer.json").is_file()
+
+
+@pytest.mark.distributed
+def test_a_two_rank_sharded_checkpoint_exports_one_table_at_a_time(tmp_path, monkeypatch) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from tests.distributed.sharding_worker import probe_tokens
+    from tests.distributed.test_parallelize_two_ranks import launch
+
+    launch(2, tmp_path, "step")
+    loads = []
+    real_load = dcp.load
+
+    def recording_load(state, *args, **kwargs):
+        loads.append(sorted(state))
+        return real_load(state, *args, **kwargs)
+
+    monkeypatch.setattr(dcp, "load", recording_load)
+    out = tmp_path / "hf"
+    assert export_main(["--format", "hf", "--without_tokenizer", str(tmp_path / "step_w2.ckpt"),
+                        str(out)]) == 0
+    # Four tables (orders 2 and 3, k=2), each read alone, whole, from both ranks' shards.
+    assert [len(keys) for keys in loads] == [1, 1, 1, 1]
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert weight_map["model.embedding.ngram.embeddings.ngram3_1.weight"] == "model-ngram3_1.safetensors"
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    torch.set_num_threads(1)
+    expected = torch.load(tmp_path / "step_w2.pt")["after"]
+    with torch.no_grad():
+        assert torch.equal(model(probe_tokens()).logits, expected)
