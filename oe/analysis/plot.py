@@ -1,10 +1,12 @@
-"""``python -m oe.plot RUN_DIR ... --out FIG.png``: metric curves of runs, side by side.
+"""Drawing metric curves, and reading a run's CSV history (``oe.report`` and its alias ``oe.plot``).
 
-Reads each run's CSV metrics (``<run>/**/metrics.csv``, the newest when there are several),
-groups runs by label (by default the directory name without its seed suffix, so ``cfg_oe3-seed0``
-and ``cfg_oe3-seed1`` form ``cfg_oe3``; or ``--labels``), and draws one panel per metric: the
-mean over a group's runs at the steps they all logged, with the min-max band shaded.
-``--summary-step S`` also prints the values at step S as a markdown table.
+- Reading: Lightning CSVLogger files, versions of a resumed run merged (``merge_csv_versions``).
+- Drawing (``plot_curves``): one panel per metric; per series (a run, or the seeds of one
+  configuration) a line, the mean over its runs with the min-max band shaded, against the step or
+  against ``train/tokens``. Long curves are smoothed (an exponential moving average, debiased as
+  TensorBoard does); the y-range is robust: values far outside the bulk (beyond three
+  interquartile ranges of the quartiles) are left off the scale and counted in the panel, so one
+  spike cannot flatten a panel.
 """
 
 from __future__ import annotations
@@ -81,50 +83,89 @@ def read_curve(history: History, metric: str) -> tuple[np.ndarray, np.ndarray]:
             np.asarray([v for _, v in points], dtype=np.float64))
 
 
-def default_label(run_dir: Path) -> str:
-    """A run's group: its directory name without a trailing seed (``-seed1``, ``_s0``...)."""
-    return re.sub(r"[-_](seed|s)\d+$", "", Path(run_dir).name)
+def default_label(run: Path | str) -> str:
+    """A run's series: its name without a trailing seed (``-seed1``, ``_s0``, ``,seed=2``...), so
+    that the seeds of one configuration share a line and a band."""
+    return re.sub(r"([-_](seed|s)\d+|[-_,]seed=\d+)$", "", Path(run).name.removesuffix(".csv"))
 
 
-def plot_runs(runs: dict[str, list[Path]], metrics: list[str], out: Path,
-              title: str | None = None) -> Path:
-    """Draw ``metrics`` (one panel each) for groups of run directories; returns ``out``."""
-    histories = {label: [run_history(d) for d in dirs] for label, dirs in runs.items()}
-    curves = {metric: {label: [read_curve(h, metric) for h in hs]
-                       for label, hs in histories.items()} for metric in metrics}
-    return plot_curves(curves, out, title)
+Curve = tuple[np.ndarray, np.ndarray]  # (x: steps or tokens, values)
+
+SMOOTH_MIN_POINTS = 20  # shorter curves (a few validations) are drawn as logged
 
 
-Curve = tuple[np.ndarray, np.ndarray]  # (steps, values)
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average with weight ``weight`` on the past, debiased at the start."""
+    if weight <= 0 or len(values) < SMOOTH_MIN_POINTS:
+        return values
+    out, average = np.empty(len(values)), 0.0
+    for i, value in enumerate(values):
+        average = weight * average + (1 - weight) * value
+        out[i] = average / (1 - weight ** (i + 1))
+    return out
 
 
-def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path,
-                title: str | None = None) -> Path:
-    """One panel per metric of ``curves[metric][label]`` (a label's runs: mean line, min-max band)."""
+def robust_limits(values: np.ndarray, reach: float = 3.0) -> tuple[float, float]:
+    """(low, high) holding every value within ``reach`` interquartile ranges of the quartiles."""
+    values = values[np.isfinite(values)]
+    q1, q3 = np.percentile(values, [25, 75])
+    spread = q3 - q1
+    inside = values[(values >= q1 - reach * spread) & (values <= q3 + reach * spread)]
+    low, high = float(inside.min()), float(inside.max())
+    pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    return low - pad, high + pad
+
+
+def mean_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, min, max) of several runs' curves where they overlap, on the x of the run with
+    the most points there (the others interpolated: seeds log the same steps, but their token
+    counts may differ slightly)."""
+    start = max(float(x[0]) for x, _ in curves)
+    stop = min(float(x[-1]) for x, _ in curves)
+    grid = max((x[(x >= start) & (x <= stop)] for x, _ in curves), key=len)
+    stacked = np.array([np.interp(grid, x, y) for x, y in curves])
+    return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path, title: str | None = None,
+                xlabel: str = "step", smoothing: float = 0.0) -> Path:
+    """One panel per metric of ``curves[metric][series]`` (a series' runs: mean line, min-max band)."""
     metrics = list(curves)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
-    missing = []
-    for ax, metric in zip(axes[0], metrics):
+    if not any(c for by_series in curves.values() for cs in by_series.values() for c in cs
+               if len(c[0])):
+        raise ValueError(f"none of the runs logged any of {metrics}")
+    columns = min(len(metrics), 3)
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        drawn, smoothed = [], False
         for label, runs_curves in curves[metric].items():
-            curves_ = [c for c in runs_curves if len(c[0])]
-            if not curves_:
-                missing.append(f"{label}: {metric}")
+            runs_curves = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+                           for x, y in runs_curves if len(x)]
+            smoothed |= smoothing > 0 and any(len(y) >= SMOOTH_MIN_POINTS for _, y in runs_curves)
+            runs_curves = [(x, smooth(y, smoothing)) for x, y in runs_curves]
+            if not runs_curves:
                 continue
-            common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves_)))
-            stacked = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves_])
-            mean = stacked.mean(0)
-            line, = ax.plot(common, mean, marker="o" if len(common) < 30 else None,
-                            markersize=3, label=f"{label} (n={len(curves_)})")
-            if len(curves_) > 1:
-                ax.fill_between(common, stacked.min(0), stacked.max(0), alpha=0.2,
-                                color=line.get_color())
-        ax.set_xlabel("step")
-        ax.set_ylabel(metric)
+            x, mean, low, high = mean_band(runs_curves)
+            line, = ax.plot(x, mean, marker="o" if len(x) < 30 else None, markersize=3,
+                            label=f"{label} (n={len(runs_curves)})")
+            if len(runs_curves) > 1:
+                ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+            drawn += [mean, low, high]
+        if drawn:
+            values = np.concatenate(drawn)
+            low, high = robust_limits(values)
+            ax.set_ylim(low, high)
+            off = int(np.sum((values < low) | (values > high)))
+            if off:
+                ax.text(0.99, 0.98, f"{off} point(s) off the scale", transform=ax.transAxes,
+                        ha="right", va="top", fontsize=7, color="0.4")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric + (f" (smoothed {smoothing})" if smoothed else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if missing and len(missing) == sum(len(by_label) for by_label in curves.values()):
-        plt.close(fig)
-        raise ValueError(f"none of the runs logged any of {metrics}")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -133,27 +174,3 @@ def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path,
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-def values_at(runs: dict[str, list[Path]], metric: str, step: int) -> dict[str, list[float]]:
-    """Each group's values of ``metric`` at ``step`` (runs that did not log it there are left out)."""
-    table = {}
-    for label, dirs in runs.items():
-        values = []
-        for d in dirs:
-            values += [v for s, v in run_history(d).get(metric, []) if s == step]
-        table[label] = values
-    return table
-
-
-def print_summary(runs: dict[str, list[Path]], metrics: list[str], step: int) -> None:
-    """A markdown table: each group's mean (min..max over runs) of each metric at ``step``."""
-    print(f"| group (step {step}) | " + " | ".join(metrics) + " |")
-    print("| --- |" + " --- |" * len(metrics))
-    columns = [values_at(runs, m, step) for m in metrics]
-    for label in runs:
-        cells = []
-        for column in columns:
-            v = column[label]
-            cells.append("-" if not v else f"{np.mean(v):.4f} ({min(v):.4f}..{max(v):.4f}, n={len(v)})")
-        print(f"| {label} | " + " | ".join(cells) + " |")

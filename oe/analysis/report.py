@@ -1,12 +1,19 @@
 """What ``python -m oe.report`` (``oe.cli.report``) reads, fits and writes.
 
-- Reading: a local run folder (its CSV history, or its offline W&B run file when it has no CSV; a
-  folder of run folders counts as all of them), or every run of a W&B group online, as ``Run``.
-- The fit: least squares of final loss against log10 of the rows per table, with the slope's
-  95% interval from Student's t (``fit_log_linear``), beside the paper's slope b = -0.0256
-  (OLMoE-1.3B, Huang et al. 2025). ``oe.experiments.table_scaling`` takes its slopes from it too.
-- Writing: the curves of each group (drawn by ``oe.analysis.plot``), ``loglinear.png`` and
-  ``report.md`` (the runs, the fit, the comparison at equal tokens, the downstream table).
+- Reading (``read_run``): every layout the project writes, as ``Run``: a run folder of ``oe.fit``
+  (``csv/version_*/metrics.csv`` with its ``config.yaml``, or its offline W&B runs when there is no
+  CSV), a folder holding ``metrics.csv`` itself (``docs/evidence/cfg3f_gpu/*``), a lone CSV file
+  (``docs/evidence/cfg3f_cpu_tiny/*.csv``), each with the results ``oe.evaluate`` wrote into it
+  (``eval/*.json``, as ``downstream/<task>/<metric>`` at the checkpoint's step); a folder of
+  such runs counts as all of them; or every run of a W&B group online.
+- The fit: least squares of the loss against log10 of the rows per table, per group of runs that
+  differ only in m (same orders, k and backbone size), at the largest step every run of the group
+  reached, with the slope's 95% interval from Student's t (``fit_log_linear``), beside the paper's
+  slope b = -0.0256 (OLMoE-1.3B, Huang et al. 2025). ``oe.experiments.table_scaling`` takes its
+  slopes from it too.
+- Writing: the curves of each group (``oe.analysis.plot``: seeds as bands, against steps or
+  tokens), ``loglinear.png`` and ``report.md`` (the runs, the fit, the comparison at equal tokens,
+  the downstream table).
 - Equal tokens: runs of different batch sizes or kinds are compared at the largest ``train/tokens``
   (target tokens of all ranks) that every run reached, not at equal steps (``at_equal_tokens``).
 """
@@ -24,15 +31,16 @@ import numpy as np
 import yaml
 
 from oe.analysis.evidence import EvidenceError, curve_against_tokens, value_at_tokens
-from oe.analysis.plot import csv_version, plot_curves, read_csv_history
+from oe.analysis.plot import (History, csv_version, default_label, merge_csv_versions,
+                              plot_curves, read_csv_history)
 
 PAPER_SLOPE = -0.0256  # per decade of m: L = 2.6754 - 0.0256 log10(m), OLMoE-1.3B, N=2, k=1
 PAPER_INTERCEPT = 2.6754
-DEFAULT_METRICS = ["train/loss", "val/loss"]
-# Shown beside the default metrics when some run has them (cfg3f data: the grammar's loss floor and
-# graded generation); runs without them, such as Wikitext runs, report "–" there.
-EXTRA_METRICS = ["val/excess_loss", "val/gen_acc", "val/gen_viable_frac"]
+# The default metrics, each shown when some run logged it: losses, then cfg3f's excess loss and
+# graded generation; runs without one (Wikitext runs have no val/gen_acc) report "–" there.
+DEFAULT_METRICS = ["train/loss", "val/loss", "val/excess_loss", "val/gen_acc", "val/gen_viable_frac"]
 TOKENS = "train/tokens"
+STEP = "step"
 
 
 class ReportError(ValueError):
@@ -54,12 +62,48 @@ class Run:
             return int(over_encoding["modulus"])
         return None
 
-    def final(self, metric: str, window: int = 1) -> float | None:
-        """Mean of the last ``window`` logged values of ``metric``; None if never logged."""
-        points = self.history.get(metric)
+    @property
+    def label(self) -> str:
+        """The run's series in the curves: its name without a seed, so seeds form a band."""
+        return default_label(self.name)
+
+    @property
+    def fit_group(self) -> str:
+        """What the runs of one log-linear fit share: orders, k and backbone size (not m)."""
+        model = self.config.get("model") or {}
+        over_encoding = model.get("over_encoding") or {}
+        orders = over_encoding.get("orders")
+        backbone = model.get("backbone") or {}
+        size = (f"{backbone.get('n_layer')}x{backbone.get('n_embd')}" if backbone.get("n_layer")
+                else next((t.removeprefix("size=") for t in self.config.get("_tags", [])
+                           if t.startswith("size=")), "?"))
+        return (f"orders={'+'.join(map(str, [1, *sorted(orders)])) if orders else '?'}, "
+                f"k={over_encoding.get('k', '?')}, size={size}")
+
+    def final(self, metric: str, window: int = 1, step: int | None = None) -> float | None:
+        """Mean of the last ``window`` values of ``metric`` logged at or before ``step`` (default:
+        the end); None if there are none."""
+        points = [(s, v) for s, v in self.history.get(metric, []) if step is None or s <= step]
         if not points:
             return None
         return float(np.mean([v for _, v in points[-window:]]))
+
+    def curve(self, metric: str, x: str = STEP) -> tuple[np.ndarray, np.ndarray]:
+        """(x, values) of ``metric``: x the step, or ``train/tokens`` at that step (linear between
+        the steps it was logged at, extended at the rate of its last two points)."""
+        points = self.history.get(metric, [])
+        steps = np.asarray([s for s, _ in points], dtype=float)
+        values = np.asarray([v for _, v in points], dtype=float)
+        if x == STEP or not len(steps):
+            return steps, values
+        logged = self.history.get(TOKENS, [])
+        if len(logged) < 2:
+            raise ReportError(f"{self.name}: curves against tokens need {TOKENS!r}, which this "
+                              f"run logged {len(logged)} time(s); use --x step")
+        at, tokens = (np.asarray(c, dtype=float) for c in zip(*logged))
+        rate = (tokens[-1] - tokens[-2]) / max(at[-1] - at[-2], 1)
+        beyond = tokens[-1] + rate * (steps - at[-1])
+        return np.where(steps > at[-1], beyond, np.interp(steps, at, tokens)), values
 
 
 # -- reading local runs -----------------------------------------------------------------------
@@ -143,44 +187,97 @@ def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]
     return config, {k: sorted(v) for k, v in history.items()}, info
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "csv").is_dir() or any((path / "wandb").glob("offline-run-*/run-*.wandb"))
+def _has_wandb_run(path: Path) -> bool:
+    return any((path / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def read_run_dir(path: Path) -> Run:
+def is_run(path: Path) -> bool:
+    """A run as the project writes it: a folder of oe.fit, a folder with its own metrics.csv,
+    or one CSV file of metrics."""
+    if path.is_file():
+        return path.suffix == ".csv"
+    return ((path / "csv").is_dir() or (path / "metrics.csv").is_file() or _has_wandb_run(path))
+
+
+def read_evaluations(path: Path, history: History) -> None:
+    """Add ``oe.evaluate``'s results in ``path/eval/*.json`` to ``history``: each task's metrics
+    as ``downstream/<task>/<metric>`` at the evaluated checkpoint's step (the run's last step
+    when the checkpoint records none)."""
+    last = max((s for points in history.values() for s, _ in points), default=0)
+    for file in sorted((path / "eval").glob("*.json")):
+        try:
+            results = json.loads(file.read_text())
+            step = results.get("step")
+            tasks = results["tasks"]
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise ReportError(f"{file}: not a results file of oe.evaluate ({err})") from None
+        for task, metrics in tasks.items():
+            for name in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+                if name in metrics:
+                    key = f"downstream/{task}/{name}"
+                    points = dict(history.get(key, []))
+                    points[last if step is None else int(step)] = float(metrics[name])
+                    history[key] = sorted(points.items())
+
+
+def read_run(path: Path) -> Run:
+    """One run, from any layout ``is_run`` accepts."""
     path = Path(path)
+    if path.is_file():
+        history = merge_csv_versions([path])
+        if not history:
+            raise ReportError(f"{path}: no metrics in this CSV file")
+        return Run(path.stem, path.parent.name, str(path), {}, history)
     config: dict = {}
     configs = sorted((path / "csv").glob("version_*/config.yaml"), key=lambda p: csv_version(p.parent))
     if configs:
         config = yaml.safe_load(configs[-1].read_text()) or {}
-    history = read_csv_history(path / "csv") if (path / "csv").is_dir() else {}
+    if (path / "csv").is_dir():
+        history = read_csv_history(path / "csv")
+    elif (path / "metrics.csv").is_file():
+        history = merge_csv_versions([path / "metrics.csv"])
+    else:
+        history = {}
     info: dict = {}
-    wandb_files = sorted((path / "wandb").glob("offline-run-*/run-*.wandb"))
+    # A run's W&B id may have several files: the training run and evaluations logged into it.
+    wandb_files = sorted((path / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
     if wandb_files:
-        w_config, w_history, info = read_wandb_run(wandb_files[-1])
+        w_config, w_history, info = read_wandb_run(wandb_files[0])
+        same_run = [f for f in wandb_files[1:] if f.name == wandb_files[0].name]
+        for later in same_run:
+            for key, points in read_wandb_run(later)[1].items():
+                merged = dict(w_history.get(key, []))
+                merged.update(points)
+                w_history[key] = sorted(merged.items())
         config = config or w_config
         history = history or w_history
+        config.setdefault("_tags", info.get("tags", []))
+    read_evaluations(path, history)
     if not history:
-        raise ReportError(f"{path}: no metrics (neither csv/version_*/metrics.csv nor an offline "
-                          f"W&B run with history rows)")
+        raise ReportError(f"{path}: no metrics (neither csv/version_*/metrics.csv, metrics.csv nor "
+                          f"an offline W&B run with history rows)")
     name = config.get("run_name") or info.get("name") or path.name
     group = config.get("run_group") or info.get("group") or path.parent.name
     return Run(name, group, str(path), config, history)
 
 
+read_run_dir = read_run  # the older name
+
+
 def expand_run_dirs(paths: list[Path]) -> list[Path]:
-    """Each path is a run folder, or a folder whose subfolders are (a sweep's folder)."""
+    """Each path is a run (``is_run``), or a folder whose entries are (a sweep's folder, an
+    evidence folder of run folders or of CSV files)."""
     found = []
-    for path in paths:
-        if not path.is_dir():
-            raise ReportError(f"{path} is not a folder")
-        if _is_run_dir(path):
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ReportError(f"{path} does not exist")
+        if is_run(path):
             found.append(path)
             continue
-        children = sorted(p for p in path.iterdir() if p.is_dir() and _is_run_dir(p))
+        children = sorted(p for p in path.iterdir() if is_run(p)) if path.is_dir() else []
         if not children:
-            raise ReportError(f"{path} holds no run (no csv/ or wandb/offline-run-*), "
-                              f"nor do its subfolders")
+            raise ReportError(f"{path} holds no run (no csv/, metrics.csv, wandb/offline-run-* "
+                              f"or *.csv), nor do its entries")
         found += children
     return found
 
@@ -262,60 +359,112 @@ def fit_log_linear(m: list[int], loss: list[float]) -> LogLinearFit:
 
 # -- rendering ------------------------------------------------------------------------------------
 
-def check_metrics(runs: list[Run], metrics: list[str], fit_metric: str) -> None:
-    """One error naming every metric asked for that some run lacks."""
+def choose_metrics(runs: list[Run], asked: list[str] | None) -> list[str]:
+    """The metrics asked for, each required of every run (one error naming every run that lacks
+    one); by default, those of ``DEFAULT_METRICS`` that some run logged."""
+    if asked is None:
+        chosen = [m for m in DEFAULT_METRICS if any(r.history.get(m) for r in runs)]
+        if not chosen:
+            available = sorted({k for r in runs for k in r.history})
+            raise ReportError(f"these runs logged none of {', '.join(DEFAULT_METRICS)}; pick "
+                              f"--metrics from: {', '.join(available)}")
+        return chosen
     problems = []
-    for metric in metrics:
+    for metric in asked:
         missing = [r.name for r in runs if not r.history.get(metric)]
         if missing:
             problems.append(f"{metric!r} is missing from {len(missing)} run(s): {', '.join(missing)}")
-    oe_runs = [r for r in runs if r.modulus is not None]
-    missing = [r.name for r in oe_runs if not r.history.get(fit_metric)]
-    if missing:
-        problems.append(f"the fit's metric {fit_metric!r} is missing from: {', '.join(missing)}")
     if problems:
         available = sorted({k for r in runs for k in r.history})
         raise ReportError("; ".join(problems) + f". Metrics these runs have: {', '.join(available)}")
+    return list(asked)
 
 
-def plot_group_curves(runs: list[Run], metrics: list[str], out_dir: Path) -> dict[str, Path]:
-    """``curves_<group>.png`` per W&B group: one panel per metric, one line per run."""
+def check_fit_metric(runs: list[Run], fit_metric: str) -> None:
+    missing = [r.name for r in runs if r.modulus is not None and not r.history.get(fit_metric)]
+    if missing:
+        raise ReportError(f"the fit's metric {fit_metric!r} is missing from: {', '.join(missing)}")
 
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text)
+
+
+def plot_group_curves(runs: list[Run], metrics: list[str], out_dir: Path, x: str = STEP,
+                      smoothing: float = 0.0) -> dict[str, Path]:
+    """``curves_<group>.png`` per group: one panel per metric, one line per series (a run, or
+    the seeds of one configuration as a mean with its min-max band)."""
     written = {}
     for group in sorted({r.group for r in runs}):
-        members = sorted((r for r in runs if r.group == group),
-                         key=lambda r: (r.modulus or 0, r.name))
-        curves = {metric: {run.name: [tuple(np.asarray(a) for a in zip(*run.history[metric]))]
-                           for run in members if run.history.get(metric)}
-                  for metric in metrics}
-        curves = {metric: by_run for metric, by_run in curves.items() if by_run}
-        slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", group)
-        written[group] = plot_curves(curves, out_dir / f"curves_{slug}.png", title=group)
+        members = sorted((r for r in runs if r.group == group), key=lambda r: (r.modulus or 0, r.name))
+        curves: dict[str, dict[str, list]] = {}
+        for metric in metrics:
+            for run in members:
+                if run.history.get(metric):
+                    curves.setdefault(metric, {}).setdefault(run.label, []).append(run.curve(metric, x))
+        if curves:
+            written[group] = plot_curves(curves, out_dir / f"curves_{_slug(group)}.png", title=group,
+                                         xlabel=x, smoothing=smoothing)
     return written
 
 
-def plot_log_linear(m: list[int], loss: list[float], fit: LogLinearFit, metric: str,
-                    out: Path) -> None:
+@dataclass
+class GroupFit:
+    """The log-linear fit of one group of runs that differ only in m."""
+    group: str
+    step: int                    # the aligned step: the largest every run of the group reached
+    runs: list[Run]
+    loss: list[float]
+    fit: LogLinearFit | None     # None with fewer than two values of m
+    why_not: str = ""
+
+
+def fit_groups(runs: list[Run], metric: str, window: int) -> list[GroupFit]:
+    """Per fit group (orders, k, size): the loss of each Over-Encoding run at the largest step
+    every run of the group logged ``metric`` at or after, and the fit when m takes two values."""
+    fits = []
+    oe_runs = [r for r in runs if r.modulus is not None and r.history.get(metric)]
+    for group in sorted({r.fit_group for r in oe_runs}):
+        members = sorted((r for r in oe_runs if r.fit_group == group), key=lambda r: (r.modulus, r.name))
+        step = min(r.history[metric][-1][0] for r in members)
+        loss = [r.final(metric, window, step) for r in members]
+        ms = sorted({r.modulus for r in members})
+        if len(ms) < 2:
+            fits.append(GroupFit(group, step, members, loss, None,
+                                 f"one value of m ({ms[0]}); the fit needs two or more"))
+            continue
+        fits.append(GroupFit(group, step, members, loss, fit_log_linear([r.modulus for r in members], loss)))
+    return fits
+
+
+def plot_log_linear(fits: list[GroupFit], metric: str, out: Path) -> None:
+    """Each group's runs (m labelled on each point) and its least-squares line; the paper's
+    slope through the centre of each group's points (its loss scale, OLMoE, is not ours)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = np.log10(np.asarray(m, dtype=float))
-    grid = np.linspace(x.min() - 0.1, x.max() + 0.1, 50)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.scatter(x, loss, color="C0", zorder=3, label="runs")
-    ax.plot(grid, fit.intercept + fit.slope * grid, color="C0",
-            label=f"fit: {fit.intercept:.4f} {fit.slope:+.4f} log10(m)")
-    # The paper's slope through the centre of our points: its loss scale (OLMoE) is not ours.
-    centre_x, centre_y = float(x.mean()), float(np.mean(loss))
-    ax.plot(grid, centre_y + PAPER_SLOPE * (grid - centre_x), "--", color="C3",
-            label=f"paper's slope {PAPER_SLOPE} per decade")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, group in enumerate(g for g in fits if g.fit is not None):
+        color = f"C{i % 10}"
+        x = np.log10(np.asarray([r.modulus for r in group.runs], dtype=float))
+        ax.scatter(x, group.loss, color=color, zorder=3)
+        for xi, yi, run in zip(x, group.loss, group.runs):
+            ax.annotate(f"m={run.modulus:,}", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=color)
+        grid = np.linspace(x.min() - 0.1, x.max() + 0.1, 50)
+        fit = group.fit
+        ax.plot(grid, fit.intercept + fit.slope * grid, color=color,
+                label=f"{group.group} @ step {group.step}: {fit.slope:+.4f} per decade")
+        ax.plot(grid, float(np.mean(group.loss)) + PAPER_SLOPE * (grid - float(x.mean())), ":",
+                color=color, alpha=0.7)
+    ax.plot([], [], ":", color="0.4", label=f"paper's slope {PAPER_SLOPE} per decade")
     ax.set_xlabel("log10(m)")
-    ax.set_ylabel(f"final {metric}")
-    ax.set_title("loss against Over-Encoding table size m", fontsize=10)
+    ax.set_ylabel(metric)
+    ax.set_title("loss against Over-Encoding table size m, per group", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -330,7 +479,9 @@ def downstream_table(runs: list[Run]) -> list[str]:
                    if k.startswith("downstream/") and k.endswith(("/acc", "/acc_norm"))})
     if not keys:
         return ["No run logged downstream metrics (`downstream/<task>/acc`: add the "
-                "`callbacks.downstream.DownstreamEvaluation` callback, or run `python -m oe.evaluate`)."]
+                "`callbacks.downstream.DownstreamEvaluation` callback, or run "
+                "`oe evaluate --ckpt RUN/checkpoints/last.ckpt`, which writes `RUN/eval/last.json`, "
+                "read here)."]
     names = [k.removeprefix("downstream/") for k in keys]
     lines = ["| run | group | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(keys)]
     for run in runs:
@@ -384,15 +535,43 @@ def equal_tokens_table(runs: list[Run], metrics: list[str]) -> list[str]:
     return lines
 
 
-def render(runs: list[Run], out: Path, metrics: list[str], fit_metric: str, window: int,
-           extra_metrics: list[str] = ()) -> Path:
-    """``metrics`` must be logged by every run; ``extra_metrics`` are shown when some run has them."""
-    check_metrics(runs, metrics, fit_metric)
-    metrics = metrics + [m for m in extra_metrics
-                         if m not in metrics and any(r.history.get(m) for r in runs)]
+def fit_section(runs: list[Run], fit_metric: str, window: int, out: Path) -> list[str]:
+    fits = fit_groups(runs, fit_metric, window)
+    fitted = [g for g in fits if g.fit is not None]
+    if not fitted:
+        ms = sorted({r.modulus for r in runs if r.modulus is not None})
+        return [f"Not fitted: it needs Over-Encoding runs of one group (orders, k, size) at two or "
+                f"more values of m (these runs have {ms or 'none'}).", ""]
+    plot_log_linear(fits, fit_metric, out / "loglinear.png")
+    lines = [f"Least squares of `{fit_metric}` against log10(m) per group of runs that differ only in "
+             f"m, each run's value at the group's aligned step (the largest step all of them reached)"
+             + (f", the mean of the last {window} logged values" if window > 1 else "") + ":", "",
+             "| group | step | runs | fit | slope per decade of m | 95% interval | per 4x m |",
+             "|---|---|---|---|---|---|---|"]
+    for g in fits:
+        if g.fit is None:
+            lines.append(f"| {g.group} | {g.step} | {len(g.runs)} | not fitted: {g.why_not} | – | – | – |")
+            continue
+        fit = g.fit
+        ci = f"[{fit.ci95[0]:+.4f}, {fit.ci95[1]:+.4f}]" if fit.n > 2 else "not defined with two runs"
+        lines.append(f"| {g.group} | {g.step} | {fit.n} | {fit.intercept:.4f} {fit.slope:+.4f} log10(m) "
+                     f"| {fit.slope:+.4f} | {ci} | {fit.slope * math.log10(4):+.4f} |")
+    lines += [f"| paper (OLMoE-1.3B, N=2, k=1, m 2e4..1.28e7) | – | – | "
+              f"{PAPER_INTERCEPT} {PAPER_SLOPE:+.4f} log10(m) | {PAPER_SLOPE:+.4f} | – | "
+              f"{PAPER_SLOPE * math.log10(4):+.4f} |", "", "![log-linear fit](loglinear.png)", ""]
+    return lines
+
+
+def render(runs: list[Run], out: Path, metrics: list[str] | None = None,
+           fit_metric: str = "val/loss", window: int = 1, x: str = STEP,
+           smoothing: float = 0.0) -> Path:
+    """``report.md`` and its PNGs in ``out``. ``metrics``: required of every run; None: those of
+    ``DEFAULT_METRICS`` that some run logged."""
+    metrics = choose_metrics(runs, metrics)
+    check_fit_metric(runs, fit_metric)
     runs = sorted(runs, key=lambda r: (r.group, r.modulus or 0, r.name))
     out.mkdir(parents=True, exist_ok=True)
-    curve_files = plot_group_curves(runs, metrics, out)
+    curve_files = plot_group_curves(runs, metrics, out, x, smoothing)
     md = ["# Report", "", f"{len(runs)} run(s) in {len(set(r.group for r in runs))} group(s).", "",
           "| run | group | m | step | tokens | " + " | ".join(f"final {m}" for m in metrics)
           + " | source |",
@@ -403,32 +582,30 @@ def render(runs: list[Run], out: Path, metrics: list[str], fit_metric: str, wind
         md.append(f"| {run.name} | {run.group} | {run.modulus or '–'} | {last} | "
                   f"{'–' if tokens is None else f'{tokens:,.0f}'} | "
                   + " | ".join(_fmt(run.final(m, window)) for m in metrics) + f" | `{run.source}` |")
-    md += ["", "## Curves", ""]
+    md += ["", "## Curves", "",
+           f"Against {'the step' if x == STEP else 'target tokens (train/tokens)'}; the seeds of "
+           f"one configuration are one line (their mean) with their min-max band"
+           + (f"; curves of 20 or more points smoothed (EMA {smoothing})" if smoothing > 0 else "")
+           + "; values far outside a panel's bulk are left off its scale and counted.", ""]
     for group, path in curve_files.items():
         md += [f"Group `{group}`:", "", f"![curves of {group}]({path.name})", ""]
     md += ["## At equal tokens", "", *equal_tokens_table(runs, metrics), ""]
-    md += ["## Loss against log10(m)", ""]
-    oe_runs = [r for r in runs if r.modulus is not None]
-    ms = sorted({r.modulus for r in oe_runs})
-    if len(ms) >= 2:
-        m = [r.modulus for r in oe_runs]
-        loss = [r.final(fit_metric, window) for r in oe_runs]
-        fit = fit_log_linear(m, loss)
-        plot_log_linear(m, loss, fit, fit_metric, out / "loglinear.png")
-        ci = (f"[{fit.ci95[0]:+.4f}, {fit.ci95[1]:+.4f}]" if fit.n > 2
-              else "not defined with two runs")
-        md += [f"Least squares over {fit.n} Over-Encoding run(s), final `{fit_metric}`"
-               + (f" (mean of the last {window} logged values)" if window > 1 else "") + ":", "",
-               f"    {fit_metric} = {fit.intercept:.4f} {fit.slope:+.4f} log10(m)", "",
-               "| | slope per decade of m | 95% interval | per 4x m |", "|---|---|---|---|",
-               f"| these runs | {fit.slope:+.4f} | {ci} | {fit.slope * math.log10(4):+.4f} |",
-               f"| paper (OLMoE-1.3B, N=2, k=1, m 2e4..1.28e7) | {PAPER_SLOPE:+.4f} | – | "
-               f"{PAPER_SLOPE * math.log10(4):+.4f} |", "",
-               "![log-linear fit](loglinear.png)", ""]
-    else:
-        md += [f"Not fitted: it needs Over-Encoding runs at two or more values of m "
-               f"(these runs have {ms or 'none'}).", ""]
+    md += ["## Loss against log10(m)", "", *fit_section(runs, fit_metric, window, out)]
     md += ["## Downstream", "", *downstream_table(runs), ""]
     report = out / "report.md"
     report.write_text("\n".join(md))
     return report
+
+
+def values_at_step(runs: list[Run], metrics: list[str], step: int) -> list[str]:
+    """A Markdown table: each series' mean (min..max over its runs) of each metric at ``step``."""
+    lines = [f"| series (step {step}) | " + " | ".join(metrics) + " |",
+             "| --- |" + " --- |" * len(metrics)]
+    for label in dict.fromkeys(r.label for r in runs):
+        cells = []
+        for metric in metrics:
+            v = [value for r in runs if r.label == label
+                 for s, value in r.history.get(metric, []) if s == step]
+            cells.append("-" if not v else f"{np.mean(v):.4f} ({min(v):.4f}..{max(v):.4f}, n={len(v)})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines

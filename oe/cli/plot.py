@@ -1,45 +1,56 @@
-"""``python -m oe.plot RUN_DIR ... --out FIG.png``: metric curves of runs, side by side.
+"""``python -m oe.plot RUN ... --out FIG.png``: ``oe report``'s curves of some runs, in one PNG.
 
-Reads each run's CSV metrics (``<run>/**/metrics.csv``, the newest when there are several),
-groups runs by label (by default the directory name without its seed suffix, so ``cfg_oe3-seed0``
-and ``cfg_oe3-seed1`` form ``cfg_oe3``; or ``--labels``), and draws one panel per metric: the
-mean over a group's runs at the steps they all logged, with the min-max band shaded.
-``--summary-step S`` also prints the values at step S as a markdown table.
+The same reading, series, bands, smoothing, y-range and flags as ``oe report`` (``oe.cli.report``),
+without its report: the seeds of one configuration form a series (the run's name without its
+seed, or ``--labels``), drawn as its mean with the min-max band. ``--summary_step S`` also prints
+each series' values at step S as a Markdown table.
 """
 
 from __future__ import annotations
+
 import argparse
 import sys
-from collections import defaultdict
-from pathlib import Path
 
-from oe.analysis.plot import (default_label, plot_runs, print_summary)
+from oe.analysis.plot import plot_curves
+from oe.analysis.report import (STEP, TOKENS, ReportError, choose_metrics, expand_run_dirs,
+                                read_run, values_at_step)
+from oe.cli.paths import check_output_dir
+from oe.cli.report import add_curve_arguments, metric_list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.plot", description=__doc__)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.csv)")
-    parser.add_argument("--metrics", nargs="+", default=["val/loss", "val/gen_acc"])
+    parser = argparse.ArgumentParser(prog="python -m oe.plot", description=__doc__.split("\n\n")[0])
+    add_curve_arguments(parser)
     parser.add_argument("--labels", nargs="+", default=None,
-                        help="one label per run (default: directory name without the seed)")
+                        help="one series label per run (default: the run's name without its seed)")
     parser.add_argument("--title", default=None)
-    parser.add_argument("--summary-step", type=int, default=None,
-                        help="also print a markdown table of the metrics at this step")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--summary_step", "--summary-step", dest="summary_step", type=int,
+                        default=None, help="also print a Markdown table of the metrics at this step")
     args = parser.parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.runs):
-        parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for i, run in enumerate(args.runs):
-        groups[args.labels[i] if args.labels else default_label(run)].append(run)
+    x = STEP if args.x == STEP else TOKENS
     try:
-        path = plot_runs(dict(groups), args.metrics, args.out, args.title)
-    except (FileNotFoundError, ValueError) as err:
+        check_output_dir(args.out.parent, "--out")
+        runs = [read_run(p) for p in expand_run_dirs(args.runs)]
+        if not runs:
+            raise ReportError("give one or more runs")
+        if args.labels is not None and len(args.labels) != len(runs):
+            raise ReportError(f"--labels has {len(args.labels)} entries for {len(runs)} runs")
+        labels = args.labels or [r.label for r in runs]
+        metrics = choose_metrics(runs, metric_list(args.metrics))
+        curves = {m: {} for m in metrics}
+        for run, label in zip(runs, labels):
+            for metric in metrics:
+                if run.history.get(metric):
+                    curves[metric].setdefault(label, []).append(run.curve(metric, x))
+        path = plot_curves(curves, args.out, args.title, xlabel=x, smoothing=args.smooth)
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     if args.summary_step is not None:
-        print_summary(dict(groups), args.metrics, args.summary_step)
+        for run, label in zip(runs, labels):
+            run.name = label  # the table's rows are the series
+        print("\n".join(values_at_step(runs, metrics, args.summary_step)))
     return 0
 
 

@@ -149,3 +149,92 @@ def test_runs_are_compared_at_equal_tokens_not_equal_steps(tmp_path):
     # big at 1,000 tokens: between step 1 (600 tokens, 2.4) and step 4 (1,500 tokens, 1.2)
     assert f"| big | g | {2.4 + (1.2 - 2.4) * 400 / 900:.4f} |" in section
     assert "| small | g | 1.5000 |" in section
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    """A metrics.csv as CSVLogger writes it (step column, empty cells where nothing was logged)."""
+    keys = sorted({k for r in rows for k in r} - {"step"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(",".join(["step", *keys]) + "\n" + "".join(
+        ",".join([str(r["step"]), *(str(r.get(k, "")) for k in keys)]) + "\n" for r in rows))
+
+
+def test_evidence_layouts_are_read_and_seeds_form_one_series(tmp_path):
+    from oe.analysis.report import expand_run_dirs, read_run
+
+    flat = tmp_path / "cpu_tiny"  # docs/evidence/cfg3f_cpu_tiny: one CSV file per run
+    folders = tmp_path / "gpu"    # docs/evidence/cfg3f_gpu: one folder with metrics.csv per run
+    for seed in (0, 1):
+        rows = [{"step": s, "train/loss": 2.0 - s / 100 + seed / 10, "train/tokens": 64 * (s + 1)}
+                for s in range(0, 40, 4)]
+        _csv(flat / f"oe3_s{seed}.csv", rows)
+        _csv(folders / f"cfg_oe3-seed{seed}" / "metrics.csv", rows)
+    for root, name in ((flat, "oe3_s1"), (folders, "cfg_oe3-seed1")):
+        runs = [read_run(p) for p in expand_run_dirs([root])]
+        assert [r.name for r in runs][1] == name and len({r.label for r in runs}) == 1
+        assert runs[1].final("train/loss") == pytest.approx(2.0 - 36 / 100 + 0.1)
+        x, _ = runs[0].curve("train/loss", "train/tokens")
+        assert x.tolist() == [64.0 * (s + 1) for s in range(0, 40, 4)]
+        out = tmp_path / f"report-{root.name}"
+        assert main([str(root), "--out", str(out), "--x", "tokens"]) == 0
+        assert (out / f"curves_{root.name}.png").stat().st_size > 10_000
+
+
+def test_evaluation_results_in_the_run_folder_reach_the_downstream_table(tmp_path):
+    import json
+
+    run = make_run(tmp_path / "runs", "r", "g", None, [[(s, {"val/loss": 1.0}) for s in (10, 20)]])
+    (run / "eval").mkdir()
+    (run / "eval" / "last.json").write_text(json.dumps({
+        "source": "x", "step": 20, "not_run": {},
+        "tasks": {"piqa": {"acc": 0.625, "acc_stderr": 0.05, "acc_norm": 0.5,
+                           "acc_norm_stderr": 0.05, "n": 40}}}))
+    loaded = read_run_dir(run)
+    assert loaded.history["downstream/piqa/acc"] == [(20, 0.625)]
+    out = tmp_path / "out"
+    assert main([str(run), "--out", str(out)]) == 0
+    assert "| r | g | 0.6250 ± 0.0500 | 0.5000 ± 0.0500 |" in (out / "report.md").read_text()
+
+
+def test_fit_per_group_at_the_aligned_step(tmp_path):
+    from oe.analysis.report import fit_groups
+
+    runs_dir = tmp_path / "runs"
+    for k in (1, 2):
+        for m, slope_sign in ((7, 0), (37, 1), (211, 2)):
+            rows = [(s, {"val/loss": 2.0 - 0.01 * k * slope_sign - s / 1000}) for s in (10, 20, 30)]
+            rows += [(40, {"val/loss": 0.0})] if m == 211 else []  # only one run got further
+            run = make_run(runs_dir, f"k{k}-m{m}", "g", m, [rows])
+            config_file = next(run.glob("csv/version_*/config.yaml"))
+            config = yaml.safe_load(config_file.read_text())
+            config["model"]["over_encoding"]["k"] = k
+            config_file.write_text(yaml.safe_dump(config))
+    runs = [read_run_dir(p) for p in sorted(runs_dir.iterdir())]
+    fits = fit_groups(runs, "val/loss", 1)
+    assert [g.group for g in fits] == ["orders=1+2, k=1, size=?", "orders=1+2, k=2, size=?"]
+    for k, g in zip((1, 2), fits):
+        assert g.step == 30  # not the longer run's step 40
+        expected = fit_log_linear([7, 37, 211], [1.97 - 0.01 * k * i for i in range(3)])
+        assert g.fit.slope == pytest.approx(expected.slope)
+    out = tmp_path / "out"
+    assert main([str(runs_dir), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| orders=1+2, k=2, size=? | 30 | 3 |" in text
+
+
+def test_robust_range_ignores_one_spike_and_smoothing_keeps_short_curves():
+    from oe.analysis.plot import robust_limits, smooth
+
+    values = np.concatenate([np.linspace(2.0, 1.0, 200), [50.0]])
+    low, high = robust_limits(values)
+    assert high < 2.2 and low < 1.0
+    assert smooth(np.array([1.0, 5.0, 1.0]), 0.9).tolist() == [1.0, 5.0, 1.0]  # few points: as logged
+    long = smooth(np.full(30, 3.0), 0.9)
+    assert np.allclose(long, 3.0)  # debiased: a constant stays constant from the first point
+
+
+def test_out_is_checked_before_anything_is_read(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([str(tmp_path / "nothing-here"), "--out", str(blocker / "report")]) == 2
+    assert "cannot be created" in capsys.readouterr().err  # not the missing runs
