@@ -346,7 +346,7 @@ class OverEncoding(nn.Module):
         )
 
     def table_parameters(self) -> list[nn.Parameter]:
-        return list(self.ngram.parameters())
+        return [] if self.ngram is None else list(self.ngram.parameters())
 
     @torch.no_grad()
     def reset_ngram_tables(self) -> None:
@@ -368,6 +368,9 @@ class OverEncoding(nn.Module):
 
     def _lookup(self, ids: list[torch.Tensor]) -> torch.Tensor:
         """The tables' rows, concatenated in table order: [B, T, sum of widths]."""
+        if self.ngram is None:
+            raise RuntimeError("the n-gram tables are in host memory (HostTables): pass the rows "
+                               "it gathers")
         batch, length = ids[0].shape
         features = KeyedJaggedTensor.from_lengths_sync(
             keys=[t.name for t in self.tables],
@@ -436,14 +439,17 @@ class OverEncoding(nn.Module):
 
 
 class HostTables:
-    """An Over-Encoding model's n-gram tables kept in host memory for decoding.
+    """An Over-Encoding model's n-gram tables moved to host memory, for decoding.
 
+    Takes the tables out of ``embedding`` (its collection becomes None, so that nothing reads
+    them on the device by mistake) and keeps them on the host, pinned when ``device`` is a GPU.
     Each step gathers only the rows of the newest n-grams (one per table and row of the batch)
-    on the host and moves them to the model's device; with a GPU, through a pinned buffer and a
-    non-blocking copy. The module's own tables are then not needed on the device.
+    and moves them to ``device``, from a pinned buffer without blocking the host.
     """
 
-    def __init__(self, embedding: OverEncoding, device: torch.device) -> None:
+    def __init__(self, embedding: OverEncoding, device: torch.device | str) -> None:
+        if embedding.ngram is None:
+            raise ValueError("the embedding's n-gram tables are in host memory already")
         self.embedding = embedding
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
@@ -451,6 +457,7 @@ class HostTables:
         for t in embedding.tables:
             weight = embedding.ngram.embeddings[t.name].weight.detach().to("cpu")
             self.weights.append(weight.pin_memory() if self.pin else weight)
+        embedding.ngram = None
 
     def _gather(self, ids: list[torch.Tensor]) -> torch.Tensor:
         rows = torch.cat([F.embedding(i, w) for i, w in zip(ids, self.weights)], dim=-1)

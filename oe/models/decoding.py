@@ -1,0 +1,104 @@
+"""Decoding prompts with the key/value cache, the n-gram tables on the device or in host memory.
+
+``decode`` continues a batch of prompts of one length: one pass over the prompts fills the cache,
+then each step embeds the newest token from the last few (``forward_last``) and attends to the
+cache. With ``HostTables`` the n-gram rows of the newest token are gathered on the host and moved
+to the device as soon as that token is sampled, before the step that needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oe.models.embedding import HostTables
+from oe.models.gpt import GPT
+
+
+@dataclass
+class Sampling:
+    """How the next token is drawn: temperature 0 is greedy; top_k / top_p truncate first."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def check(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens [B] from logits [B, V]."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)
+        ordered = ordered.masked_fill(before >= sampling.top_p, float("-inf"))  # keeps the top one
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    probs = logits.softmax(dim=-1)
+    on = probs.device if generator is None else generator.device  # where the generator draws
+    return torch.multinomial(probs.to(on), 1, generator=generator).squeeze(1).to(logits.device)
+
+
+@torch.no_grad()
+def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),
+           generator: torch.Generator | None = None, eos_id: int | None = None,
+           host_tables: HostTables | None = None) -> torch.Tensor:
+    """The tokens [B, <= max_new_tokens] sampled after ``prompts`` [B, P] (equal lengths).
+
+    Stops early once every row has sampled ``eos_id``; rows that ended earlier repeat it.
+    ``host_tables``: the model's n-gram tables in host memory (``HostTables``).
+    """
+    sampling.check()
+    batch, length = prompts.shape
+    if length < 1 or max_new_tokens < 1:
+        raise ValueError(f"need a prompt of >= 1 token and max_new_tokens >= 1, got {length} and "
+                         f"{max_new_tokens}")
+    if length + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt ({length}) + max_new_tokens ({max_new_tokens}) exceed "
+                         f"model.backbone.block_size ({model.config.block_size})")
+    device = model.position.weight.device
+    prompts = prompts.to(device)
+    embedding = model.embedding
+    cache = model.new_cache(batch, length + max_new_tokens, device)
+    if host_tables is None:
+        embedded = embedding(prompts)
+    else:
+        embedded = embedding(prompts, slices=host_tables.rows(prompts))
+    logits = model.logits(model.hidden(embedded, cache)[:, -1])
+    # The last tokens a step embeds from; padding before the prompt reads as a row's start.
+    context = embedding.context_size + 1
+    pad = torch.full((batch, context), getattr(embedding, "pad_id", 0), dtype=torch.long,
+                     device=device)
+    recent = torch.cat([pad, prompts], dim=1)[:, -context:]
+    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        nxt = sample_next(logits, sampling, generator)
+        if eos_id is not None:
+            nxt = nxt.masked_fill(done, eos_id)
+        out[:, t] = nxt
+        if t == max_new_tokens - 1:
+            break
+        recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
+        # The next step's rows, looked up the moment its token is known.
+        rows = None if host_tables is None else host_tables.last_rows(recent)
+        if eos_id is not None:
+            done |= nxt == eos_id
+            if bool(done.all()):
+                return out[:, : t + 1]
+        logits = model.step(recent, cache, rows)
+    return out
