@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "bench": ("oe.bench.__main__", "benchmarks: oe bench NAME"),
     "cfg": ("oe.cli.cfg", "sample or check cfg3f sentences"),
     "evidence": ("oe.cli.evidence", "train the cfg3f kinds at equal tokens in a time budget; table, PNG, claims"),
+    "generate": ("oe.cli.generate", "continue prompts with a model; n-gram tables on the device or in host memory"),
 }
 
 
