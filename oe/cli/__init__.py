@@ -2,12 +2,26 @@
 
 Only this layer (with the benchmarks and the experiments) may import ``datamodules`` and
 ``callbacks``; the library below it never does.
+
+Every tool is quiet by default (``oe.cli.console``: known harmless warnings hidden); ``--verbose``
+anywhere on its command line shows them.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+
+from oe.cli import console
+
+# ``python -m oe.X`` runs oe/X.py, which imports this package first: take --verbose off its
+# command line here, before the tool's own parser (LightningCLI's included) sees it.
+_program = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path()
+if _program.name == "oe" or _program.parent in (Path(__file__).resolve().parent,
+                                                 Path(__file__).resolve().parent.parent):
+    sys.argv = [sys.argv[0], *console.take_verbose_flag(sys.argv[1:])]
+console.quiet_known_warnings()
 
 # subcommand -> (module whose main(argv) runs it, one line of help)
 SUBCOMMANDS = {
@@ -28,14 +42,16 @@ SUBCOMMANDS = {
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: oe SUBCOMMAND [options]   (oe SUBCOMMAND --help for its options)", "",
+    lines = ["usage: oe SUBCOMMAND [options] [--verbose]   (oe SUBCOMMAND --help for its options)",
+             "", "--verbose: also show the warnings known to be harmless (oe.cli.console)", "",
              "subcommands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = console.take_verbose_flag(sys.argv[1:] if argv is None else argv)
+    console.quiet_known_warnings()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -8,6 +8,7 @@ import os
 import socket
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,15 @@ def choose_mode() -> str:
     return "online" if _has_key() and _reachable() else "offline"
 
 
+# Keys of the whole resolved config of oe.fit, which it logs as the run's W&B config.
+WHOLE_CONFIG_KEYS = ("model", "data", "trainer")
+
+
 class AutoWandbLogger(WandbLogger):
     """WandbLogger, offline when there is no API key or no route to the server.
 
     Offline runs land in ``<save_dir>/wandb/offline-run-*``; ``wandb sync`` uploads them later.
+    The hyper-parameters appear once in the run's config: see ``log_hyperparams``.
     """
 
     def __init__(self, *args, offline: bool | None = None, **kwargs) -> None:
@@ -54,3 +60,16 @@ class AutoWandbLogger(WandbLogger):
             if mode == "disabled":
                 kwargs["mode"] = "disabled"
         super().__init__(*args, offline=offline, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning always passes it; wandb >= 0.19 warns that it has no effect.
+            self._wandb_init.pop("anonymous", None)
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        """Lightning's hyper-parameters (the model's and the data module's init arguments) are
+        part of the whole resolved config that ``oe.fit`` logs as the run's config, under
+        ``model`` and ``data``; logged again at the top level they would appear twice. Without
+        that config (the logger used outside oe.fit) they are logged as usual."""
+        if all(key in self.experiment.config.keys() for key in WHOLE_CONFIG_KEYS):
+            return
+        super().log_hyperparams(params)

@@ -1,0 +1,51 @@
+"""oe.cli.console: known harmless warnings hidden by default, shown with --verbose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from oe.cli import console
+
+ROOT = Path(__file__).resolve().parents[2]
+SRUN_HINT = "The `srun` command is available on your system but is not used. HINT: ..."
+
+
+def _shown(message: str) -> bool:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a plain interpreter does, before ours apply
+        console.quiet_known_warnings()
+        warnings.warn(message, UserWarning)
+    return bool(caught)
+
+
+def test_known_warnings_are_hidden_and_others_are_not(monkeypatch):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    assert not _shown(SRUN_HINT)
+    assert not _shown("It is recommended to use `self.log('val/gen_acc', ..., sync_dist=True)` ...")
+    assert _shown("It is recommended to use `self.log('val/loss', ..., sync_dist=True)` ...")
+    assert _shown("something nobody has looked at")
+
+
+def test_verbose_flag_shows_everything_and_reaches_child_processes(monkeypatch):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    assert console.take_verbose_flag(["--out", "x", "--verbose"]) == ["--out", "x"]
+    assert os.environ[console.VERBOSE_ENV] == "1"  # inherited by the runs a tool starts
+    assert _shown(SRUN_HINT)
+    monkeypatch.delenv(console.VERBOSE_ENV)
+    console.quiet_known_warnings()
+
+
+@pytest.mark.parametrize("command", [["-m", "oe.plot"], ["-m", "oe.cli", "plot"]])
+def test_every_tool_takes_verbose(command):
+    if command[1] == "oe.cli":  # the `oe` console script's entry point
+        command = ["-c", "import sys; from oe.cli import main; sys.exit(main(sys.argv[1:]))", "plot"]
+    result = subprocess.run([sys.executable, *command, "--verbose", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "--summary_step" in result.stdout
