@@ -3,7 +3,8 @@
 The 2.4M cfg3f model (12 layers, width 128, 4 heads), baseline and OE-3 (orders {1, 2, 3},
 modulus 1009: every n-gram its own row, tables as ordinary parameters), takes AdamW steps on the
 same global batches of sentences in both layouts: padded (one sentence per row, causal kernel)
-and packed (sentences packed whole into rows of 1024 tokens, attention inside each sentence).
+and packed (sentences packed whole, in rows as long as the micro-batch needs, the data module's
+default, or ``--row_tokens`` long; attention inside each sentence).
 Useful tokens are the counted targets (the same number in both layouts), so
 ``packed_over_padded`` (useful tokens/s packed divided by padded, same global batch) is the
 speed-up of packing alone.
@@ -39,7 +40,6 @@ from oe.training.lm import LanguageModel
 
 KINDS = ("baseline", "oe3")
 LAYOUTS = ("padded", "packed")
-ROW_TOKENS = 1024
 MICRO_BATCH_TOKENS = 16384
 
 
@@ -53,10 +53,11 @@ def build(kind: str, compile: bool) -> LanguageModel:
                          over_encoding=tables)
 
 
-def batches(layout: str, batch_size: int, count: int, device: torch.device) -> list[dict]:
+def batches(layout: str, batch_size: int, count: int, device: torch.device,
+            row_tokens: int | None) -> list[dict]:
     """The first ``count`` global batches of the training stream in ``layout``."""
     stream = CFGStream(seed=0, batch_size=batch_size, batches_per_epoch=count, epochs=1,
-                       shuffle_epochs=False, packed=layout == "packed", row_tokens=ROW_TOKENS,
+                       shuffle_epochs=False, packed=layout == "packed", row_tokens=row_tokens,
                        micro_batch_tokens=MICRO_BATCH_TOKENS)
     return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream]
 
@@ -69,7 +70,7 @@ def run_case(args: argparse.Namespace) -> None:
     kind, layout = args.case.split(":")
     model = build(kind, args.compile).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
-    data = batches(layout, args.batch, 4, device)
+    data = batches(layout, args.batch, 4, device, args.row_tokens or None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per case (default: torch's); 1 is steadier on a "
                              "machine shared with other processes")
+    parser.add_argument("--row_tokens", type=int, default=0,
+                        help="packed row length; 0 (the default, data.row_tokens null): rows as "
+                             "long as the micro-batch needs")
     parser.add_argument("--out", default=None)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a worker process
     args = parser.parse_args(argv)
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = {}
     for case in cases:
         command = [sys.executable, "-m", "oe.bench.train", "--case", case, "--batch",
-                   str(args.batch), "--device", args.device, "--precision", args.precision]
+                   str(args.batch), "--device", args.device, "--precision", args.precision,
+                   "--row_tokens", str(args.row_tokens)]
         command += ["--threads", str(args.threads)] if args.threads else []
         workers[case] = subprocess.Popen(command + (["--compile"] if args.compile else []),
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

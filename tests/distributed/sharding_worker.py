@@ -49,17 +49,20 @@ def probe_tokens() -> torch.Tensor:
 
 
 class RankSlices(Dataset):
-    """Global batch i, cut into equal row slices: rank r reads slice r."""
+    """Global batch i, cut into equal row slices: rank r reads slice r, in micro-batches of
+    ``micro_batch_rows`` rows (None: the whole slice in one pass)."""
 
-    def __init__(self, rank: int, world: int) -> None:
+    def __init__(self, rank: int, world: int, micro_batch_rows: int | None = None) -> None:
         self.batches, self.rank, self.world = global_batches(), rank, world
+        self.micro_batch_rows = micro_batch_rows
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict:
         rows = GLOBAL_BATCH // self.world
-        return {"input_ids": self.batches[i, self.rank * rows:(self.rank + 1) * rows]}
+        return {"input_ids": self.batches[i, self.rank * rows:(self.rank + 1) * rows],
+                "micro_batch_rows": self.micro_batch_rows}
 
 
 class Record(L.Callback):
@@ -95,9 +98,16 @@ def trainer(world: int, max_epochs: int, callbacks: list, **kwargs) -> L.Trainer
     )
 
 
-def loader(world: int) -> DataLoader:
+def loader(world: int, micro_batch_rows: int | None = None) -> DataLoader:
     rank = int(os.environ.get("RANK", 0))
-    return DataLoader(RankSlices(rank, world), batch_size=None)
+    return DataLoader(RankSlices(rank, world, micro_batch_rows), batch_size=None)
+
+
+def micro(out: Path, world: int) -> None:
+    """One step on batch 0 with each rank's rows in micro-batches of one row, a checkpoint."""
+    t = trainer(world, max_epochs=1, callbacks=[], max_steps=1)
+    t.fit(make_model(), loader(world, micro_batch_rows=1))
+    t.save_checkpoint(out / f"micro_w{world}.ckpt")
 
 
 def step(out: Path, world: int) -> None:
@@ -173,7 +183,9 @@ def main() -> None:
     for spec in sys.argv[2:]:  # scenario[=arg,arg], run in order
         scenario, _, args = spec.partition("=")
         args = args.split(",") if args else []
-        {"step": step, "reload": reload, "resume": resume, "bad": bad}[scenario](out, world, *args)
+        scenarios = {"step": step, "micro": micro, "reload": reload, "resume": resume,
+                     "bad": bad}
+        scenarios[scenario](out, world, *args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def launch(ranks: int, out: Path, *scenarios: str, timeout: int = 300) -> None:
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sharding")
     launch(1, out, "step")
-    launch(2, out, "step", f"reload={out}/step_w2.ckpt,rt22", f"reload={out}/step_w1.ckpt,rt12",
+    launch(2, out, "step", "micro", f"reload={out}/step_w2.ckpt,rt22", f"reload={out}/step_w1.ckpt,rt12",
            "resume", f"bad={out}/step_w2.ckpt")
     launch(1, out, f"reload={out}/step_w2.ckpt,rt21")
     return out
@@ -103,6 +103,17 @@ def _same_checkpoint(a: Path, b: Path) -> None:
     for index in state_a:
         for name, value in state_a[index].items():
             assert torch.equal(value, state_b[index][name]), (index, name)
+
+
+def test_micro_batches_on_two_ranks_give_the_whole_batch_update(runs: Path) -> None:
+    """Each rank's rows one at a time (gradient accumulation, tables updated once, after the
+    last micro-batch) give the update of each rank's rows in one pass."""
+    whole, whole_tables = read_tables(runs / "step_w2.ckpt")
+    micro, micro_tables = read_tables(runs / "micro_w2.ckpt")
+    for key, value in whole_tables.items():
+        torch.testing.assert_close(micro_tables[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(micro["state_dict"][key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
 @pytest.mark.parametrize("source,copy", [("step_w2", "rt22"), ("step_w2", "rt21"),
