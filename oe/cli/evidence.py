@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--minutes", type=float, required=True,
                         help="wall-clock budget of the whole set, calibration included")
-    parser.add_argument("--kinds", default="baseline,oe2,oe3,od3,ot3")
+    parser.add_argument("--kinds", default="baseline,oe2,oe3,od3,ot3",
+                        help="kind names (configs/cfg_<kind>.yaml) or config files (*.yaml)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", action="append", default=[], metavar="YAML",
                         help="config layered over each kind's config (repeatable, in order)")
@@ -158,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        configs = {k: EXPERIMENTS[args.experiment].format(kind=k) for k in kinds}
+        # A kind is a name (configs/cfg_<kind>.yaml) or a config file, named by its stem.
+        configs = {Path(k).stem if k.endswith(".yaml") else k:
+                   k if k.endswith(".yaml") else EXPERIMENTS[args.experiment].format(kind=k)
+                   for k in kinds}
+        kinds = list(configs)
         for path in [*configs.values(), *args.preset]:
             if not Path(path).is_file():
                 raise EvidenceError(f"no such config: {path}")
