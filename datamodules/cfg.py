@@ -131,9 +131,12 @@ class CFGStream(IterableDataset):
         batch["micro_batch_rows"] = rows if budget is None else max(1, budget // width)
         return batch
 
-    def balanced_row_tokens(self, lengths: np.ndarray, step: int = 32) -> int:
+    def balanced_row_tokens(self, lengths: np.ndarray, step: int = 128) -> int:
         """The shortest row length (a multiple of ``step``) that packs these sentences into as
-        few rows of at most ``micro_batch_tokens`` as their tokens need."""
+        few rows of at most ``micro_batch_tokens`` as their tokens need.
+
+        A step of 128 is FlexAttention's block size, and it keeps the number of distinct row
+        widths, each a new shape for compiled kernels, small (a few per configuration)."""
         sizes = (lengths.astype(np.int64) + 2).tolist()
         budget = self.micro_batch_tokens
         rows_needed = math.ceil(sum(sizes) / budget)
