@@ -6,7 +6,6 @@ small fraction of a training step of the 2.4M model on the same batch.
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from oe.bench.common import time_call, write_json
 from oe.cli.table import print_table
 from oe.cfg import accepts_padded, sample
 from oe.training.lm import LanguageModel
+from oe.cli.flags import Parser
 
 
 def _mutate(symbols: np.ndarray, lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,10 +39,10 @@ def _mutate(symbols: np.ndarray, lengths: np.ndarray, seed: int) -> tuple[np.nda
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench cfg", description=__doc__)
+    parser = Parser(prog="python -m oe.bench cfg", description=__doc__)
     parser.add_argument("--sentences", type=int, default=10_000)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
-    parser.add_argument("--max-train-batch", type=int, default=64,
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 512])
+    parser.add_argument("--max_train_batch", type=int, default=64,
                         help="time a training step only up to this batch size")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

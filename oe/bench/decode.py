@@ -1,8 +1,8 @@
 """``python -m oe.bench decode``: decoding tokens/s of OE-3 against the baseline.
 
 GPT-2-small shape (12 layers, width 768, 12 heads, vocabulary 50257; ``--shape`` another), greedy decoding with the
-key/value cache (``oe.models.decoding.decode``) of ``--new-tokens`` tokens after an
-``--prompt-tokens`` prompt, at each ``--batches`` size, for: the baseline, OE-3 (orders 2 and 3,
+key/value cache (``oe.models.decoding.decode``) of ``--new_tokens`` tokens after an
+``--prompt_tokens`` prompt, at each ``--batches`` size, for: the baseline, OE-3 (orders 2 and 3,
 m = ``--modulus``) with its tables on the device, and OE-3 with its tables in host memory
 (``HostTables``: pinned, only each step's rows moved; on a CPU-only machine both live in the same
 memory, but the host path is the one that runs). The models are built once and timed in
@@ -26,6 +26,7 @@ from oe.models.build import build_model
 from oe.models.decoding import Sampling, decode
 from oe.models.embedding import HostTables, OverEncodingConfig
 from oe.models.gpt import PRESETS, BackboneConfig
+from oe.cli.flags import Parser
 
 GREEDY = Sampling(temperature=0)
 
@@ -39,15 +40,15 @@ def build(shape: str, vocab_size: int, over_encoding: OverEncodingConfig | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench decode", description=__doc__,
+    parser = Parser(prog="python -m oe.bench decode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=list(PRESETS), default="gpt2_small")
-    parser.add_argument("--vocab-size", type=int, default=50257)
+    parser.add_argument("--vocab_size", type=int, default=50257)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--modulus", type=int, default=1_000_003,
                         help="rows of the first table (the paper's 12.8M needs ~40 GB here)")
-    parser.add_argument("--prompt-tokens", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt_tokens", type=int, default=8)
+    parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None)

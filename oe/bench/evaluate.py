@@ -10,7 +10,6 @@ with GPT-2's tokenizer). Times ``oe.evaluation.scoring.loglikelihoods`` side by 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from oe.models.embedding import OverEncodingConfig
 from oe.evaluation.scoring import Request, loglikelihoods
 from oe.models.build import build_model
 from oe.models.gpt import PRESETS
+from oe.cli.flags import Parser
 
 
 def hellaswag_shaped(n_items: int, vocab: int, seed: int = 0) -> list[Request]:
@@ -36,7 +36,7 @@ def hellaswag_shaped(n_items: int, vocab: int, seed: int = 0) -> list[Request]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench evaluate", description=__doc__)
+    parser = Parser(prog="python -m oe.bench evaluate", description=__doc__)
     parser.add_argument("--items", type=int, default=32, help="HellaSwag-shaped items per timing")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--modulus", type=int, default=100_003, help="rows per OE table")

@@ -7,7 +7,6 @@ natural text's) in articles of ~3,000 tokens, counted in one pass for orders {2,
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from oe.bench.common import peak_rss_mib, write_json
 from oe.cli.table import print_table
 from oe.analysis.mining import count_ngrams
+from oe.cli.flags import Parser
 
 
 def zipf_corpus(n_tokens: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def zipf_corpus(n_tokens: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, n
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench mine", description=__doc__)
+    parser = Parser(prog="python -m oe.bench mine", description=__doc__)
     parser.add_argument("--tokens", type=int, default=4_000_000)
     parser.add_argument("--capacities", type=int, nargs="+", default=[8_000_000, 200_000])
     parser.add_argument("--out", default=None)

@@ -29,6 +29,7 @@ from oe.cli.table import print_table
 from oe.models.build import build_arguments
 from oe.models.heads import total_loss
 from oe.training.lm import LanguageModel
+from oe.cli.flags import Parser
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KINDS = ("baseline", "od3", "oe3", "ot3")
@@ -102,13 +103,13 @@ def measure_memory(kind: str, size: str, batch_size: int, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench od", description=__doc__)
+    parser = Parser(prog="python -m oe.bench od", description=__doc__)
     parser.add_argument("--size", choices=["2m4", "85m"], default="2m4")
     parser.add_argument("--batch", type=int, default=32, help="sentences per step")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--memory-of", choices=KINDS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory_of", choices=KINDS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         parser.error("--batch and --repeats must be >= 1")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     base, base_min = statistics.median(times["baseline"]), min(times["baseline"])
     for kind in KINDS:
         child = subprocess.run(
-            [sys.executable, "-m", "oe.bench", "od", "--memory-of", kind, "--size", args.size,
+            [sys.executable, "-m", "oe.bench", "od", "--memory_of", kind, "--size", args.size,
              "--batch", str(args.batch), "--device", args.device],
             capture_output=True, text=True, check=True,
         )

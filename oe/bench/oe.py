@@ -11,7 +11,6 @@ Targets: ratio OE-3 / baseline <= 1.10 at the 2.4M cfg3f model, not growing with
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -22,6 +21,7 @@ from oe.models.embedding import OverEncodingConfig
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig
 from oe.distributed.parallelize import TableSharding, shard_embedding, state_floats_per_row
+from oe.cli.flags import Parser
 
 SHAPES = {
     # name: (vocab, backbone, batch, length)
@@ -52,7 +52,7 @@ def table_mib(dim: int, modulus: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench oe", description=__doc__)
+    parser = Parser(prog="python -m oe.bench oe", description=__doc__)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--moduli", type=int, nargs="+", default=[1_001, 100_001, 1_000_001])
     parser.add_argument("--rounds", type=int, default=5)

@@ -21,6 +21,7 @@ import torch
 
 from oe.bench.common import peak_rss_mib, write_json
 from oe.cli.table import print_table
+from oe.cli.flags import Parser
 
 SEQUENCE = 128  # ids per row of the KeyedJaggedTensor, as in a batch of sequences
 
@@ -104,7 +105,7 @@ def run(world: int, args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench shard",
+    parser = Parser(prog="python -m oe.bench shard",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--m", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--width", type=int, default=64)

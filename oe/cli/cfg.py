@@ -8,7 +8,6 @@ line or one with any other character is no sentence (``invalid``, ``0``, ``-inf`
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from oe.cfg.checker import accepts, parse_line
 from oe.cfg.inside import logprob, viable_prefix_length
 from oe.cfg.sampler import sample
+from oe.cli.flags import Parser
 
 _CHUNK = 10_000
 
@@ -76,7 +76,7 @@ COMMANDS = {"check": _check, "logprob": _logprob, "prefix": _prefix}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.cfg", description=__doc__)
+    parser = Parser(prog="python -m oe.cfg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_sample = sub.add_parser("sample", help="print N sentences, one per line, as digits 1-3")
     p_sample.add_argument("--n", type=int, required=True)

@@ -34,6 +34,7 @@ import torch
 
 from oe.evaluation.scoring import empty_choices, eot_id_of, evaluate_task
 from oe.evaluation.tasks import TASKS, TaskDataError, default_tasks, load_items
+from oe.cli.flags import Parser
 
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
@@ -195,7 +196,7 @@ def progress_bar(task: str, total: int):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a checkpoint written by oe.fit")
     source.add_argument("--pretrained", help="GPT-2 in HF format: hub id or local directory")

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from oe.distributed.checkpoint import TABLE_KEY, single_device_checkpoint
+from oe.cli.flags import Parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="oe export", description=__doc__.split("\n")[0])
+    parser = Parser(prog="oe export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint written during training (X.ckpt)")
     parser.add_argument("out", help="where to write the export (a file for ckpt, a directory for hf)")
     parser.add_argument("--format", choices=("ckpt", "hf"), default="ckpt",

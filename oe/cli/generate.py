@@ -1,16 +1,16 @@
 """``python -m oe.generate``: continue text prompts with a trained model (key/value cache).
 
     python -m oe.generate --ckpt runs/x/checkpoints/last.ckpt --prompts prompts.txt
-    echo "The river" | python -m oe.generate --pretrained gpt2 --max-new-tokens 40 --top-k 50
-    python -m oe.generate --ckpt X.ckpt --prompts p.txt --tables-on cpu --device cuda
+    echo "The river" | python -m oe.generate --pretrained gpt2 --max_new_tokens 40 --top_k 50
+    python -m oe.generate --ckpt X.ckpt --prompts p.txt --tables_on cpu --device cuda
 
 Prompts are the lines of ``--prompts`` (``-`` or none: standard input), blank lines skipped.
-Prompts of one token length are decoded together, ``--batch-size`` at a time; each result is
+Prompts of one token length are decoded together, ``--batch_size`` at a time; each result is
 one JSON line ``{"prompt": ..., "completion": ...}`` on standard output, in the prompts' order.
-Sampling: ``--temperature`` (0: greedy), ``--top-k``, ``--top-p``, ``--seed``; a row stops at
+Sampling: ``--temperature`` (0: greedy), ``--top_k``, ``--top_p``, ``--seed``; a row stops at
 GPT-2's end-of-text token.
 
-``--tables-on cpu`` keeps the n-gram tables in host memory (pinned with a GPU) and moves only
+``--tables_on cpu`` keeps the n-gram tables in host memory (pinned with a GPU) and moves only
 the rows each step needs to the device (``oe.models.embedding.HostTables``), looked up as soon
 as the step's token is sampled; ``device`` (the default) keeps them with the model.
 """
@@ -27,6 +27,7 @@ import torch
 
 from oe.models.decoding import Sampling, decode
 from oe.models.embedding import HostTables, OverEncoding
+from oe.cli.flags import Parser
 
 
 def read_prompts(source: str | None) -> list[str]:
@@ -51,7 +52,7 @@ def place_model(model, device: torch.device, tables_on: str) -> HostTables | Non
         model.to(device)
         return None
     if not isinstance(model.embedding, OverEncoding):
-        raise ValueError("--tables-on cpu needs a model with Over-Encoding tables; this one has "
+        raise ValueError("--tables_on cpu needs a model with Over-Encoding tables; this one has "
                          f"{type(model.embedding).__name__}")
     host_tables = HostTables(model.embedding, device)  # takes the tables out of the model
     model.to(device)
@@ -59,24 +60,24 @@ def place_model(model, device: torch.device, tables_on: str) -> HostTables | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.generate", description=__doc__,
+    parser = Parser(prog="python -m oe.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a checkpoint of oe.fit (plain or exported tables)")
     source.add_argument("--pretrained", help="a GPT-2 checkpoint: hub id or local directory")
     parser.add_argument("--tokenizer", help="tokenizer source (default: the recorded one)")
     parser.add_argument("--prompts", help="file of prompts, one a line (default: stdin)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
-    parser.add_argument("--tables-on", choices=["device", "cpu"], default="device")
+    parser.add_argument("--tables_on", choices=["device", "cpu"], default="device")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     sampling.check()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")

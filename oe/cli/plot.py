@@ -8,7 +8,6 @@ each series' values at step S as a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from oe.analysis.plot import plot_curves
@@ -16,15 +15,16 @@ from oe.analysis.report import (STEP, TOKENS, ReportError, choose_metrics, expan
                                 read_run, values_at_step)
 from oe.cli.paths import check_output_dir
 from oe.cli.report import add_curve_arguments, metric_list
+from oe.cli.flags import Parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.plot", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m oe.plot", description=__doc__.split("\n\n")[0])
     add_curve_arguments(parser)
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one series label per run (default: the run's name without its seed)")
     parser.add_argument("--title", default=None)
-    parser.add_argument("--summary_step", "--summary-step", dest="summary_step", type=int,
+    parser.add_argument("--summary_step", type=int,
                         default=None, help="also print a Markdown table of the metrics at this step")
     args = parser.parse_args(argv)
     x = STEP if args.x == STEP else TOKENS

@@ -28,6 +28,7 @@ from pathlib import Path
 from oe.analysis.report import (DEFAULT_METRICS, STEP, TOKENS, ReportError, expand_run_dirs,
                                 read_run, read_wandb_group, render)
 from oe.cli.paths import check_output_dir
+from oe.cli.flags import Parser
 
 
 def metric_list(values: list[str] | None) -> list[str] | None:
@@ -45,7 +46,7 @@ def add_curve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="where to write")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help=f"curves to draw (comma- or space-separated), each required of every "
-                             f"run (default: those of {','.join(DEFAULT_METRICS)} some run logged)")
+                             f"run (default: those of {', '.join(DEFAULT_METRICS)} some run logged)")
     parser.add_argument("--x", choices=[STEP, "tokens"], default=STEP,
                         help=f"the curves' x-axis: the step, or {TOKENS} (default: step)")
     parser.add_argument("--smooth", type=float, default=0.6,
@@ -54,13 +55,13 @@ def add_curve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.report", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m oe.report", description=__doc__.split("\n\n")[0])
     add_curve_arguments(parser)
     parser.add_argument("--wandb", action="append", default=[], metavar="PROJECT/GROUP",
                         help="also read every run of this W&B group (online; repeatable)")
-    parser.add_argument("--fit_metric", "--fit-metric", dest="fit_metric", default="val/loss",
+    parser.add_argument("--fit_metric", default="val/loss",
                         help="the loss fitted against log10(m) (default: val/loss)")
-    parser.add_argument("--final_window", "--final-window", dest="final_window", type=int, default=1,
+    parser.add_argument("--final_window", type=int, default=1,
                         help="final value = mean of this many last logged values (default: 1)")
     args = parser.parse_args(argv)
     metrics = metric_list(args.metrics)

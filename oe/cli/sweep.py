@@ -14,13 +14,13 @@ Each point runs ``oe.cli.fit --config <base_configs...> --<key> <value> ... --ru
 runs/<name>/<point> --run_name <point> --run_group <name>``, where ``<point>`` names the grid values
 (``m=37_seed=1``). Without ``--submit``/``--local`` the sbatch commands are printed;
 ``--submit`` submits one job array (slurm/sweep_array.sbatch); ``--local`` runs the points one after
-the other here, skipping those whose folder already holds ``finished.json``.
+the other here, skipping those whose folder already holds ``finished.json`` and resuming those
+whose folder holds a checkpoint (a point stopped or killed earlier).
 Every point's arguments are checked by oe.cli.fit's own parser before anything runs or is submitted.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from oe.cli.flags import Parser
 
 KEYS = {"name", "base_configs", "grid", "overrides", "description"}
 # Short names for the usual sweep axes in point names; others use their last dotted part.
@@ -182,13 +183,19 @@ def array_command(sweep: Sweep, n_points: int, points_file: Path, runs_dir: Path
 
 
 def run_local(sweep: Sweep, points: list[Point], runs_dir: Path) -> int:
+    from oe.training.rundir import newest_checkpoint  # heavy: torch
+
     failed = []
     for i, point in enumerate(points):
         run_dir, args = run_args(sweep, point, runs_dir)
         if (run_dir / "finished.json").exists():
             print(f"[{i + 1}/{len(points)}] {point.name}: already finished, skipped", flush=True)
             continue
-        print(f"[{i + 1}/{len(points)}] {point.name} -> {run_dir}", flush=True)
+        if newest_checkpoint(run_dir, [str(run_dir / "checkpoints")]) is not None:
+            args = [*args, "--resume", "true"]  # a point stopped or killed earlier goes on
+            print(f"[{i + 1}/{len(points)}] {point.name} -> {run_dir} (resumed)", flush=True)
+        else:
+            print(f"[{i + 1}/{len(points)}] {point.name} -> {run_dir}", flush=True)
         if subprocess.run([sys.executable, "-m", "oe.cli.fit", *args]).returncode != 0:
             failed.append(point.name)
     if failed:
@@ -198,18 +205,18 @@ def run_local(sweep: Sweep, points: list[Point], runs_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", required=True, help="sweep YAML file")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--submit", action="store_true", help="submit one SLURM job array")
     mode.add_argument("--local", action="store_true", help="run the points here, in order")
-    parser.add_argument("--runs-dir", default="runs", type=Path,
+    parser.add_argument("--runs_dir", default="runs", type=Path,
                         help="runs go to RUNS_DIR/<sweep name>/<point> (default: runs)")
-    parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch option, e.g. --sbatch-arg=--partition=gpu (repeatable)")
-    parser.add_argument("--max-parallel", type=int, default=None,
+    parser.add_argument("--sbatch_arg", action="append", default=[], metavar="ARG",
+                        help="extra sbatch option, e.g. --sbatch_arg=--partition=gpu (repeatable)")
+    parser.add_argument("--max_parallel", type=int, default=None,
                         help="at most this many array tasks at once")
-    parser.add_argument("--no-check", action="store_true",
+    parser.add_argument("--no_check", action="store_true",
                         help="skip parsing each point with oe.cli.fit's parser first")
     args = parser.parse_args(argv)
     try:

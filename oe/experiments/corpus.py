@@ -9,11 +9,11 @@ module becomes one article `` = module.name = `` with one line per docstring par
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 import sysconfig
 from pathlib import Path
+from oe.cli.flags import Parser
 
 SKIP = ("test", "tests", "site-packages", "idlelib", "lib2to3", "tkinter", "turtledemo")
 
@@ -69,7 +69,7 @@ def write_corpus(out: str | Path, validation_every: int = 10,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.corpus", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m oe.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/docstrings", help="folder for train.txt, validation.txt")
     parser.add_argument("--validation_every", type=int, default=10)
     parser.add_argument("--max_articles", type=int, default=None)

@@ -16,7 +16,6 @@ in a few minutes on 2 CPU cores. Every step is the real pipeline:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -27,6 +26,7 @@ import torch
 import yaml
 
 from oe.analysis.report import fit_log_linear
+from oe.cli.flags import Parser
 
 OVERLAY = "overlay.yaml"
 
@@ -104,7 +104,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.table_scaling", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m oe.table_scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="runs/table_scaling")
     parser.add_argument("--png", default="docs/frozen_gpt2_table_scaling.png")
     parser.add_argument("--json", default="docs/frozen_gpt2_table_scaling.json")
