@@ -8,7 +8,7 @@ run is refused before anything trains. Each run is ``python -m oe.fit --config
 configs/cfg_<kind>.yaml --config <presets> ...`` in a subprocess, with a cosine schedule over
 exactly its steps, validation on the same sentences at fixed step intervals and generation at
 each validation. A run folder with ``finished.json`` is not run again, and the steps chosen are
-kept in ``<runs-dir>/sizing.json``, so an interrupted set resumes with the same steps.
+kept in ``<runs_dir>/sizing.json``, so an interrupted set resumes with the same steps.
 
 Writes into ``--out``: each run's ``metrics.csv`` (as ``<kind>_s<seed>.csv``), ``evidence.png``
 (excess loss on a log axis, generation accuracy and viable prefix against tokens, a band over the
@@ -17,7 +17,6 @@ seeds) and ``evidence.md`` (set-up, budget as a share of the paper's, the table,
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shlex
@@ -33,6 +32,7 @@ from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METR
                                   final_spreads, steps_in_budget, plot_evidence, render_markdown,
                                   schedule_end, warmup_for)
 from oe.analysis.plot import read_csv_history
+from oe.cli.flags import Parser
 
 EXPERIMENTS = {"cfg3f": "configs/cfg_{kind}.yaml"}
 COST_ORDER = ["ot3", "od3", "oe3", "oe2", "baseline"]  # most expensive first: extra heads, tables
@@ -119,7 +119,7 @@ def load_or_make_sizing(path: Path, request: dict, make) -> dict:
         sizing = json.loads(path.read_text())
         if sizing["request"] != request:
             raise EvidenceError(f"{path} was sized for {sizing['request']}, not {request}; use "
-                                f"another --runs-dir or delete it")
+                                f"another --runs_dir or delete it")
         return sizing
     sizing = {"request": request, **make()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def load_or_make_sizing(path: Path, request: dict, make) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--minutes", type=float, required=True,
                         help="wall-clock budget of the whole set, calibration included")
@@ -139,20 +139,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="config layered over each kind's config (repeatable, in order)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: docs/evidence/<experiment>_<cpu|gpu>)")
-    parser.add_argument("--runs-dir", type=Path, default=None,
+    parser.add_argument("--runs_dir", type=Path, default=None,
                         help="where the runs train (default: runs/evidence/<out folder's name>)")
     parser.add_argument("--validations", type=int, default=4,
                         help="validations per run, evenly spaced, the last at the final step")
-    parser.add_argument("--gen-samples", type=int, default=None,
+    parser.add_argument("--gen_samples", type=int, default=None,
                         help="generated samples per validation (default: the presets')")
-    parser.add_argument("--gen-every", type=int, default=1,
+    parser.add_argument("--gen_every", type=int, default=1,
                         help="generate at the 1st validation and every this-many-th after it; "
                              "(validations - 1) must be a multiple, so the last one generates "
                              "(default: 1)")
-    parser.add_argument("--calibration-steps", type=int, default=10)
+    parser.add_argument("--calibration_steps", type=int, default=10)
     parser.add_argument("--margin", type=float, default=0.85,
                         help="share of each run's time after fixed costs given to training")
-    parser.add_argument("--min-steps", type=int, default=20,
+    parser.add_argument("--min_steps", type=int, default=20,
                         help="refuse a budget that gives fewer steps per run")
     args = parser.parse_args(argv)
     args.command = "python -m oe.evidence " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise EvidenceError(f"no such config: {path}")
         if not kinds or not seeds or args.validations < 1 or args.calibration_steps < 3:
             raise EvidenceError("--kinds and --seeds need one entry or more, --validations >= 1, "
-                                "--calibration-steps >= 3")
+                                "--calibration_steps >= 3")
         if args.gen_every < 1 or (args.validations - 1) % args.gen_every:
-            raise EvidenceError(f"--gen-every {args.gen_every} must divide --validations - 1 "
+            raise EvidenceError(f"--gen_every {args.gen_every} must divide --validations - 1 "
                                 f"({args.validations - 1}): generation runs at the 1st validation "
                                 f"and every {args.gen_every}th after it, and must reach the last")
         return run(args, kinds, seeds, configs)

@@ -161,7 +161,7 @@ def test_command_refuses_an_unknown_config_or_a_generation_missing_the_last_vali
     assert "no such config: configs/cfg_nosuchkind.yaml" in capsys.readouterr().err
     assert main(["cfg3f", "--minutes", "1", "--validations", "4", "--gen-every", "2",
                  "--out", str(tmp_path)]) == 2
-    assert "--gen-every 2 must divide --validations - 1 (3)" in capsys.readouterr().err
+    assert "--gen_every 2 must divide --validations - 1 (3)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
