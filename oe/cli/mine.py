@@ -25,7 +25,8 @@ import argparse
 import sys
 import numpy as np
 
-from oe.analysis.mining import (count_ngrams, write_mined)
+from oe.analysis.mining import (check_corpus_files, check_output_path, count_ngrams,
+                                write_mined)
 
 
 def _datamodule(args):
@@ -42,6 +43,7 @@ def _datamodule(args):
         return instantiate_data(config)
     if not args.train_file:
         raise ValueError("give --config (a Wikitext config) or --train_file")
+    check_corpus_files(args.train_file)
     return WikitextDataModule(data_files={"train": args.train_file}, tokenizer=args.tokenizer,
                               bpe_vocab_size=args.bpe_vocab_size, cache_dir=args.cache_dir,
                               num_workers=args.num_workers)
@@ -72,13 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--orders must lie in 2..8, got {args.orders}")
     if args.top_k < 1 or args.capacity < 2 * args.top_k:
         parser.error("--top_k must be >= 1 and --capacity at least 2 x --top_k")
+    from datasets.exceptions import DatasetGenerationError
+
     try:
+        check_output_path(args.out)  # before the work: a bad --out costs nothing
         dm = _datamodule(args)
         tokens_path, starts_path = dm.token_files("train")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        print(f"error: the corpus cannot be read as text ({type(cause).__name__}: {cause})",
+              file=sys.stderr)
+        return 2
     tokens, starts = np.load(tokens_path, mmap_mode="r"), np.load(starts_path)
+    if len(tokens) == 0:
+        print(f"error: the corpus has no tokens ({tokens_path}); there is nothing to count",
+              file=sys.stderr)
+        return 2
     counters = count_ngrams(tokens, starts, orders, dm.vocab_size, args.capacity, args.chunk_tokens)
     meta = {"tokenizer": dm.tokenizer_file, "tokenizer_fingerprint": dm.fingerprint,
             "vocab_size": dm.vocab_size, "tokens_counted": int(len(tokens)),

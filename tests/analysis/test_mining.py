@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -131,3 +132,22 @@ def test_bad_mined_file_is_named(mined, tmp_path):
         FrequentNgramEmbedding(dm.vocab_size, 8, FrequentNgramConfig(str(bad), [2], top_k=1))
     with pytest.raises(FileNotFoundError, match="python -m oe.mine"):
         FrequentNgramEmbedding(dm.vocab_size, 8, FrequentNgramConfig(str(tmp_path / "no.jsonl")))
+
+
+def test_bad_corpus_and_output_fail_before_the_work_and_write_nothing(mined, tmp_path, capsys):
+    out, _, _, _ = mined
+    good = str(out.parent / "train.txt")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    (tmp_path / "binary.txt").write_bytes(b"text \xff\xfe\n")
+    cases = [(["--train_file", str(tmp_path / "blank.txt")], "holds no text"),
+             (["--train_file", str(tmp_path / "binary.txt")], "is not UTF-8 text"),
+             (["--train_file", str(tmp_path)], "is a directory; give text files"),
+             (["--train_file", good, "--out", str(tmp_path)], "--out .* is a directory"),
+             (["--train_file", good, "--out", str(tmp_path / "blank.txt" / "m.jsonl")],
+              "cannot be created")]
+    for args, message in cases:
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "mined.jsonl")]
+        assert main([*args, "--tokenizer", "bpe", "--cache_dir", str(tmp_path / "cache")]) == 2
+        assert re.search(message, capsys.readouterr().err), message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.txt", "blank.txt"]

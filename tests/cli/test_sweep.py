@@ -94,6 +94,18 @@ def test_unknown_key_in_the_fit_config_is_caught_before_submission(tmp_path):
     check_point(load_sweep(write_sweep(tmp_path)).points()[0])  # the good one parses
 
 
+@pytest.mark.parametrize("grid,message", [
+    ({"model.over_encoding.modulus": [37, 0]}, "modulus must be >= 1, got 0"),
+    ({"model.over_encoding.orders": [[2, 3], [9]]}, r"orders holds \[9\]: n-gram orders run from 2 to 8"),
+    ({"model.over_encoding.k": [1, 0]}, "k must be >= 1, got 0"),
+])
+def test_grid_values_are_checked_as_the_model_would_be(tmp_path, grid, message):
+    points = load_sweep(write_sweep(tmp_path, grid=grid)).points()
+    check_point(points[0])
+    with pytest.raises(SweepError, match=f"point {points[1].name}: .*{message}"):
+        check_point(points[1])
+
+
 def test_print_mode_lists_one_sbatch_command_per_point(tmp_path, capsys):
     code = main(["--sweep", str(write_sweep(tmp_path)), "--no-check", "--runs-dir", "runs",
                  "--sbatch-arg=--partition=gpu"])
