@@ -27,7 +27,8 @@ console.quiet_known_warnings()
 SUBCOMMANDS = {
     "fit": ("oe.cli.fit", "train a model from YAML configs (LightningCLI)"),
     "evaluate": ("oe.cli.evaluate", "zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint"),
-    "export": ("oe.cli.export", "a single-device checkpoint from a sharded-table checkpoint"),
+    "export": ("oe.cli.export", "a single-device checkpoint or a Hugging Face directory from a checkpoint"),
+    "lm-eval": ("oe.cli.lm_eval", "lm-evaluation-harness's command line with the oe model registered"),
     "sweep": ("oe.cli.sweep", "expand a sweep file into runs: locally, or as a SLURM job array"),
     "report": ("oe.cli.report", "a Markdown report with plots of a group of runs"),
     "plot": ("oe.cli.plot", "curves of metrics of several runs in one PNG"),

@@ -58,6 +58,10 @@ def load_checkpoint(path: str, tokenizer_source: str | None = None):
     from oe.distributed.checkpoint import TOKENIZER_KEY, load_for_evaluation
     from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
 
+    if Path(path).is_dir():  # a directory of oe export --format hf
+        from oe.huggingface.load import load_model
+
+        return load_model(path, tokenizer_source)
     if not Path(path).is_file():
         raise FileNotFoundError(f"--ckpt {path} not found")
     model, record = load_for_evaluation(path)
@@ -77,6 +81,8 @@ def load_checkpoint(path: str, tokenizer_source: str | None = None):
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The global step a checkpoint of ``oe.cli.fit`` was saved at (None if it records none)."""
+    if Path(path).is_dir():  # an exported directory keeps no step
+        return None
     try:  # memory-mapped: only the small entries are read
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except RuntimeError:  # an old, non-zip file cannot be mapped
@@ -198,7 +204,8 @@ def progress_bar(task: str, total: int):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = Parser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="a checkpoint written by oe.fit")
+    source.add_argument("--ckpt", help="a checkpoint written by oe.fit, or a directory "
+                                       "of oe export --format hf")
     source.add_argument("--pretrained", help="GPT-2 in HF format: hub id or local directory")
     parser.add_argument("--tokenizer", help="tokenizer.json, its directory or a hub id "
                                             "(default: the checkpoint's own)")

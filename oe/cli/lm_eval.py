@@ -1,25 +1,57 @@
 """``oe lm-eval``: lm-evaluation-harness's own command line, with the ``oe`` model registered.
 
     oe lm-eval --model oe --model_args checkpoint=runs/x/checkpoints/last.ckpt --tasks piqa
-    python -m oe.lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True --tasks piqa
+    oe lm-eval --model hf --model_args pretrained=OUT,trust_remote_code=True --tasks hellaswag
+    oe lm-eval --model oe --model_args checkpoint=OUT --tasks local_piqa --data_dir data/eval
 
-Every argument is lm-eval's (``lm-eval run --help``); lm-eval 0.4.13 reads models from its own
-registry only, so this command imports ``oe.evaluation.lm_eval_model`` first.
+Every argument is lm-eval's (``lm-eval run --help``) but ``--data_dir D``: the tasks
+``local_hellaswag``, ``local_piqa``, ``local_storycloze`` and ``local_xstorycloze_en`` (the
+harness's own configs) read ``D/<task>.jsonl``, the files ``oe evaluate --data_dir D`` reads.
+lm-eval 0.4.13 reads models from its own registry only, so this command imports
+``oe.evaluation.lm_eval_model`` first.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 
 
 def main(argv: list[str] | None = None) -> int:
-    import oe.evaluation.lm_eval_model  # noqa: F401  (registers the model "oe")
+    from oe.evaluation.lm_eval_model import LOCAL_TASKS, write_local_tasks  # registers "oe"
     from lm_eval.__main__ import cli_evaluate
 
-    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="oe-lm-eval-tasks-") as tasks_dir:
+        if "--data_dir" in argv:
+            at = argv.index("--data_dir")
+            if at + 1 >= len(argv):
+                print("error: --data_dir needs a directory", file=sys.stderr)
+                return 2
+            if "--include_path" in argv:
+                print("error: --data_dir writes the task configs of --include_path; give one of "
+                      "the two", file=sys.stderr)
+                return 2
+            data_dir = argv[at + 1]
+            del argv[at:at + 2]
+            wanted = _local_tasks_named(argv, LOCAL_TASKS)
+            if not wanted:
+                print(f"error: --data_dir is for the tasks "
+                      f"{', '.join('local_' + t for t in LOCAL_TASKS)}; --tasks names none",
+                      file=sys.stderr)
+                return 2
+            try:
+                write_local_tasks(tasks_dir, data_dir, wanted)
+            except (FileNotFoundError, ValueError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            argv += ["--include_path", tasks_dir]
+        sys.argv = ["lm-eval", *argv]
+        cli_evaluate()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _local_tasks_named(argv: list[str], local: dict) -> tuple[str, ...]:
+    """The tasks named as local_<task> in ``--tasks``."""
+    tasks = argv[argv.index("--tasks") + 1].split(",") if "--tasks" in argv[:-1] else []
+    return tuple(t[len("local_"):] for t in tasks if t.startswith("local_") and t[6:] in local)

@@ -19,11 +19,14 @@ rows of one context length share a batch (the cache has one length for all its r
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import lm_eval
 import lm_eval.models  # noqa: F401  (the harness's own models first: its registry fills lazily
 from lm_eval import utils as lm_eval_utils  # only while empty, so "oe" alone would hide them)
 from lm_eval.api.model import TemplateLM
@@ -32,6 +35,11 @@ from lm_eval.api.registry import register_model
 from oe.evaluation.scoring import eot_id_of
 from oe.huggingface.load import load_model
 
+# The harness's own task configs that read local JSONL (in the hub data sets' fields) as
+# local_<task>, the files oe evaluate --data_dir reads: D/<task>.jsonl.
+LOCAL_TASKS = {"hellaswag": "hellaswag/hellaswag.yaml", "piqa": "piqa/piqa.yaml",
+               "storycloze": "storycloze/storycloze_2016.yaml",
+               "xstorycloze_en": "xstorycloze/default_en.yaml"}
 MODEL_ARGS = ("checkpoint", "tokenizer", "batch_size", "max_batch_size", "device", "max_gen_toks")
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
 
@@ -229,3 +237,30 @@ class OELM(TemplateLM):
                     text = text.split(stop)[0]
             texts.append(text)
         return texts
+
+
+def write_local_tasks(directory: str | Path, data_dir: str | Path,
+                      tasks: tuple[str, ...] = tuple(LOCAL_TASKS)) -> list[str]:
+    """Task configs ``local_<task>`` in ``directory`` for lm-eval's ``include_path``: the harness's
+    own config of each task (prompt, preprocessing, choices) over ``data_dir/<task>.jsonl``, with
+    acc and acc_norm. Returns the task names; a missing file is one FileNotFoundError naming it."""
+    directory, data_dir = Path(directory), Path(data_dir)
+    harness_tasks = Path(lm_eval.__file__).parent / "tasks"
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for task in tasks:
+        if task not in LOCAL_TASKS:
+            raise ValueError(f"no local config for task {task!r}; choose from {', '.join(LOCAL_TASKS)}")
+        data = data_dir / f"{task}.jsonl"
+        if not data.is_file():
+            raise FileNotFoundError(f"{data} not found: the local {task} task reads it "
+                                    "(the hub data set's fields, one JSON object a line)")
+        config = {"include": str(harness_tasks / LOCAL_TASKS[task]), "task": f"local_{task}",
+                  "tag": [], "dataset_path": "json", "dataset_name": None,
+                  "dataset_kwargs": {"data_files": {"validation": str(data.resolve())}},
+                  "training_split": None, "validation_split": "validation", "test_split": None,
+                  "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                                  for m in ("acc", "acc_norm")]}
+        (directory / f"local_{task}.yaml").write_text(json.dumps(config, indent=2))
+        names.append(f"local_{task}")
+    return names

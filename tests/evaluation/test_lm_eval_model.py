@@ -14,34 +14,21 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 
 from oe.cli.export import main as export_main  # noqa: E402
-from oe.evaluation.lm_eval_model import OELM  # noqa: E402  (registers "oe")
+from oe.evaluation.lm_eval_model import OELM, write_local_tasks  # noqa: E402  (registers "oe")
 from oe.evaluation.scoring import build_requests, eot_id_of, item_correct, loglikelihoods  # noqa: E402
 from oe.evaluation.tasks import load_items  # noqa: E402
 from oe.huggingface.load import load_model  # noqa: E402
 from tests.conftest import write_task_files  # noqa: E402
 from tests.huggingface.conftest import OE3, save_checkpoint, tokenizer_dir  # noqa: E402,F401
 
-HARNESS_TASKS = Path(lm_eval.__file__).parent / "tasks"
-TASKS = ("hellaswag", "piqa")
-
-
-def write_local_tasks(directory: Path, data: Path) -> None:
-    """The harness's own hellaswag and piqa task configs, reading local JSONL instead of the hub."""
-    for task in TASKS:
-        (directory / f"local_{task}.yaml").write_text(json.dumps({
-            "include": str(HARNESS_TASKS / task / f"{task}.yaml"), "task": f"local_{task}",
-            "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"validation": str(data / f"{task}.jsonl")}},
-            "training_split": None, "validation_split": "validation",
-        }))
+TASKS = ("hellaswag", "piqa", "storycloze")  # storycloze: contexts cut to the block size
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer_dir):
     root = tmp_path_factory.mktemp("lm_eval")
     write_task_files(root / "data", n=12)
-    (root / "tasks").mkdir()
-    write_local_tasks(root / "tasks", root / "data")
+    write_local_tasks(root / "tasks", root / "data", TASKS)
     ckpt = save_checkpoint(root / "oe123.ckpt", tokenizer_dir / "tokenizer.json", OE3)
     assert export_main(["--format", "hf", str(ckpt), str(root / "hf")]) == 0
     return root, ckpt

@@ -138,3 +138,19 @@ def test_a_two_rank_sharded_checkpoint_exports_one_table_at_a_time(tmp_path, mon
     expected = torch.load(tmp_path / "step_w2.pt")["after"]
     with torch.no_grad():
         assert torch.equal(model(probe_tokens()).logits, expected)
+
+
+def test_oe_evaluate_reads_an_exported_directory_as_its_checkpoint(tmp_path, tokenizer_dir) -> None:
+    from oe.cli.evaluate import main as evaluate_main
+    from tests.conftest import write_task_files
+
+    write_task_files(tmp_path / "data", n=6)
+    out, _ = _exported(tmp_path, tokenizer_dir, OE3)
+    results = {}
+    for name, source in (("checkpoint", tmp_path / "model.ckpt"), ("export", out)):
+        assert evaluate_main(["--ckpt", str(source), "--tasks", "piqa", "--data_dir",
+                              str(tmp_path / "data"), "--no_wandb",
+                              "--out", str(tmp_path / f"{name}.json")]) == 0
+        piqa = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]["piqa"]
+        results[name] = {k: piqa[k] for k in ("acc", "acc_norm", "n")}
+    assert results["export"] == results["checkpoint"]
