@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     x = STEP if args.x == STEP else TOKENS
     try:
+        if args.out.is_dir():
+            raise ReportError(f"--out {args.out} is a folder; give a file such as {args.out}/curves.png")
         check_output_dir(args.out.parent, "--out")
         runs = [read_run(p) for p in expand_run_dirs(args.runs)]
         if not runs:
