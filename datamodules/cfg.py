@@ -46,7 +46,7 @@ def pack(symbols: np.ndarray, lengths: np.ndarray, row_tokens: int,
     """Sentences packed whole, in order, into rows of at most ``row_tokens`` tokens.
 
     Returns ``(tokens [R, W], doc_ids [R, W])``: W is the longest filled row rounded up to a
-    multiple of 8 (at most ``row_tokens``); sentence i has document id i, and each pad position
+    multiple of ``multiple`` (at most ``row_tokens``); sentence i has document id i, and each pad position
     an id of its own (``len(lengths)`` + its flat index), so that it is a document of one token:
     it attends to nothing real and sits at position 0.
     """
@@ -121,8 +121,11 @@ class CFGStream(IterableDataset):
     def make_batch(self, symbols: np.ndarray, lengths: np.ndarray) -> dict:
         """The rows of these sentences in this stream's layout."""
         if self.packed:
-            row_tokens = self.row_tokens or self.balanced_row_tokens(lengths)
-            tokens, doc_ids = pack(symbols, lengths, row_tokens)
+            if self.row_tokens:
+                tokens, doc_ids = pack(symbols, lengths, self.row_tokens)
+            else:  # rows exactly as wide as the balanced length: a few distinct shapes
+                width = self.balanced_row_tokens(lengths)
+                tokens, doc_ids = pack(symbols, lengths, width, multiple=width)
             batch = {"input_ids": tokens, "doc_ids": doc_ids, "isolate_documents": True}
         else:
             batch = {"input_ids": collate(symbols, lengths)}
@@ -136,11 +139,11 @@ class CFGStream(IterableDataset):
         few rows of at most ``micro_batch_tokens`` as their tokens need.
 
         A step of 128 is FlexAttention's block size, and it keeps the number of distinct row
-        widths, each a new shape for compiled kernels, small (a few per configuration)."""
+        widths small: each is a new shape for compiled kernels."""
         sizes = (lengths.astype(np.int64) + 2).tolist()
         budget = self.micro_batch_tokens
         rows_needed = math.ceil(sum(sizes) / budget)
-        width = max(math.ceil(sum(sizes) / rows_needed / step) * step, max(sizes))
+        width = math.ceil(max(sum(sizes) / rows_needed, max(sizes)) / step) * step
         while width < budget and next_fit_rows(sizes, width) > rows_needed:
             width += step
         return min(width, budget)

@@ -34,6 +34,7 @@ import torch
 from datamodules.cfg import BOS_ID, PAD_ID, VOCAB_SIZE, CFGStream
 from oe.bench.common import peak_rss_mib, write_json
 from oe.cli.table import print_table
+from oe.models.attention import positions_in_documents
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig, generate
 from oe.training.lm import LanguageModel
@@ -62,6 +63,38 @@ def batches(layout: str, batch_size: int, count: int, device: torch.device,
     return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream]
 
 
+# Dense bf16 tensor-core peaks (SXM cards), for model FLOPs utilisation.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for card, peak in PEAK_BF16_TFLOPS.items() if card in name), None)
+
+
+def training_flops(model: LanguageModel, batch: dict) -> float:
+    """Useful training FLOPs of a batch (forward and backward: 3x the forward): 2 per weight of
+    every matrix product (the blocks, the OE projection, the tied output head) per real token
+    and, per layer, 4 x width per key a token attends to inside its own sentence. Both layouts
+    hold the same sentences, so the same useful FLOPs: padding and masked pairs do not count."""
+    gpt = model.model
+    weights = sum(m.weight.numel() for m in gpt.modules() if isinstance(m, torch.nn.Linear))
+    if gpt.head is None:  # the output head is the token embedding, transposed
+        weights += gpt.config.n_embd * model.hparams.vocab_size
+    ids = batch["input_ids"]
+    real = ids != PAD_ID
+    if "doc_ids" in batch:
+        positions = positions_in_documents(batch["doc_ids"])
+    else:
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    attended_keys = float(((positions + 1) * real).sum())
+    forward = (2 * weights * float(real.sum())
+               + 4 * gpt.config.n_embd * gpt.config.n_layer * attended_keys)
+    return 3 * forward
+
+
 def run_case(args: argparse.Namespace) -> None:
     """One case in this process: a step per line on stdin, its figures as a JSON line each."""
     device = torch.device(args.device)
@@ -72,10 +105,10 @@ def run_case(args: argparse.Namespace) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
     data = batches(layout, args.batch, 4, device, args.row_tokens or None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    flops = [training_flops(model, batch) for batch in data]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = 0
-    for _ in sys.stdin:
+    for step, _ in enumerate(sys.stdin):
         batch = data[step % len(data)]
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -92,8 +125,8 @@ def run_case(args: argparse.Namespace) -> None:
         memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else peak_rss_mib())
         print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": n_tokens, "positions": ids.numel(),
-                          "rows": ids.shape[0], "peak_mib": memory}), flush=True)
-        step += 1
+                          "rows": ids.shape[0], "peak_mib": memory,
+                          "flops": flops[step % len(data)]}), flush=True)
 
 
 def time_sampler(batch: int, device: torch.device, timed_steps: int | None = None) -> dict:
@@ -120,32 +153,9 @@ def time_sampler(batch: int, device: torch.device, timed_steps: int | None = Non
             "parsing_s": parsing, "sentences_per_s": batch / (sampling + parsing)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench train")
-    parser.add_argument("--quick", action="store_true", help="global batch 64, 2 rounds")
-    parser.add_argument("--batch", type=int, default=None, help="sentences per global batch")
-    parser.add_argument("--rounds", type=int, default=None, help="timed steps per case")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
-    parser.add_argument("--sampler_batch", type=int, default=None,
-                        help="rows sampled together (the callback's default: 500)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per case (default: torch's); 1 is steadier on a "
-                             "machine shared with other processes")
-    parser.add_argument("--row_tokens", type=int, default=0,
-                        help="packed row length; 0 (the default, data.row_tokens null): rows as "
-                             "long as the micro-batch needs")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a worker process
-    args = parser.parse_args(argv)
-    args.batch = args.batch or (64 if args.quick else 512)
-    args.rounds = args.rounds or (2 if args.quick else 5)
-    if args.case:
-        run_case(args)
-        return 0
-
+def measure(args: argparse.Namespace) -> dict:
+    """Every case of ``KINDS`` x ``LAYOUTS`` in its own worker process, taking turns step by
+    step; prints the table and returns the figures."""
     cases = [f"{k}:{l}" for k in KINDS for l in LAYOUTS]
     workers = {}
     for case in cases:
@@ -174,18 +184,23 @@ def main(argv: list[str] | None = None) -> int:
             worker.stdin.close()
             worker.wait()
 
-    table, figures = [], {}
+    device = torch.device(args.device)
+    peak = peak_tflops(device)
+    memory_key = "peak_rss_mib" if device.type == "cpu" else "peak_cuda_mib"
+    figures = {}
     for case, steps in results.items():
         seconds = statistics.median(s["seconds"] for s in steps)
         cpu_seconds = statistics.median(s["cpu_seconds"] for s in steps)
         tokens = steps[0]["tokens"]
+        tflops_per_s = statistics.median(s["flops"] / s["seconds"] for s in steps) / 1e12
         figures[case] = {
             "step_s": seconds, "useful_tokens": tokens, "positions": steps[0]["positions"],
             "rows": steps[0]["rows"], "useful_tokens_per_s": tokens / seconds,
             "cpu_s": cpu_seconds, "useful_tokens_per_cpu_s": tokens / cpu_seconds,
             "real_share": tokens / steps[0]["positions"],
-            "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
-                max(s["peak_mib"] for s in steps),
+            memory_key: max(s["peak_mib"] for s in steps),
+            "useful_tflops_per_s": tflops_per_s,
+            "mfu": tflops_per_s / peak if peak else None,
             "step_s_all": [s["seconds"] for s in steps],
         }
     ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_s"]
@@ -193,32 +208,74 @@ def main(argv: list[str] | None = None) -> int:
     # Process CPU time: the same ratio, less sensitive to other processes on a shared machine.
     cpu_ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_cpu_s"]
                   / figures[f"{kind}:padded"]["useful_tokens_per_cpu_s"] for kind in KINDS}
-    memory_key = "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib"
-    for case, f in figures.items():
-        table.append({"case": case, "rows x width": f"{f['rows']}x{f['positions'] // f['rows']}",
-                      "real": f"{f['real_share']:.2f}", "step s": f"{f['step_s']:.3f}",
-                      "cpu s": f"{f['cpu_s']:.3f}",
-                      "useful tok/s": f"{f['useful_tokens_per_s']:,.0f}",
-                      memory_key: f"{f[memory_key]:,.0f}"})
-    print_table(table, ["case", "rows x width", "real", "step s", "cpu s", "useful tok/s",
-                        memory_key])
+    table = [{"case": case, "rows x width": f"{f['rows']}x{f['positions'] // f['rows']}",
+              "real": f"{f['real_share']:.2f}", "step s": f"{f['step_s']:.3f}",
+              "cpu s": f"{f['cpu_s']:.3f}", "useful tok/s": f"{f['useful_tokens_per_s']:,.0f}",
+              "MFU": f"{f['mfu']:.1%}" if f["mfu"] is not None else "-",
+              memory_key: f"{f[memory_key]:,.0f}"} for case, f in figures.items()]
+    print_table(table, list(table[0]))
     for kind, ratio in ratios.items():
         print(f"packed_over_padded {kind}: {ratio:.2f} (wall), {cpu_ratios[kind]:.2f} (CPU time)")
+    return {
+        "batch": args.batch, "rounds": args.rounds, "device": device_name(device),
+        "threads": args.threads or torch.get_num_threads(), "precision": args.precision,
+        "compile": args.compile, "row_tokens": args.row_tokens or None, "cases": figures,
+        memory_key: {case: f[memory_key] for case, f in figures.items()},
+        "packed_over_padded": ratios["baseline"], "packed_over_padded_by_kind": ratios,
+        "packed_over_padded_cpu_time_by_kind": cpu_ratios,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.bench train")
+    parser.add_argument("--quick", action="store_true", help="global batch 64, 2 rounds")
+    parser.add_argument("--suite", choices=["gpu"], default=None,
+                        help="gpu: bf16, eager then compiled, in one call (train_gpu.json)")
+    parser.add_argument("--batch", type=int, default=None, help="sentences per global batch")
+    parser.add_argument("--rounds", type=int, default=None, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
+    parser.add_argument("--sampler_batch", type=int, default=None,
+                        help="rows sampled together (the callback's default: 500)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per case (default: torch's); 1 is steadier on a "
+                             "machine shared with other processes")
+    parser.add_argument("--row_tokens", type=int, default=0,
+                        help="packed row length; 0 (the default, data.row_tokens null): rows as "
+                             "long as the micro-batch needs")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a worker process
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (64 if args.quick else 512)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    if args.case:
+        run_case(args)
+        return 0
+    if args.suite == "gpu":
+        if args.device != "cuda":
+            raise SystemExit("--suite gpu needs a CUDA device (--device cuda)")
+        args.precision, args.warmup = "bf16", max(args.warmup, 2)  # compiling takes a step
+        runs = {}
+        for compiled in (False, True):
+            args.compile = compiled
+            runs["compiled" if compiled else "eager"] = measure(args)
+        write_json("train_gpu", runs, args.out)
+        return 0
+
+    figures = measure(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     sampler = time_sampler(args.sampler_batch or 500, torch.device(args.device),
                            timed_steps=32 if args.quick else None)
     print(f"generation sampler: {sampler['sentences_per_s']:.1f} sentences/s "
           f"(batch {sampler['batch']}, {sampler['steps']} steps)")
-    write_json("train", {
-        "batch": args.batch, "rounds": args.rounds, "threads": args.threads or torch.get_num_threads(), "precision": args.precision,
-        "compile": args.compile, "cases": figures,
-        "peak_rss_mib" if args.device == "cpu" else "peak_cuda_mib":
-            {case: f[memory_key] for case, f in figures.items()},
-        "packed_over_padded": ratios["baseline"], "packed_over_padded_by_kind": ratios,
-        "packed_over_padded_cpu_time_by_kind": cpu_ratios,
-        "sampler": sampler,
-    }, args.out)
+    write_json("train", {**figures, "sampler": sampler}, args.out)
     return 0
 
 
