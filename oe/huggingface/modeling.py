@@ -109,8 +109,14 @@ class OEForCausalLM(PreTrainedModel, GenerationMixin):
         """Logits [B, T, V] of ``input_ids`` [B, T] (the new tokens when ``cache`` holds earlier ones).
 
         ``ngram_context`` [B, L]: the row's last tokens up to and including the new one, needed
-        for a cached step of an n-gram model (``generate`` passes it).
+        for a cached step of an n-gram model (``generate`` passes it). Other keywords of
+        transformers' calling convention (``return_dict``) are accepted; attentions and hidden
+        states are not returned.
         """
+        asked = [k for k in ("output_attentions", "output_hidden_states") if kwargs.get(k)]
+        if asked or kwargs.get("return_dict") is False:
+            raise ValueError(f"{', '.join(asked) or 'return_dict=False'}: this model returns its "
+                             "logits (and cache) as a CausalLMOutputWithPast only")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("attention_mask holds padding: this model reads whole rows; "
                              "generate or score rows of one length (or one row at a time)")

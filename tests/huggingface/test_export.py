@@ -67,6 +67,11 @@ def test_export_round_trip_logits_and_generation(kind, tmp_path, tokenizer_dir) 
     text = "Question: How do I cut the rope?\nAnswer: Take the knife."
     assert tokenizer(text)["input_ids"] == load_tokenizer(str(tokenizer_dir)).encode(text).ids
     assert tokenizer.eos_token == "<|endoftext|>"
+    if remote:  # rows with padding are refused, never read as tokens
+        mask = torch.ones_like(tokens)
+        mask[0, :3] = 0
+        with pytest.raises(ValueError, match="attention_mask holds padding"):
+            model(tokens, attention_mask=mask)
     # Back into oe: the exported directory evaluates as the checkpoint did.
     back, source = load_exported(out)
     assert source == str(out / "tokenizer.json")
