@@ -71,10 +71,21 @@ class FitCLI(LightningCLI):
         self.config = parse_with(parser, sys.argv[1:] if args is None else list(args))
 
     def instantiate_classes(self) -> None:
-        self.ckpt_path = self._resume_path()
-        # Sharded n-gram tables get their values only when sharded (LanguageModel.configure_model).
-        with deferred_ngram_tables():
-            super().instantiate_classes()
+        self._lock = None
+        try:
+            self.ckpt_path = self._resume_path()
+            # Sharded n-gram tables get their values only when sharded (configure_model).
+            with deferred_ngram_tables():
+                super().instantiate_classes()
+        except BaseException:
+            self.release_run_folder()
+            raise
+
+    def release_run_folder(self) -> None:
+        """Give up the run folder's lock (it also ends with the process)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
 
     def _checkpoint_dirs(self) -> list[str]:
         root = Path(self.config.trainer.default_root_dir)
@@ -216,6 +227,7 @@ def _flat(value: Any, prefix: str) -> dict[str, Any]:
 def main(args: list[str] | None = None) -> int:
     started = time.time()
     succeeded = False
+    cli = None
     try:
         cli = FitCLI(**CLI_KWARGS, args=args, run=False)
         cli.before_fit()
@@ -229,6 +241,8 @@ def main(args: list[str] | None = None) -> int:
         return 2
     finally:
         _finish_wandb(succeeded)
+        if cli is not None and not succeeded:
+            cli.release_run_folder()
     stopped = cli.clean_stop.stopped
     if stopped is not None:
         if cli.trainer.is_global_zero:
@@ -239,6 +253,7 @@ def main(args: list[str] | None = None) -> int:
         print("error: training was interrupted; no finished.json written", file=sys.stderr)
         return 1
     _mark_finished(cli.trainer, started)
+    cli.release_run_folder()
     return 0
 
 
