@@ -124,3 +124,19 @@ def test_bad_pairs_and_files_are_one_clear_error(tmp_path) -> None:
                           (tmp_path, "is a directory"), (tmp_path / "none.ckpt", "does not exist")]:
         with pytest.raises(CheckpointError, match=message):
             read_checkpoint(path)
+
+
+def test_what_a_kill_during_a_save_leaves_is_passed_over_and_cleared(tmp_path) -> None:
+    _fit(tmp_path, 2)
+    folder = tmp_path / "checkpoints"
+    # A kill in the middle of the next save: its table folder unfinished, its file half written.
+    partial = folder / "last.ckpt.tables.4.0123abcd.tmp"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
+    (folder / ".last.ckpt.999.tmp").write_bytes((folder / "last.ckpt").read_bytes()[:500])
+    from oe.training.rundir import newest_checkpoint
+
+    assert newest_checkpoint(tmp_path, [str(folder)]) == folder / "last.ckpt"
+    _fit(tmp_path, 4, ckpt_path=str(folder / "last.ckpt"))
+    assert _step(folder / "last.ckpt") == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", table_dir(folder / "last.ckpt").name]
