@@ -187,8 +187,15 @@ def read_wandb_run(path: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]
     return config, {k: sorted(v) for k, v in history.items()}, info
 
 
+def wandb_run_files(path: Path) -> list[Path]:
+    """The W&B run files of a run folder, online (``run-*``) or offline (``offline-run-*``),
+    oldest first (their folders are named ``[offline-]run-<date>_<time>-<id>``)."""
+    files = (path / "wandb").glob("*run-*/run-*.wandb")
+    return sorted(files, key=lambda f: f.parent.name.rsplit("run-", 1)[-1])
+
+
 def _has_wandb_run(path: Path) -> bool:
-    return any((path / "wandb").glob("offline-run-*/run-*.wandb"))
+    return bool(wandb_run_files(path))
 
 
 def is_run(path: Path) -> bool:
@@ -240,17 +247,20 @@ def read_run(path: Path) -> Run:
         history = {}
     info: dict = {}
     # A run's W&B id may have several files: the training run and evaluations logged into it.
-    wandb_files = sorted((path / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    wandb_files = wandb_run_files(path)
     if wandb_files:
-        w_config, w_history, info = read_wandb_run(wandb_files[0])
-        same_run = [f for f in wandb_files[1:] if f.name == wandb_files[0].name]
-        for later in same_run:
-            for key, points in read_wandb_run(later)[1].items():
-                merged = dict(w_history.get(key, []))
-                merged.update(points)
-                w_history[key] = sorted(merged.items())
-        config = config or w_config
-        history = history or w_history
+        same_id = [f for f in wandb_files if f.name == wandb_files[-1].name]  # the newest run's
+        if history and config:  # the CSV has it all: only the name, group and tags from W&B
+            info = read_wandb_info(same_id[0])
+        else:
+            w_config, w_history, info = read_wandb_run(same_id[0])
+            for later in same_id[1:]:
+                for key, points in read_wandb_run(later)[1].items():
+                    merged = dict(w_history.get(key, []))
+                    merged.update(points)
+                    w_history[key] = sorted(merged.items())
+            config = config or w_config
+            history = history or w_history
         config.setdefault("_tags", info.get("tags", []))
     read_evaluations(path, history)
     if not history:

@@ -148,9 +148,9 @@ class WandbTarget:
 
 def training_wandb_run(run_dir: Path) -> WandbTarget | None:
     """The W&B run a training run folder logged to: its newest run file (online or offline)."""
-    from oe.analysis.report import read_wandb_info
+    from oe.analysis.report import read_wandb_info, wandb_run_files
 
-    files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    files = wandb_run_files(run_dir)
     if not files:
         return None
     info = read_wandb_info(files[-1])

@@ -295,3 +295,8 @@ def test_results_go_to_the_training_runs_own_wandb_run(tmp_path, monkeypatch):
     history = _when_written(lambda: read_wandb_run(files[-1])[1]["downstream/piqa/acc_norm"])
     assert history == [(10, 0.75)]
     assert WandbTarget("p").run_id is None  # other sources: a new run
+    # oe.report reads both files of the one run id: training and evaluation together.
+    from oe.analysis.report import read_run
+
+    merged = read_run(run_dir).history
+    assert merged["train/loss"] == [(10, 2.0)] and merged["downstream/piqa/acc_norm"] == [(10, 0.75)]
