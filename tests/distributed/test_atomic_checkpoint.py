@@ -140,3 +140,18 @@ def test_what_a_kill_during_a_save_leaves_is_passed_over_and_cleared(tmp_path) -
     _fit(tmp_path, 4, ckpt_path=str(folder / "last.ckpt"))
     assert _step(folder / "last.ckpt") == 4
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", table_dir(folder / "last.ckpt").name]
+
+
+def test_teardown_of_a_run_that_failed_before_sharding_raises_nothing() -> None:
+    # Tables still on the meta device: Lightning's teardown would raise "Cannot copy out of meta
+    # tensor" over the error that ended the run.
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    model = _model()
+    assert any(p.is_meta for p in model.parameters())
+    strategy = ShardedTableStrategy(accelerator=CPUAccelerator(),
+                                    cluster_environment=LightningEnvironment())
+    strategy.connect(model)
+    strategy.teardown()
+    assert "cpu" not in model.__dict__  # the module's own .cpu is back
