@@ -167,9 +167,13 @@ def start_wandb(target: WandbTarget, config: dict):
         check_writable_file(target.directory / "wandb" / "probe", "the W&B folder")
     kwargs = dict(project=target.project, name=target.name, group=target.group,
                   mode=choose_mode(), dir=None if target.directory is None else str(target.directory))
-    if target.run_id is not None:  # the training run itself: same id, resumed
-        return wandb.init(id=target.run_id, resume="allow", **kwargs)
-    return wandb.init(job_type="eval", config=config, **kwargs)
+    try:
+        if target.run_id is not None:  # the training run itself: same id, resumed
+            return wandb.init(id=target.run_id, resume="allow", **kwargs)
+        return wandb.init(job_type="eval", config=config, **kwargs)
+    except Exception as err:  # wandb's own errors (network, permissions) have no common base
+        raise ValueError(f"W&B could not start the run ({type(err).__name__}: {err}); "
+                         f"pass --no_wandb to evaluate without it") from err
 
 
 def log_task(run, task: str, result: dict, step: int | None) -> None:
