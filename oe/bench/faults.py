@@ -1,0 +1,223 @@
+"""``python -m oe.bench faults``: kill -9 at random moments of a sharded run; exact resumes, mixed steps.
+
+A cfg3f OE-2 run (one layer, width 32) with one n-gram table of ``--modulus`` rows (default
+1,000,003) on ``--devices`` CPU ranks (gloo) saves ``last.ckpt`` every ``--every`` steps. First
+an uninterrupted reference run; then the same run in another folder is killed -9 (every rank at
+once, as when a node fails) ``--kills`` times and resumed with ``--resume`` after each kill. Each
+kill comes at a uniform random delay in [0, ``--window``] seconds after the current segment has
+logged its first step, so it lands in training steps and in saves alike (a save of a 1M-row
+table takes a good part of each two steps). A run that reaches its last step starts over in a
+new folder.
+
+Per kill it records whether a save was under way (a temporary table folder or file left), whether
+the newest checkpoint is complete and its pair self-consistent (the main file's step equals its
+table folder's ``pair.json``; otherwise a *mixed step*), and whether the resumed segment starts at
+that checkpoint's step and logs the reference's losses bit for bit (*exact*). Prints a table and
+writes the figures as JSON (default ``bench_results/faults.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from oe.bench.common import write_json
+from oe.cli.table import print_table
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = """
+trainer:
+  devices: {devices}
+  accelerator: cpu
+  max_steps: {steps}
+  val_check_interval: 1000000
+  limit_val_batches: 0
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args:
+        name: csv
+        flush_logs_every_n_steps: 1
+checkpoint:
+  every_n_train_steps: {every}
+generation: null
+ngram_stats: null
+model:
+  backbone:
+    n_layer: 1
+    n_head: 2
+    n_embd: 32
+  over_encoding:
+    modulus: {modulus}
+    shard_tables: true
+data:
+  init_args:
+    batch_size: 4
+    train_sentences: {sentences}
+    epochs: 1
+    val_sentences: 8
+    num_workers: 0
+"""
+
+
+def fit_args(overlay: Path, run_dir: Path) -> list[str]:
+    return ["--config", "configs/cfg_oe2.yaml", "--config", "configs/presets/quick_cfg.yaml",
+            "--config", str(overlay), "--run_dir", str(run_dir)]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    with open(log, "a") as handle:
+        return subprocess.Popen([sys.executable, "-m", "oe.cli.fit", *args], cwd=ROOT, env=env,
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def segments(run_dir: Path) -> list[dict[int, str]]:
+    """The logged training losses by step of each CSV version (one per started segment)."""
+    versions = sorted(run_dir.glob("csv/version_*/metrics.csv"),
+                      key=lambda p: int(p.parent.name.split("_")[1]))
+    out = []
+    for metrics in versions:
+        with metrics.open() as handle:
+            out.append({int(r["step"]): r["train/loss"] for r in csv.DictReader(handle)
+                        if r.get("train/loss")})
+    return out
+
+
+def partial_saves(run_dir: Path) -> set[str]:
+    """The temporary names of saves under way (or cut off) in the run's checkpoint folder."""
+    folder = run_dir / "checkpoints"
+    return {p.name for p in folder.glob("*.tmp")} if folder.is_dir() else set()
+
+
+def inspect(run_dir: Path, before: set[str]) -> dict:
+    """What a kill left: a save under way (a temporary name not there when the segment
+    started), and the newest checkpoint's step and consistency."""
+    from oe.distributed.checkpoint import CheckpointError, check_table_files, read_checkpoint
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = {"saving": bool(partial_saves(run_dir) - before), "step": None, "complete": False,
+             "mixed": False}
+    if not last.exists():
+        return state
+    try:
+        checkpoint = read_checkpoint(last, mmap=True)
+        state["step"] = int(checkpoint["global_step"])
+        check_table_files(last, checkpoint)
+        state["complete"] = True
+    except CheckpointError as err:
+        state["mixed"] = "mixed" in str(err)
+        state["error"] = str(err)
+    return state
+
+
+def reference_losses(overlay: Path, work: Path) -> dict[int, str]:
+    log = work / "reference.log"
+    process = start(fit_args(overlay, work / "reference"), log)
+    if process.wait() != 0:
+        raise SystemExit(f"the reference run failed; see {log}")
+    (losses,) = segments(work / "reference")
+    return losses
+
+
+def judge(chain_kills: list[dict], logged: list[dict[int, str]], reference: dict[int, str],
+          failed: bool) -> None:
+    """Mark each kill of one chain: did the segment after it start at the newest checkpoint's
+    step and log the reference's losses exactly? (Segment 0 is the run's first start.)"""
+    for index, kill in enumerate(chain_kills):
+        after = logged[index + 1] if index + 1 < len(logged) else {}
+        kill["resumed_from"] = min(after) if after else None
+        kill["exact"] = (bool(after) and kill["resumed_from"] == kill["step"]
+                         and all(reference.get(step) == loss for step, loss in after.items()))
+    if failed and chain_kills:
+        chain_kills[-1]["exact"] = False
+        chain_kills[-1]["resume_failed"] = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oe.bench faults", description=__doc__.split("\n")[0])
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--modulus", type=int, default=1_000_003)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--window", type=float, default=4.0,
+                        help="seconds after a segment's first logged step within which it is killed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/bench_faults", help="folder of the runs (emptied)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    work = Path(args.work).resolve()
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    overlay = work / "overlay.yaml"
+    overlay.write_text(OVERLAY.format(devices=args.devices, steps=args.steps, every=args.every,
+                                      modulus=args.modulus,
+                                      sentences=args.steps * 4 * args.devices))
+    started = time.time()
+    reference = reference_losses(overlay, work)
+    print(f"reference: {len(reference)} steps in {time.time() - started:.0f} s", flush=True)
+
+    kills: list[dict] = []
+    chain = 0
+    while len(kills) < args.kills:
+        run_dir, log = work / f"run{chain}", work / f"run{chain}.log"
+        resume: list[str] = []
+        failed = False
+        while len(kills) < args.kills:
+            before = partial_saves(run_dir)
+            process = start([*fit_args(overlay, run_dir), *resume], log)
+            resume = ["--resume", "true"]
+            seen = len(segments(run_dir))
+            while process.poll() is None and not (len(segments(run_dir)) > seen
+                                                  and segments(run_dir)[seen]):
+                time.sleep(0.05)
+            delay = rng.uniform(0.0, args.window)
+            deadline = time.time() + delay
+            while process.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            if process.poll() is not None:  # the run ended before the kill: finished, or failed
+                failed = process.returncode != 0
+                break
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            state = inspect(run_dir, before)
+            state.update(chain=chain, delay_s=round(delay, 3))
+            kills.append(state)
+            print(f"kill {len(kills)}: {json.dumps(state)}", flush=True)
+        else:  # --kills reached: resume once more, so that the last kill is judged too
+            failed = start([*fit_args(overlay, run_dir), *resume], log).wait() != 0
+        judge([k for k in kills if k["chain"] == chain], segments(run_dir), reference, failed)
+        chain += 1
+
+    exact = sum(bool(k.get("exact")) for k in kills)
+    mixed = sum(k["mixed"] for k in kills)
+    saving = sum(k["saving"] for k in kills)
+    complete = sum(k["complete"] for k in kills)
+    rows = [["kills", len(kills)], ["during a save", saving], ["newest checkpoint complete", complete],
+            ["mixed steps", mixed], ["resumed exactly", exact], ["seconds", round(time.time() - started)]]
+    print_table(["", "count"], rows)
+    write_json("faults", {"kills": len(kills), "during_save": saving, "complete": complete,
+                          "mixed_steps": mixed, "resumed_exactly": exact, "devices": args.devices,
+                          "modulus": args.modulus, "steps": args.steps, "every": args.every,
+                          "window_s": args.window, "seed": args.seed, "chains": chain,
+                          "per_kill": kills}, args.out)
+    return 0 if exact == len(kills) and mixed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
