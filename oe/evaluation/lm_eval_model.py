@@ -20,6 +20,7 @@ rows of one context length share a batch (the cache has one length for all its r
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from lm_eval.api.registry import register_model
 
 from oe.evaluation.scoring import eot_id_of
 from oe.huggingface.load import load_model
+
+log = logging.getLogger(__name__)
 
 # The harness's own task configs that read local JSONL (in the hub data sets' fields) as
 # local_<task>, the files oe evaluate --data_dir reads: D/<task>.jsonl.
@@ -66,6 +69,11 @@ class OELM(TemplateLM):
         if self.batch_size < 1 or self.max_gen_toks < 1:
             raise ValueError("batch_size and max_gen_toks must be >= 1")
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise; its hf model, too,
+            # runs on the CPU then.
+            log.warning("device %s asked for, but no GPU is available: running on the CPU", device)
+            self._device = torch.device("cpu")
         self.model, self.tokenizer = load_model(checkpoint, tokenizer)
         self.model.to(self._device)
         self.checkpoint = str(checkpoint)
