@@ -5,6 +5,10 @@ output head shares it. Attention is PyTorch's scaled_dot_product_attention: caus
 row, or, for packed rows with document ids, causal inside each document (``oe.models.attention``)
 with positions restarting at each document. Generation keeps a key/value cache, so each new token
 costs one position of work.
+
+An Over-Encoding embedding with inner ``layers`` leaves, with each pass's input embeddings, the
+memory of those layers; ``hidden`` takes it and adds it to the residual stream before each of
+their blocks (``OverEncoding.inject``), in training, evaluation and generation alike.
 """
 
 from __future__ import annotations
