@@ -33,12 +33,14 @@ from callbacks.downstream import DownstreamEvaluation
 from callbacks.generation import GenerationAccuracy
 from callbacks.ngram_stats import NgramTableStats
 from oe.cli.config import ComposedConfigFile, parse_with
-from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError, check_tables,
+from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointError,
+                                      CheckpointWriteError, check_table_files, check_tables,
                                       read_checkpoint)
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
-from oe.training.rundir import (RunFolderError, launching_process, lock_run_folder,
-                                newest_checkpoint, refuse_used_folder, requeue_resume_path)
+from oe.training.rundir import (RunFolderError, checkpoint_files, launching_process,
+                                lock_run_folder, newest_checkpoint, refuse_used_folder,
+                                requeue_resume_path)
 from oe.training.stops import CleanStop, stop_message
 
 # Callbacks as named config fields: a layer sets the fields of one and keeps the others.
@@ -113,8 +115,11 @@ class FitCLI(LightningCLI):
         if config.resume:
             newest = newest_checkpoint(root, dirs)
             if newest is None:
-                raise RunFolderError(f"--resume: run folder {root} holds no complete checkpoint; "
-                                     f"start the run without --resume")
+                files = checkpoint_files(root, dirs)
+                why = f" ({_damage(files[0])})" if files else ""
+                raise RunFolderError(f"--resume: run folder {root} holds no complete checkpoint"
+                                     f"{why}; start the run without --resume, or in another "
+                                     f"--run_dir")
             path = str(newest)
         path = path or requeue_resume_path(root, dirs)
         if path is None and launching_process():
@@ -210,6 +215,17 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
 
 CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,
                   subclass_mode_data=True, save_config_kwargs={"overwrite": True})
+
+
+def _damage(path: Path) -> str:
+    """Why checkpoint ``path`` cannot be resumed from (its first problem)."""
+    try:
+        checkpoint = read_checkpoint(path, mmap=True)
+        if TABLE_KEY in checkpoint:
+            check_table_files(path, checkpoint)
+    except CheckpointError as err:
+        return str(err)
+    return f"{path} looks complete"
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:

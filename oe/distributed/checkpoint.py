@@ -9,8 +9,8 @@ loaded only into a model whose signature is the same.
 Saving is atomic (``oe.distributed.strategy``): each save writes a table folder of its own,
 ``X.ckpt.tables.<step>.<id>``, and then ``X.ckpt`` under a temporary name, renamed over the
 previous one once complete. ``X.ckpt`` names its folder (``TABLE_DIR_KEY``) and the folder names
-its file and step (``PAIR_FILE``), so a load never pairs the rows of one step with the weights of
-another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
+the step it was written at (``PAIR_FILE``), so a load never pairs the rows of one step with the
+weights of another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
 
 ``single_device_checkpoint`` turns such a checkpoint into one plain state dict (every table row,
 no optimiser state) that loads in one process; ``load_for_evaluation`` builds the network of any
@@ -45,7 +45,7 @@ from oe.models.gpt import GPT
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
 TABLE_DIR_KEY = "table_dir"  # the checkpoint's entry naming its table folder (beside the file)
-PAIR_FILE = "pair.json"  # in a table folder: the checkpoint file and step it belongs to
+PAIR_FILE = "pair.json"  # in a table folder: the checkpoint file and step it was written for
 MODEL_PREFIX = "model."  # the GPT's keys in the LightningModule's state dict
 # What an exported checkpoint keeps beside the weights: enough to rebuild and to read text.
 KEPT = ("hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step",
@@ -124,10 +124,12 @@ def check_table_files(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path}: its table folder {directory} has no "
                                   f"readable {PAIR_FILE} ({err})") from err
-        expected = {"checkpoint": Path(path).name, "global_step": checkpoint.get("global_step")}
-        if owner != expected:
-            raise CheckpointError(f"checkpoint {path}: its table folder {directory} belongs to "
-                                  f"{owner}, expected {expected}; the pair is mixed")
+        # The folder's name is unique to one save, so its step is what must agree; the file
+        # name it was written for is not checked (a copied or renamed file shares the folder).
+        step = checkpoint.get("global_step")
+        if not isinstance(owner, dict) or owner.get("global_step") != step:
+            raise CheckpointError(f"checkpoint {path} is at step {step}, but its table folder "
+                                  f"{directory} holds {owner}; the pair is mixed")
     try:
         metadata = dcp.FileSystemReader(str(directory)).read_metadata()
     except Exception as err:  # noqa: BLE001 -- whatever unpickling a damaged file raises

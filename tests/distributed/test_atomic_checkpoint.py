@@ -96,10 +96,15 @@ def test_bad_pairs_and_files_are_one_clear_error(tmp_path) -> None:
     last = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint = read_checkpoint(last)
     folder = table_dir(last)
-    other = last.parent / "other.ckpt"
-    shutil.copy(last, other)  # a file whose folder records another checkpoint
-    with pytest.raises(CheckpointError, match="belongs to .*the pair is mixed"):
-        check_table_files(other, read_checkpoint(other))
+    copy = last.parent / "copy.ckpt"
+    shutil.copy(last, copy)  # a copy shares the folder of the same step
+    assert check_table_files(copy, read_checkpoint(copy)) == folder
+    pair = folder / PAIR_FILE
+    written = pair.read_text()
+    pair.write_text(json.dumps({"checkpoint": "last.ckpt", "global_step": 4}))
+    with pytest.raises(CheckpointError, match="is at step 2, but its table folder .* the pair is mixed"):
+        check_table_files(last, checkpoint)
+    pair.write_text(written)
     shard = next(folder.glob("*.distcp"))
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
