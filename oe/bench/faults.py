@@ -33,6 +33,7 @@ from oe.bench.common import write_json
 from oe.cli.table import print_table
 
 ROOT = Path(__file__).resolve().parents[2]
+KILLS_FILE = "kills.jsonl"  # one line per kill, written as it happens
 OVERLAY = """
 trainer:
   devices: {devices}
@@ -156,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="runs/bench_faults", help="folder of the runs (emptied)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--summarize", action="store_true",
+                        help="judge the kills recorded in --work by a bench that was stopped")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(args.work).resolve()
+    if args.summarize:
+        return summarize_stopped(args, work)
     if work.exists():
         import shutil
 
@@ -198,26 +203,49 @@ def main(argv: list[str] | None = None) -> int:
             state = inspect(run_dir, before)
             state.update(chain=chain, delay_s=round(delay, 3))
             kills.append(state)
+            with open(work / KILLS_FILE, "a") as record:
+                record.write(json.dumps(state) + "\n")
             print(f"kill {len(kills)}: {json.dumps(state)}", flush=True)
         else:  # --kills reached: resume once more, so that the last kill is judged too
             failed = start([*fit_args(overlay, run_dir), *resume], log).wait() != 0
         judge([k for k in kills if k["chain"] == chain], segments(run_dir), reference, failed)
         chain += 1
 
+    return summarize(kills, args, chain, time.time() - started)
+
+
+def summarize(kills: list[dict], args: argparse.Namespace, chains: int, seconds: float) -> int:
     exact = sum(bool(k.get("exact")) for k in kills)
     mixed = sum(k["mixed"] for k in kills)
     saving = sum(k["saving"] for k in kills)
     complete = sum(k["complete"] for k in kills)
     rows = [["kills", len(kills)], ["during a save", saving], ["newest checkpoint complete", complete],
-            ["mixed steps", mixed], ["resumed exactly", exact], ["seconds", round(time.time() - started)]]
+            ["mixed steps", mixed], ["resumed exactly", exact], ["seconds", round(seconds)]]
     print_table(["", "count"], rows)
     write_json("faults", {"kills": len(kills), "during_save": saving, "complete": complete,
                           "mixed_steps": mixed, "resumed_exactly": exact, "devices": args.devices,
                           "modulus": args.modulus, "steps": args.steps, "every": args.every,
-                          "window_s": args.window, "seed": args.seed, "chains": chain,
+                          "window_s": args.window, "seed": args.seed, "chains": chains,
                           "per_kill": kills}, args.out)
     return 0 if exact == len(kills) and mixed == 0 else 1
 
+
+def summarize_stopped(args: argparse.Namespace, work: Path) -> int:
+    """Judge the kills of a stopped bench from its folder: its last kill is resumed first."""
+    kills = [json.loads(line) for line in (work / KILLS_FILE).read_text().splitlines() if line]
+    (reference,) = segments(work / "reference")
+    overlay = work / "overlay.yaml"
+    chains = sorted({k["chain"] for k in kills})
+    for chain in chains:
+        run_dir = work / f"run{chain}"
+        chain_kills = [k for k in kills if k["chain"] == chain]
+        failed = False
+        if len(segments(run_dir)) <= len(chain_kills):  # its last kill was never resumed
+            log = work / f"run{chain}.log"
+            failed = start([*fit_args(overlay, run_dir), "--resume", "true"], log).wait() != 0
+        judge(chain_kills, segments(run_dir), reference, failed)
+    started = (work / "overlay.yaml").stat().st_mtime
+    return summarize(kills, args, len(chains), time.time() - started)
 
 if __name__ == "__main__":
     sys.exit(main())
