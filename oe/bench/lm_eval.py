@@ -7,7 +7,8 @@ The same items (``D/<task>.jsonl``, the hub data sets' fields) are scored by
 ``lm_eval.simple_evaluate`` with the ``oe`` model over the harness's own task configs reading the
 same files (``oe.evaluation.lm_eval_model.write_local_tasks``). Both time everything after the
 model is loaded: reading the items, tokenising, scoring; lm-eval's time includes its own task
-building and request bookkeeping. acc and acc_norm are printed beside each other as a check.
+building and request bookkeeping (``lm_eval_oe_scoring_only`` counts the model's scoring alone).
+acc and acc_norm are printed beside each other as a check.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     harness = OELM(checkpoint=args.checkpoint, batch_size=args.batch_size, device=args.device)
     model, tokenizer = harness.model, harness.tokenizer  # one network for both ways
     eot = eot_id_of(tokenizer)
+    scoring = {"seconds": 0.0}  # lm-eval's time inside the model's scoring, apart from its own work
+    score = harness._loglikelihood_tokens
+
+    def timed_score(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return score(*args, **kwargs)
+        finally:
+            scoring["seconds"] += time.perf_counter() - started
+
+    harness._loglikelihood_tokens = timed_score
     rows = []
     with tempfile.TemporaryDirectory() as configs:
         write_local_tasks(configs, args.data_dir, tuple(tasks))
@@ -52,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             items = load_items(task, args.data_dir, args.limit)
             ours = evaluate_task(model, tokenizer, eot, items, args.batch_size, pad_id=eot)
             ours_s = time.perf_counter() - started
-            started = time.perf_counter()
+            started, scoring["seconds"] = time.perf_counter(), 0.0
             theirs = lm_eval.simple_evaluate(model=harness, tasks=[f"local_{task}"], limit=args.limit,
                                              task_manager=manager, batch_size=args.batch_size)
             theirs_s = time.perf_counter() - started
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"task": task, "items": len(items),
                          "oe_evaluate_items_per_s": len(items) / ours_s,
                          "lm_eval_oe_items_per_s": len(items) / theirs_s,
+                         "lm_eval_oe_scoring_only_items_per_s": len(items) / scoring["seconds"],
                          "acc_oe_evaluate": ours["acc"], "acc_lm_eval": metrics["acc,none"],
                          "acc_norm_oe_evaluate": ours["acc_norm"],
                          "acc_norm_lm_eval": metrics["acc_norm,none"]})
