@@ -9,7 +9,7 @@ null adds no callback. Each run writes to its ``run_dir``: CSV metrics, checkpoi
 (offline without a key) and, only when training finished, ``finished.json``.
 
 A folder that already holds a run is refused unless the run resumes it: ``--ckpt_path FILE``, or
-``--resume`` for the folder's newest complete checkpoint (``oe.training.rundir``). SIGTERM and
+``--resume true`` for the folder's newest complete checkpoint (``oe.training.rundir``). SIGTERM and
 SIGINT stop at the next step with a checkpoint and exit 128 + the signal (``oe.training.stops``).
 Exit status: 0 finished, 1 a checkpoint could not be written, 2 bad input, 128+N stopped by N.
 """
@@ -262,7 +262,7 @@ def main(args: list[str] | None = None) -> int:
     stopped = cli.clean_stop.stopped
     if stopped is not None:
         if cli.trainer.is_global_zero:
-            print(stop_message(stopped, "resume with the same command and --resume (or "
+            print(stop_message(stopped, "resume with the same command and --resume true (or "
                                         f"--ckpt_path {stopped.checkpoint})"), file=sys.stderr)
         return stopped.exit_code
     if cli.trainer.interrupted:

@@ -160,7 +160,7 @@ def refuse_used_folder(default_root_dir: str | Path, checkpoint_dirs: list[str])
             f"cannot be resumed: give another --run_dir, or remove {root} to start it again"
         )
     raise RunFolderError(
-        f"run folder {root} already holds a run ({shown}); resume it with --resume (its newest "
+        f"run folder {root} already holds a run ({shown}); resume it with --resume true (its newest "
         f"complete checkpoint, {newest}) or --ckpt_path FILE, or give another --run_dir"
     )
 
