@@ -13,8 +13,8 @@ or the directory holds). ``--batch_size`` and ``--device`` as for any lm-eval mo
 Log-likelihoods follow ``oe.evaluation.scoring``'s rules: a request reads context +
 continuation cut from the left to the block size, right-padded in batches sorted by length, and
 an Over-Encoding model computes its n-gram ids over the whole context and continuation in the
-same forward pass. Generation is greedy unless ``do_sample``, with the backbone's key/value cache;
-rows of one context length share a batch (the cache has one length for all its rows).
+same forward pass. Generation (``oe.models.decoding.decode``) is greedy unless ``do_sample``, with the backbone's
+key/value cache; rows of one context length share a batch (the cache has one length for all).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 import lm_eval
 import lm_eval.models  # noqa: F401  (the harness's own models first: its registry fills lazily
-from lm_eval import utils as lm_eval_utils  # only while empty, so "oe" alone would hide them)
+import torch           # only while empty, so "oe" alone would hide them)
+from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from oe.evaluation.scoring import eot_id_of
 from oe.huggingface.load import load_model
+from oe.models.decoding import Sampling, decode
 
 log = logging.getLogger(__name__)
 
@@ -205,47 +205,20 @@ class OELM(TemplateLM):
         return {"until": until, "max_gen_toks": int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)),
                 "do_sample": do_sample, "temperature": temperature}
 
-    @torch.no_grad()
     def _generate_batch(self, contexts: list[list[int]], until: list[list[str]], settings: dict) -> list[str]:
-        model, device = self.model, self._device
-        tokens = torch.tensor(contexts, dtype=torch.long, device=device)
-        batch, length = tokens.shape
-        steps = settings["max_gen_toks"]
-        cache = model.new_cache(batch, length + steps, device)
-        logits = model.logits(model.hidden(model.embedding(tokens), cache))[:, -1]
-        context_size = model.embedding.context_size + 1
-        recent = F.pad(tokens, (max(context_size - length, 0), 0),
-                       value=getattr(model.embedding, "pad_id", 0))[:, -context_size:]
-        generated = [[] for _ in range(batch)]
-        done = [False] * batch
-        for step in range(steps):
-            if settings["do_sample"]:
-                probs = torch.softmax(logits.float() / settings["temperature"], dim=-1)
-                chosen = torch.multinomial(probs, 1)[:, 0]
-            else:
-                chosen = logits.argmax(dim=-1)
-            for row, token in enumerate(chosen.tolist()):
-                if done[row]:
-                    continue
-                if token == self._eot:
-                    done[row] = True
-                    continue
-                generated[row].append(token)
-                if until[row] and any(stop in self.tok_decode(generated[row]) for stop in until[row]):
-                    done[row] = True
-            if all(done) or step == steps - 1:
-                break
-            recent = torch.cat([recent[:, 1:], chosen[:, None]], dim=1)
-            logits = model.step(recent, cache)
+        """``oe.models.decoding.decode`` over rows of one length; each text cut at its first
+        stop string (rows are independent, so tokens after a stop change nothing before it)."""
+        sampling = Sampling(temperature=settings["temperature"] if settings["do_sample"] else 0.0)
+        tokens = decode(self.model, torch.tensor(contexts, dtype=torch.long), settings["max_gen_toks"],
+                        sampling, eos_id=self._eot)
         texts = []
-        for row, ids in enumerate(generated):
-            text = self.tok_decode(ids)
+        for row, ids in enumerate(tokens.tolist()):
+            text = self.tok_decode(ids[:ids.index(self._eot)] if self._eot in ids else ids)
             for stop in until[row]:
                 if stop:
                     text = text.split(stop)[0]
             texts.append(text)
         return texts
-
 
 def write_local_tasks(directory: str | Path, data_dir: str | Path,
                       tasks: tuple[str, ...] = tuple(LOCAL_TASKS)) -> list[str]:

@@ -94,7 +94,9 @@ def test_rolling_loglikelihood_and_greedy_generation(setup) -> None:
     import transformers
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(root / "hf", trust_remote_code=True).eval()
-    contexts = ["Question: How do I cut the rope?\nAnswer:", "The dog holds", "The man takes the"]
+    contexts = ["Question: How do I cut the rope?\nAnswer:", "The man holds", "The man takes the",
+                "The cat holds"]  # the second and the last share a batch (one length)
+    assert len(lm.tok_encode(contexts[1])) == len(lm.tok_encode(contexts[3]))
     generated = lm.generate_until([_Request(c, {"until": ["\n\n"], "max_gen_toks": 12}) for c in contexts])
     for context, text in zip(contexts, generated):
         prompt = torch.tensor([lm.tok_encode(context)])
