@@ -79,11 +79,16 @@ def test_export_round_trip_logits_and_generation(kind, tmp_path, tokenizer_dir) 
         torch.testing.assert_close(back.eval()(tokens), network(tokens), rtol=0, atol=1e-5)
 
 
-def test_heads_travel_with_an_over_decoding_model(tmp_path, tokenizer_dir) -> None:
+@pytest.mark.parametrize("over_encoding", [None, OE3], ids=["od", "ot"])
+def test_heads_travel_with_an_over_decoding_model(over_encoding, tmp_path, tokenizer_dir) -> None:
     heads = OutputHeadsConfig(od_offsets=[2], lambdas=[0.5])
-    out, network = _exported(tmp_path, tokenizer_dir, None, heads=heads)
+    out, network = _exported(tmp_path, tokenizer_dir, over_encoding, heads=heads)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "oe_gpt"
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert model.heads is not None and "od" in dict(model.heads.named_children())
+    saved = torch.load(tmp_path / "model.ckpt", weights_only=False)["state_dict"]
+    for name, value in model.heads.state_dict().items():  # kept for training on from the export
+        assert torch.equal(value, saved[f"heads.{name}"]), name
     tokens = torch.randint(0, network.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits, network(tokens), rtol=0, atol=1e-5)
