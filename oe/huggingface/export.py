@@ -27,6 +27,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 from oe.distributed.checkpoint import MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, table_dir
+from oe.distributed.parallelize import table_owners
 from oe.models.build import build_arguments, build_model, model_kind
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
 from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
@@ -132,11 +133,14 @@ def _write_oe(checkpoint: dict[str, Any], path: str | Path, arguments: dict[str,
                       auto_map={"AutoConfig": "modeling_oe.OEConfig",
                                 "AutoModelForCausalLM": "modeling_oe.OEForCausalLM"})
     with torch.device("meta"):  # names and shapes only
-        expected = {k: tuple(v.shape) for k, v in OEForCausalLM(config).state_dict().items()}
+        shell = OEForCausalLM(config)
+    expected = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
     state = checkpoint["state_dict"]
-    tables = _table_keys(checkpoint)
+    sharded = _table_keys(checkpoint)
+    tables = [k for k in expected if k in sharded or k in _plain_table_keys(shell)]
     dense = {k: state[k].contiguous() for k in expected if k not in tables and k in state}
     missing = [k for k in expected if k not in dense and k not in tables]
+    missing += [k for k in tables if k not in sharded and k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing[:4])}"
                          + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
@@ -146,9 +150,9 @@ def _write_oe(checkpoint: dict[str, Any], path: str | Path, arguments: dict[str,
     _check_shapes(dense, expected, path)
     save_file(dense, str(out / "model-dense.safetensors"), metadata={"format": "pt"})
     del dense
-    for key, table in _tables(checkpoint, path, tables):
+    for number, (key, table) in enumerate(_tables(checkpoint, path, tables, sharded), start=1):
         _check_shapes({key: table}, expected, path)
-        name = f"model-{key.split('.')[-2]}.safetensors"  # e.g. model-ngram2_0.safetensors
+        name = f"model-table{number:02d}-{key.split('.')[-2]}.safetensors"  # -ngram2_0
         save_file({key: table.contiguous()}, str(out / name), metadata={"format": "pt"})
         weight_map[key] = name
         files.append(name)
@@ -172,22 +176,33 @@ def _table_keys(checkpoint: dict[str, Any]) -> dict[str, str]:
     return keys
 
 
-def _tables(checkpoint: dict[str, Any], path: str | Path,
-            keys: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each sharded table, whole, one at a time (torch.distributed.checkpoint reads the rows of
-    every rank's files into the one tensor asked for)."""
-    if not keys:
-        return
-    directory = table_dir(path)
-    if not (directory / ".metadata").is_file():
-        raise ValueError(f"checkpoint {path}: its table directory {directory} is missing")
-    metadata = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
-    for model_key, stored in keys.items():
+def _plain_table_keys(shell: torch.nn.Module) -> set[str]:
+    """Keys of the n-gram tables of the (meta) model ``shell``: each goes to a file of its own."""
+    return {f"{prefix}.embeddings.{t.name}.weight" for prefix, owner in table_owners(shell).items()
+            for t in owner.tables}
+
+
+def _tables(checkpoint: dict[str, Any], path: str | Path, keys: list[str],
+            sharded: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each table, whole, one at a time: from the (memory-mapped) state dict, or for a sharded
+    one from the table folder (torch.distributed.checkpoint reads the rows of every rank's files
+    into the one tensor asked for)."""
+    metadata = None
+    for key in keys:
+        if key not in sharded:
+            yield key, checkpoint["state_dict"][key]
+            continue
+        directory = table_dir(path)
+        if metadata is None:
+            if not (directory / ".metadata").is_file():
+                raise ValueError(f"checkpoint {path}: its table folder {directory} is missing")
+            metadata = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+        stored = sharded[key]
         if stored not in metadata:
             raise ValueError(f"{directory} holds no {stored}")
         one = {stored: torch.empty(metadata[stored].size, dtype=metadata[stored].properties.dtype)}
         dcp.load(one, checkpoint_id=str(directory))
-        yield model_key, one.pop(stored)
+        yield key, one.pop(stored)
 
 
 def _check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple], path) -> None:

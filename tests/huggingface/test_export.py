@@ -44,6 +44,11 @@ def test_export_round_trip_logits_and_generation(kind, tmp_path, tokenizer_dir) 
     out, network = _exported(tmp_path, tokenizer_dir, OE3 if kind == "oe123" else None)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == ("gpt2" if kind == "baseline" else "oe_gpt")
+    if kind == "oe123":  # plain tables too: the dense part, then one file per table
+        weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        assert sorted(set(weight_map.values()))[1:] == [
+            f"model-table0{i}-ngram{n}_{s}.safetensors"
+            for i, (n, s) in enumerate([(2, 0), (2, 1), (3, 0), (3, 1)], start=1)]
     remote = kind != "baseline"
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
     assert type(model).__name__ == ("GPT2LMHeadModel" if kind == "baseline" else "OEForCausalLM")
@@ -142,7 +147,8 @@ def test_a_two_rank_sharded_checkpoint_exports_one_table_at_a_time(tmp_path, mon
     # Four tables (orders 2 and 3, k=2), each read alone, whole, from both ranks' shards.
     assert [len(keys) for keys in loads] == [1, 1, 1, 1]
     weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
-    assert weight_map["model.embedding.ngram.embeddings.ngram3_1.weight"] == "model-ngram3_1.safetensors"
+    assert weight_map["model.embedding.ngram.embeddings.ngram3_1.weight"].endswith("-ngram3_1.safetensors")
+    assert len(set(weight_map.values())) == 1 + 4  # the dense part, then one file per table
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     torch.set_num_threads(1)
     expected = torch.load(tmp_path / "step_w2.pt")["after"]
