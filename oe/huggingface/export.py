@@ -26,7 +26,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
-from oe.distributed.checkpoint import MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, table_dir
+from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, CheckpointError,
+                                       read_checkpoint, table_dir)
 from oe.distributed.parallelize import table_owners
 from oe.models.build import build_arguments, build_model, model_kind
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
@@ -43,12 +44,10 @@ from oe.huggingface.modeling import OEConfig, OEForCausalLM  # noqa: F401
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at ``path``, tensors memory-mapped (a large plain table is not read whole)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint of oe fit (no hyper_parameters or state_dict)")
+    checkpoint = read_checkpoint(path, mmap=True)
+    if "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
+                              "checkpoint written by oe fit")
     return checkpoint
 
 
@@ -192,7 +191,7 @@ def _tables(checkpoint: dict[str, Any], path: str | Path, keys: list[str],
         if key not in sharded:
             yield key, checkpoint["state_dict"][key]
             continue
-        directory = table_dir(path)
+        directory = table_dir(path, checkpoint)
         if metadata is None:
             if not (directory / ".metadata").is_file():
                 raise ValueError(f"checkpoint {path}: its table folder {directory} is missing")

@@ -116,6 +116,8 @@ def test_a_checkpoint_without_a_tokenizer(tmp_path, tokenizer_dir, capsys) -> No
     torch.save(checkpoint, ckpt)
     assert export_main(["--format", "hf", str(ckpt), str(tmp_path / "a")]) == 2
     assert "records no tokenizer" in capsys.readouterr().err
+    assert export_main(["--format", "hf", str(tmp_path / "none.ckpt"), str(tmp_path / "a")]) == 2
+    assert "none.ckpt does not exist" in capsys.readouterr().err
     assert export_main(["--format", "hf", "--without_tokenizer", str(ckpt), str(tmp_path / "b")]) == 0
     assert not (tmp_path / "b" / "tokenizer.json").exists()
     with pytest.raises(ValueError, match="has no tokenizer .*tokenizer=PATH"):
