@@ -4,8 +4,6 @@ model_args as one line each."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +16,16 @@ from oe.evaluation.lm_eval_model import OELM, write_local_tasks  # noqa: E402  (
 from oe.evaluation.scoring import build_requests, eot_id_of, item_correct, loglikelihoods  # noqa: E402
 from oe.evaluation.tasks import load_items  # noqa: E402
 from oe.huggingface.load import load_model  # noqa: E402
-from tests.conftest import write_task_files  # noqa: E402
-from tests.huggingface.conftest import OE3, save_checkpoint, tokenizer_dir  # noqa: E402,F401
+from tests.conftest import tiny_gpt2_dir, write_task_files  # noqa: E402
+from tests.huggingface.conftest import OE3, save_checkpoint  # noqa: E402
 
 TASKS = ("hellaswag", "piqa", "storycloze")  # storycloze: contexts cut to the block size
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tokenizer_dir):
+def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
+    tokenizer_dir = tiny_gpt2_dir(root / "tokenizer")
     write_task_files(root / "data", n=12)
     write_local_tasks(root / "tasks", root / "data", TASKS)
     ckpt = save_checkpoint(root / "oe123.ckpt", tokenizer_dir / "tokenizer.json", OE3)
