@@ -18,7 +18,8 @@ import tempfile
 
 
 def main(argv: list[str] | None = None) -> int:
-    from oe.evaluation.lm_eval_model import LOCAL_TASKS, write_local_tasks  # registers "oe"
+    from oe.evaluation.lm_eval_model import (LOCAL_TASKS, ModelArgsError,  # registers "oe"
+                                             write_local_tasks)
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             argv += ["--include_path", tasks_dir]
         sys.argv = ["lm-eval", *argv]
-        cli_evaluate()
+        try:
+            cli_evaluate()
+        except ModelArgsError as err:  # one line, not lm-eval's traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -47,6 +47,10 @@ MODEL_ARGS = ("checkpoint", "tokenizer", "batch_size", "max_batch_size", "device
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
 
 
+class ModelArgsError(ValueError):
+    """``model_args`` the oe model cannot use; the message (one line) says which and why."""
+
+
 @register_model("oe")
 class OELM(TemplateLM):
     """An ``oe`` network and its tokenizer behind lm-eval's model interface."""
@@ -57,24 +61,27 @@ class OELM(TemplateLM):
                  **unknown: Any) -> None:
         super().__init__()
         if unknown:
-            raise ValueError(f"model_args: unknown key(s) {', '.join(sorted(unknown))}; "
+            raise ModelArgsError(f"model_args: unknown key(s) {', '.join(sorted(unknown))}; "
                              f"the oe model takes {', '.join(MODEL_ARGS)}")
         if checkpoint is None:
-            raise ValueError("model_args: checkpoint=PATH is required (a .ckpt of oe fit or a "
+            raise ModelArgsError("model_args: checkpoint=PATH is required (a .ckpt of oe fit or a "
                              "directory of oe export --format hf)")
         if str(batch_size).startswith("auto"):
-            raise ValueError("batch_size auto is not supported by the oe model; give a number")
+            raise ModelArgsError("batch_size auto is not supported by the oe model; give a number")
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         if self.batch_size < 1 or self.max_gen_toks < 1:
-            raise ValueError("batch_size and max_gen_toks must be >= 1")
+            raise ModelArgsError("batch_size and max_gen_toks must be >= 1")
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self._device.type == "cuda" and not torch.cuda.is_available():
             # lm-eval's command line asks for cuda:0 unless told otherwise; its hf model, too,
             # runs on the CPU then.
             log.warning("device %s asked for, but no GPU is available: running on the CPU", device)
             self._device = torch.device("cpu")
-        self.model, self.tokenizer = load_model(checkpoint, tokenizer)
+        try:
+            self.model, self.tokenizer = load_model(checkpoint, tokenizer)
+        except (FileNotFoundError, ValueError) as err:  # a missing file, no tokenizer, ...
+            raise ModelArgsError(f"model_args checkpoint={checkpoint}: {err}") from err
         self.model.to(self._device)
         self.checkpoint = str(checkpoint)
         self._eot = eot_id_of(self.tokenizer)

@@ -12,7 +12,7 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 
 from oe.cli.export import main as export_main  # noqa: E402
-from oe.evaluation.lm_eval_model import OELM, write_local_tasks  # noqa: E402  (registers "oe")
+from oe.evaluation.lm_eval_model import OELM, ModelArgsError, write_local_tasks  # noqa: E402
 from oe.evaluation.scoring import build_requests, eot_id_of, item_correct, loglikelihoods  # noqa: E402
 from oe.evaluation.tasks import load_items  # noqa: E402
 from oe.huggingface.load import load_model  # noqa: E402
@@ -108,10 +108,11 @@ def test_rolling_loglikelihood_and_greedy_generation(setup) -> None:
 @pytest.mark.parametrize("args,message", [
     (dict(checkpoint="x", colour="red"), r"^model_args: unknown key\(s\) colour; the oe model takes"),
     (dict(), r"^model_args: checkpoint=PATH is required"),
-    (dict(checkpoint="/nonexistent/model.ckpt"), r"^checkpoint /nonexistent/model.ckpt not found"),
+    (dict(checkpoint="/nonexistent/model.ckpt"),
+     r"^model_args checkpoint=/nonexistent/model.ckpt: checkpoint /nonexistent/model.ckpt not found"),
 ])
 def test_bad_model_args_are_one_line_each(args, message) -> None:
-    with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
+    with pytest.raises(ModelArgsError, match=message) as error:
         OELM(**args)
     assert "\n" not in str(error.value)
 
@@ -121,6 +122,17 @@ def test_a_checkpoint_without_a_tokenizer_is_one_line(setup, tmp_path) -> None:
     checkpoint = torch.load(ckpt, weights_only=False)
     del checkpoint["tokenizer"]
     torch.save(checkpoint, tmp_path / "bare.ckpt")
-    with pytest.raises(ValueError, match="has no tokenizer .*give one: tokenizer=PATH") as error:
+    with pytest.raises(ModelArgsError, match="has no tokenizer .*give one: tokenizer=PATH") as error:
         lm_eval.api.registry.get_model("oe").create_from_arg_string(f"checkpoint={tmp_path / 'bare.ckpt'}")
     assert "\n" not in str(error.value)
+
+
+def test_the_command_line_says_bad_model_args_in_one_line(setup, capsys) -> None:
+    from oe.cli.lm_eval import main
+
+    root, ckpt = setup
+    assert main(["--model", "oe", "--model_args", f"checkpoint={ckpt},colour=red",
+                 "--tasks", "local_piqa", "--data_dir", str(root / "data")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: model_args: unknown key(s) colour;")
+    assert not any("Traceback" in line for line in error)
