@@ -252,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out is not None:
             check_writable_file(out, "--out")
-        step = checkpoint_step(args.ckpt) if args.ckpt else None
-        results = Results(str(args.ckpt or args.pretrained), step)
+        results = Results(str(args.ckpt or args.pretrained), step=None)
         items = {}
         for task in args.tasks:  # every task's data before the model: missing data shows now
             try:
@@ -271,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             target = target or WandbTarget(args.wandb_project, name=args.wandb_name)
             wandb_run = start_wandb(target, {k: str(v) for k, v in vars(args).items()})
         if items:
-            if args.ckpt:
+            if args.ckpt:  # loaded first: a bad checkpoint is named by its loader
                 model, tokenizer = load_checkpoint(args.ckpt, args.tokenizer)
+                results.step = checkpoint_step(args.ckpt)
             else:
                 model, tokenizer = load_pretrained(args.pretrained, args.tokenizer)
             model.to(args.device)
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             if out is not None:
                 write_json_atomically(out, results.payload())
             if wandb_run is not None:
-                log_task(wandb_run, task, result, step)
+                log_task(wandb_run, task, result, results.step)
     finally:
         if out is not None and not results.tasks:
             write_json_atomically(out, results.payload())
