@@ -131,13 +131,19 @@ def reference_losses(overlay: Path, work: Path) -> dict[int, str]:
     return losses
 
 
-def judge(chain_kills: list[dict], logged: list[dict[int, str]], reference: dict[int, str],
-          failed: bool) -> None:
+def judge(chain_kills: list[dict], run_dir: Path, reference: dict[int, str], failed: bool) -> None:
     """Mark each kill of one chain: did the segment after it start at the newest checkpoint's
-    step and log the reference's losses exactly? (Segment 0 is the run's first start.)"""
+    step and log the reference's losses exactly? (Segment 0 is the run's first start.) A kill
+    after the last step's checkpoint leaves nothing to train: exact if the resume finished."""
+    logged = segments(run_dir)
+    finished = run_dir / "finished.json"
+    finished_step = json.loads(finished.read_text())["global_step"] if finished.exists() else None
     for index, kill in enumerate(chain_kills):
         after = logged[index + 1] if index + 1 < len(logged) else {}
         kill["resumed_from"] = min(after) if after else None
+        if kill["step"] == len(reference) and not after:
+            kill["exact"] = finished_step == kill["step"]
+            continue
         kill["exact"] = (bool(after) and kill["resumed_from"] == kill["step"]
                          and all(reference.get(step) == loss for step, loss in after.items()))
     if failed and chain_kills:
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kill {len(kills)}: {json.dumps(state)}", flush=True)
         else:  # --kills reached: resume once more, so that the last kill is judged too
             failed = start([*fit_args(overlay, run_dir), *resume], log).wait() != 0
-        judge([k for k in kills if k["chain"] == chain], segments(run_dir), reference, failed)
+        judge([k for k in kills if k["chain"] == chain], run_dir, reference, failed)
         chain += 1
 
     return summarize(kills, args, chain, time.time() - started)
@@ -240,10 +246,11 @@ def summarize_stopped(args: argparse.Namespace, work: Path) -> int:
         run_dir = work / f"run{chain}"
         chain_kills = [k for k in kills if k["chain"] == chain]
         failed = False
-        if len(segments(run_dir)) <= len(chain_kills):  # its last kill was never resumed
+        if (len(segments(run_dir)) <= len(chain_kills)  # its last kill was never resumed
+                and not (run_dir / "finished.json").exists()):
             log = work / f"run{chain}.log"
             failed = start([*fit_args(overlay, run_dir), "--resume", "true"], log).wait() != 0
-        judge(chain_kills, segments(run_dir), reference, failed)
+        judge(chain_kills, run_dir, reference, failed)
     started = (work / "overlay.yaml").stat().st_mtime
     return summarize(kills, args, len(chains), time.time() - started)
 
