@@ -153,7 +153,9 @@ class CFGStream(IterableDataset):
         return self.batches_per_epoch * self.epochs
 
     def __len__(self) -> int:
-        return self.total_positions - self.first_position
+        # The whole stream, also when resumed: Lightning counts the epoch's batches on from its
+        # restored progress, and sizes the schedule (estimated_stepping_batches) by this length.
+        return self.total_positions
 
     def batch_of(self, position: int) -> int:
         epoch, offset = divmod(position, self.batches_per_epoch)

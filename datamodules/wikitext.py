@@ -105,7 +105,9 @@ class BlockStream(IterableDataset):
         return self.batches_per_epoch * self.epochs
 
     def __len__(self) -> int:
-        return max(0, self.total_positions - self.first_position)
+        # The whole stream, also when resumed: Lightning counts the epoch's batches on from its
+        # restored progress, and sizes the schedule (estimated_stepping_batches) by this length.
+        return self.total_positions
 
     def blocks_of(self, position: int) -> np.ndarray:
         epoch, j = divmod(position, self.batches_per_epoch)

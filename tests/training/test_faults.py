@@ -54,7 +54,7 @@ model:
 data:
   init_args:
     batch_size: 4
-    train_sentences: 400
+    train_sentences: {sentences}
     val_sentences: 8
     num_workers: 0
 """
@@ -64,7 +64,9 @@ pytestmark = pytest.mark.slow
 
 def _args(tmp_path: Path, run_dir: Path, devices: int = 1, steps: int = STEPS) -> list[str]:
     config = tmp_path / f"fast_{devices}_{steps}.yaml"
-    config.write_text(FAST.format(devices=devices, steps=steps))
+    # The stream is as long as the run, so that a resumed run must count its epoch and size its
+    # schedule by the whole stream, not by what is left of it.
+    config.write_text(FAST.format(devices=devices, steps=steps, sentences=steps * 4 * devices))
     return ["--config", "configs/cfg_oe3.yaml", "--config", "configs/presets/quick_cfg.yaml",
             "--config", str(config), "--run_dir", str(run_dir)]
 
