@@ -17,6 +17,7 @@ Exit status: 0 finished, 1 a checkpoint could not be written, 2 bad input, 128+N
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, is_dataclass
@@ -104,10 +105,10 @@ class FitCLI(LightningCLI):
         config, root = self.config, self.config.trainer.get("default_root_dir")
         if config.ckpt_path is not None and config.resume:
             raise RunFolderError("give --ckpt_path or --resume, not both")
-        if root is None:  # no run folder: nothing to guard or to resume from
+        if root is None:  # no run folder: nothing to guard; Lightning writes to the working folder
             if config.resume:
                 raise RunFolderError("--resume needs the run's folder: give --run_dir")
-            return config.ckpt_path
+            return config.ckpt_path or requeue_resume_path(os.getcwd(), [])
         dirs = self._checkpoint_dirs()
         if launching_process():
             self._lock = lock_run_folder(root)
