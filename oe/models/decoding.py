@@ -28,9 +28,9 @@ class Sampling:
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+            raise ValueError(f"--top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling,

@@ -71,8 +71,8 @@ def test_truncated_sampling_keeps_only_the_allowed_tokens():
 
 
 @pytest.mark.parametrize("sampling,flag", [(Sampling(temperature=-1), "--temperature"),
-                                           (Sampling(top_k=0), "--top-k"),
-                                           (Sampling(top_p=0), "--top-p")])
+                                           (Sampling(top_k=0), "--top_k"),
+                                           (Sampling(top_p=0), "--top_p")])
 def test_bad_sampling_options_are_named(sampling, flag):
     with pytest.raises(ValueError, match=flag):
         decode(_gpt(None), PROMPTS, 2, sampling)
