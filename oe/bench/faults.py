@@ -225,9 +225,10 @@ def summarize(kills: list[dict], args: argparse.Namespace, chains: int, seconds:
     mixed = sum(k["mixed"] for k in kills)
     saving = sum(k["saving"] for k in kills)
     complete = sum(k["complete"] for k in kills)
-    rows = [["kills", len(kills)], ["during a save", saving], ["newest checkpoint complete", complete],
-            ["mixed steps", mixed], ["resumed exactly", exact], ["seconds", round(seconds)]]
-    print_table(["", "count"], rows)
+    rows = [{"what": what, "count": count} for what, count in [
+        ("kills", len(kills)), ("during a save", saving), ("newest checkpoint complete", complete),
+        ("mixed steps", mixed), ("resumed exactly", exact), ("seconds", round(seconds))]]
+    print_table(rows, ["what", "count"])
     write_json("faults", {"kills": len(kills), "during_save": saving, "complete": complete,
                           "mixed_steps": mixed, "resumed_exactly": exact, "devices": args.devices,
                           "modulus": args.modulus, "steps": args.steps, "every": args.every,
