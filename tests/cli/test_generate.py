@@ -43,10 +43,10 @@ def _run(capsys, argv) -> list[dict]:
 def test_host_tables_give_the_same_completions_as_device_tables(checkpoint, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the river city\n\nthe team\nan album of the war\n")
-    common = ["--ckpt", str(checkpoint), "--prompts", str(prompts), "--max-new-tokens", "8",
-              "--top-k", "20", "--seed", "3", "--batch-size", "2", "--device", "cpu"]
+    common = ["--ckpt", str(checkpoint), "--prompts", str(prompts), "--max_new_tokens", "8",
+              "--top_k", "20", "--seed", "3", "--batch_size", "2", "--device", "cpu"]
     on_device = _run(capsys, common)
-    on_host = _run(capsys, [*common, "--tables-on", "cpu"])
+    on_host = _run(capsys, [*common, "--tables_on", "cpu"])
     assert [r["prompt"] for r in on_device] == ["the river city", "the team", "an album of the war"]
     assert on_host == on_device
     assert any(r["completion"] for r in on_device)
@@ -54,7 +54,7 @@ def test_host_tables_give_the_same_completions_as_device_tables(checkpoint, tmp_
 
 def test_prompts_come_from_stdin(checkpoint, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("the river\n"))
-    rows = _run(capsys, ["--ckpt", str(checkpoint), "--max-new-tokens", "4", "--temperature", "0",
+    rows = _run(capsys, ["--ckpt", str(checkpoint), "--max_new_tokens", "4", "--temperature", "0",
                          "--device", "cpu"])
     assert len(rows) == 1 and rows[0]["prompt"] == "the river"
 
