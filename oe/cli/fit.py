@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,12 @@ class FitCLI(LightningCLI):
             return
         checkpoint = read_checkpoint(self.ckpt_path, mmap=True)
         check_tables(checkpoint, self.model, self.ckpt_path)
+        # A setting added after the checkpoint was written is read as its default: the
+        # checkpoint was trained with what the default means.
         saved = _flat(checkpoint.get("hyper_parameters") or {}, "model")
+        sections = {key.rpartition(".")[0] for key in saved}
+        saved = {**{key: value for key, value in _config_defaults(type(self.model)).items()
+                    if key.rpartition(".")[0] in sections}, **saved}
         ours = _flat(dict(self.model.hparams), "model")
         changed = [f"--{key} {ours.get(key)!r} (the checkpoint has {saved.get(key)!r})"
                    for key in sorted(set(saved) | set(ours))
@@ -227,6 +233,16 @@ def _damage(path: Path) -> str:
     except CheckpointError as err:
         return str(err)
     return f"{path} looks complete"
+
+
+def _config_defaults(model_class: type) -> dict[str, Any]:
+    """Flat defaults of the config dataclasses the model takes (``model.over_encoding.hash``...)."""
+    defaults: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(model_class.__init__).items():
+        for config_class in typing.get_args(hint) or (hint,):
+            if is_dataclass(config_class):
+                defaults.update(_flat(config_class(), f"model.{name}"))
+    return defaults
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:

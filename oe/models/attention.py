@@ -94,9 +94,10 @@ class DocumentMask:
             self.block_mask = create_block_mask(same_document_causal, batch, None, length, length,
                                                 device=doc_ids.device)
 
-    def _group_documents(self, shrink: float = 0.75) -> None:
+    def _group_documents(self, shrink: float = 0.9) -> None:
         # Documents sorted by length, longest first; a new group starts where a document is
         # shorter than `shrink` times its group's longest, which bounds the padding in a group.
+        # 0.9 was the fastest of 0.75, 0.85 and 0.9 on a cfg3f batch of 64 (about 10 groups).
         document = document_starts(self.doc_ids).reshape(-1).long().cumsum(0) - 1
         lengths = torch.bincount(document).tolist()
         grouped: list[list[int]] = []

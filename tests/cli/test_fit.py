@@ -7,12 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from datamodules.cfg import CFGDataModule
 from oe.analysis.report import read_wandb_run
+from oe.cli.fit import FitCLI
+from oe.distributed.checkpoint import TABLE_KEY, table_signature
+from oe.models.embedding import OverEncodingConfig
+from tests.conftest import tiny_language_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
@@ -82,3 +89,35 @@ def test_context_shorter_than_cfg3f_sentences(tmp_path):
     assert result.returncode == 2
     assert "model.backbone.block_size" in result.stderr and f"up to {longest} tokens" in result.stderr
     assert not (run / "finished.json").exists()
+
+
+def _written_checkpoint(path: Path, model, **changed_hparams) -> Path:
+    """``model`` saved as the CLI saves it (configs as mappings), some hyper-parameters changed."""
+    hparams = {k: asdict(v) if is_dataclass(v) else v for k, v in model.hparams.items()}
+    for key, value in changed_hparams.items():
+        section, _, field = key.partition(".")
+        if value is None:
+            hparams[section].pop(field)
+        else:
+            hparams[section][field] = value
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams}
+    if model.over_encoding is not None:
+        checkpoint[TABLE_KEY] = table_signature(model)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_resume_refuses_a_changed_model_setting_and_reads_new_settings_as_defaults(tmp_path):
+    model = tiny_language_model(over_encoding=OverEncodingConfig(orders=[2, 3], modulus=101,
+                                                                 shard_tables=False))
+    lr = _written_checkpoint(tmp_path / "lr.ckpt", model, **{"optimizer.lr": 0.5})
+    with pytest.raises(ValueError, match=r"--model\.optimizer\.lr .*the checkpoint has 0\.5"):
+        FitCLI.check_resume(SimpleNamespace(ckpt_path=str(lr), model=model))
+    # Written before the hash family and injection layers existed: it trained with their defaults.
+    older = _written_checkpoint(tmp_path / "older.ckpt", model,
+                                **{"over_encoding.hash": None, "over_encoding.layers": None})
+    FitCLI.check_resume(SimpleNamespace(ckpt_path=str(older), model=model))
+    gated = tiny_language_model(over_encoding=OverEncodingConfig(orders=[2, 3], modulus=101,
+                                                                 shard_tables=False, gate=True))
+    with pytest.raises(ValueError, match=r"--model\.over_encoding\.gate True"):
+        FitCLI.check_resume(SimpleNamespace(ckpt_path=str(older), model=gated))
