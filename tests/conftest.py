@@ -50,6 +50,18 @@ def tiny_language_model(vocab_size: int = 11, over_encoding: OverEncodingConfig 
     return LanguageModel(vocab_size=vocab_size, over_encoding=over_encoding, **fields)
 
 
+def assert_steps_equal_forward(gpt, tokens: torch.Tensor, window: int = 3) -> None:
+    """Generation steps with the KV cache (each fed the last ``window`` tokens, zeros before
+    the start) give the full forward pass's logits at every position."""
+    with torch.no_grad():
+        full = gpt(tokens)
+        cache = gpt.new_cache(tokens.shape[0], 16, tokens.device)
+        padded = torch.cat([torch.zeros(tokens.shape[0], window - 1, dtype=torch.long), tokens], 1)
+        for t in range(tokens.shape[1]):
+            step = gpt.step(padded[:, t : t + window], cache)
+            torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
+
+
 # -- Wikitext-format text --------------------------------------------------------------------
 
 WORDS = ("the of and to in a is was for on as with by he at from his an were are which this "

@@ -10,6 +10,7 @@ import torch
 from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding, plan_tables
 from oe.training.lm import LanguageModel
 from oe.models.gpt import BackboneConfig
+from tests.conftest import assert_steps_equal_forward
 
 
 def _tables(embedding: OverEncoding) -> dict[str, torch.Tensor]:
@@ -75,13 +76,7 @@ def test_model_generation_matches_full_forward_logits():
     model = LanguageModel(backbone=BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=64),
                           over_encoding=OverEncodingConfig(orders=[2, 3], modulus=1001)).model
     model.eval()
-    tokens = torch.tensor([[4, 1, 2, 3, 1, 2, 2]])
-    full = model(tokens)
-    cache = model.new_cache(1, 16, tokens.device)
-    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), tokens], dim=1)
-    for t in range(tokens.shape[1]):
-        step = model.step(padded[:, t : t + 3], cache)
-        torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
+    assert_steps_equal_forward(model, torch.tensor([[4, 1, 2, 3, 1, 2, 2]]))
 
 
 def test_exact_tables_are_logged(caplog):

@@ -17,6 +17,7 @@ from oe.models.build import build_model
 from oe.models.embedding import OverEncoding, OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 from oe.models.ngram import ngram_ids
+from tests.conftest import assert_steps_equal_forward
 
 VOCAB = 11
 BACKBONE = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=32)
@@ -106,14 +107,7 @@ def test_the_gate_scales_each_slice_by_the_hidden_states_agreement():
     dict(layers=[1, 0], project=False),
 ])
 def test_generation_steps_equal_the_full_forward(fields):
-    gpt = _gpt(**fields)
-    with torch.no_grad():
-        full = gpt(TOKENS)
-        cache = gpt.new_cache(2, 16, TOKENS.device)
-        padded = torch.cat([torch.zeros(2, 2, dtype=torch.long), TOKENS], dim=1)
-        for t in range(TOKENS.shape[1]):
-            step = gpt.step(padded[:, t : t + 3], cache)
-            torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
+    assert_steps_equal_forward(_gpt(**fields), TOKENS)
 
 
 def test_per_layer_tables_are_separate_and_equal_in_size_to_one_set_per_layer():
