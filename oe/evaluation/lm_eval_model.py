@@ -32,7 +32,7 @@ from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from oe.evaluation.scoring import eot_id_of
+from oe.evaluation.scoring import eot_id_of, score_batch
 from oe.huggingface.load import load_model
 from oe.models.decoding import Sampling, decode
 
@@ -123,34 +123,11 @@ class OELM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
         return out
 
-    @torch.no_grad()
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        model, max_length = self.model, self.max_length
-        windows = []
-        for context, continuation in pairs:
-            if not continuation:
-                raise ValueError("a loglikelihood request has no continuation tokens to score")
-            full = (context + continuation)[-(max_length + 1):]
-            windows.append((full[:-1], min(len(continuation), len(full) - 1), full))
-        width = max(len(inputs) for inputs, _, _ in windows)
-        tokens = torch.full((len(pairs), width), self._eot, dtype=torch.long)
-        rows, positions, targets = [], [], []
-        for r, (inputs, n_scored, full) in enumerate(windows):
-            tokens[r, :len(inputs)] = torch.tensor(inputs)
-            rows += [r] * n_scored
-            positions += range(len(inputs) - n_scored, len(inputs))
-            targets += full[-n_scored:]
-        device = self._device
-        hidden = model.hidden(model.embedding(tokens.to(device)))
-        rows_t = torch.tensor(rows, device=device)
-        picked = hidden[rows_t, torch.tensor(positions, device=device)]
-        logp = model.logits(picked).float().log_softmax(dim=-1)
-        targets_t = torch.tensor(targets, device=device)
-        per_token = logp.gather(1, targets_t[:, None])[:, 0].double()
-        sums = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, rows_t, per_token)
-        misses = torch.zeros(len(pairs), dtype=torch.long, device=device).index_add_(
-            0, rows_t, (logp.argmax(dim=-1) != targets_t).long())
-        return [(float(s), bool(m == 0)) for s, m in zip(sums.cpu(), misses.cpu())]
+        if any(not continuation for _, continuation in pairs):
+            raise ValueError("a loglikelihood request has no continuation tokens to score")
+        sums, greedy = score_batch(self.model, pairs, self._eot)
+        return [(float(total), bool(g)) for total, g in zip(sums, greedy)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Whole-text log-likelihoods: disjoint windows of the block size, each read after as much

@@ -63,25 +63,52 @@ def build_requests(items: list[Item], tokenizer, eot_id: int) -> list[Request]:
     return requests
 
 
-def _window(request: Request, max_length: int) -> tuple[list[int], int]:
+def _window(context: list[int], continuation: list[int], max_length: int) -> tuple[list[int], int]:
     """The model's input (context + continuation, cut to ``max_length`` from the left, last
     token dropped) and how many of its final positions predict continuation tokens."""
-    full = (request.context + request.continuation)[-(max_length + 1):]
-    return full[:-1], min(len(request.continuation), len(full) - 1)
+    full = (context + continuation)[-(max_length + 1):]
+    return full[:-1], min(len(continuation), len(full) - 1)
+
+
+@torch.no_grad()
+def score_batch(model: GPT, pairs: list[tuple[list[int], list[int]]],
+                pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """For each (context, continuation) of one batch: the summed log-probability of the
+    continuation's tokens, and whether each of them is the model's argmax (lm-eval's
+    ``is_greedy``). One forward pass over right-padded rows; only the scored positions go through
+    the output head."""
+    device = model.position.weight.device
+    windows = [_window(context, continuation, model.config.block_size)
+               for context, continuation in pairs]
+    width = max(len(inputs) for inputs, _ in windows)
+    tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    rows, positions, targets = [], [], []
+    for r, ((inputs, n_scored), (_, continuation)) in enumerate(zip(windows, pairs)):
+        tokens[r, :len(inputs)] = torch.tensor(inputs)
+        rows += [r] * n_scored
+        positions += range(len(inputs) - n_scored, len(inputs))
+        targets += continuation[-n_scored:]
+    rows_t, targets_t = torch.tensor(rows, device=device), torch.tensor(targets, device=device)
+    hidden = model.hidden(model.embedding(tokens.to(device)))
+    logp = model.logits(hidden[rows_t, torch.tensor(positions, device=device)]).float().log_softmax(-1)
+    per_token = logp.gather(1, targets_t[:, None])[:, 0].double()
+    sums = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, rows_t, per_token)
+    misses = torch.zeros(len(pairs), dtype=torch.long, device=device).index_add_(
+        0, rows_t, (logp.argmax(dim=-1) != targets_t).long())
+    return sums.cpu().numpy(), (misses == 0).cpu().numpy()
 
 
 @torch.no_grad()
 def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
                    pad_id: int = 0, min_batches: int = 0,
                    on_batch: Callable[[list[int]], None] | None = None) -> np.ndarray:
-    """Summed log-probability of each request's continuation tokens, batched.
+    """Summed log-probability of each request's continuation tokens, batched (longest first).
 
     ``min_batches``: run at least this many forward passes (one-token ones after the real
     batches), so that ranks sharing row-wise sharded tables make equally many collective calls.
     ``on_batch``: called with the indices of the requests each batch scored (progress).
     """
     device = model.position.weight.device
-    max_length = model.config.block_size
     was_training = model.training
     model.eval()
     scores = np.zeros(len(requests), dtype=np.float64)
@@ -90,22 +117,8 @@ def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
     try:
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
-            windows = [_window(requests[i], max_length) for i in chosen]
-            width = max(len(w) for w, _ in windows)
-            tokens = torch.full((len(chosen), width), pad_id, dtype=torch.long)
-            rows, positions, targets = [], [], []
-            for r, (i, (inputs, n_scored)) in enumerate(zip(chosen, windows)):
-                tokens[r, :len(inputs)] = torch.tensor(inputs)
-                rows += [r] * n_scored
-                positions += range(len(inputs) - n_scored, len(inputs))
-                targets += requests[i].continuation[-n_scored:]
-            hidden = model.hidden(model.embedding(tokens.to(device)))
-            picked = hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
-            logp = model.logits(picked).float().log_softmax(dim=-1)
-            per_token = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-            sums = torch.zeros(len(chosen), dtype=torch.float64, device=device)
-            sums.index_add_(0, torch.tensor(rows, device=device), per_token.double())
-            scores[chosen] = sums.cpu().numpy()
+            pairs = [(requests[i].context, requests[i].continuation) for i in chosen]
+            scores[chosen] = score_batch(model, pairs, pad_id)[0]
             if on_batch is not None:
                 on_batch(chosen)
         for _ in range(min_batches - math.ceil(len(order) / batch_size)):

@@ -49,6 +49,13 @@ def _check(order: int, vocab_size: int, modulus: int, pad_id: int) -> None:
         raise ValueError(f"pad_id must be a token id in 0..{vocab_size - 1}, got {pad_id}")
 
 
+def _check_tokens(tokens: torch.Tensor, doc_ids: torch.Tensor | None) -> None:
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+    if doc_ids is not None and doc_ids.shape != tokens.shape:
+        raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}")
+
+
 def earlier_tokens(tokens: torch.Tensor, shift: int, pad_id: int,
                    doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The token ``shift`` positions back from each position of ``tokens`` [B, T]; ``pad_id``
@@ -75,10 +82,7 @@ def ngram_ids(
 ) -> torch.Tensor:
     """Row ids of the order-``order`` n-grams ending at each position of ``tokens`` [B, T]."""
     _check(order, vocab_size, modulus, pad_id)
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
-    if doc_ids is not None and doc_ids.shape != tokens.shape:
-        raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}")
+    _check_tokens(tokens, doc_ids)
     tokens = tokens.long()
     ids = tokens % modulus
     power = 1  # V^(j-1) mod m
@@ -184,14 +188,8 @@ def multiply_xor_ids(
 ) -> torch.Tensor:
     """Row ids of the multiply-XOR hash of the n-grams (order ``len(multipliers)``) ending at
     each position of ``tokens`` [B, T]."""
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
-    if not 1 <= len(multipliers) <= MAX_ORDER:
-        raise ValueError(f"order must be in 1..{MAX_ORDER}, got {len(multipliers)}")
-    if not 1 <= modulus < MAX_MODULUS:
-        raise ValueError(f"modulus must be in 1..2^40-1, got {modulus}")
-    if doc_ids is not None and doc_ids.shape != tokens.shape:
-        raise ValueError(f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}")
+    _check(len(multipliers), MAX_VOCAB - 1, modulus, pad_id)
+    _check_tokens(tokens, doc_ids)
     tokens = tokens.long()
     mixed = tokens * multipliers[0]
     for j, a in enumerate(multipliers[1:], start=1):
@@ -205,7 +203,7 @@ def hashed_ids(tokens: torch.Tensor, spec: NgramHash, vocab_size: int, pad_id: i
     if spec.family == "polynomial":
         return ngram_ids(tokens, spec.order, vocab_size, spec.modulus, pad_id, doc_ids)
     if spec.family == "multiply_xor":
-        _check(spec.order, vocab_size, spec.modulus, pad_id)
+        _check(spec.order, vocab_size, spec.modulus, pad_id)  # the vocabulary bounds the tokens
         return multiply_xor_ids(tokens, spec.multipliers, spec.modulus, pad_id, doc_ids)
     raise ValueError(f"unknown hash family {spec.family!r}; expected one of {', '.join(HASH_FAMILIES)}")
 
