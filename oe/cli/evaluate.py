@@ -54,29 +54,11 @@ def load_pretrained(source: str, tokenizer_source: str | None = None):
 
 
 def load_checkpoint(path: str, tokenizer_source: str | None = None):
-    """(GPT, tokenizer) for a checkpoint of ``oe.cli.fit``; the tokenizer recorded in it unless given."""
-    from oe.distributed.checkpoint import TOKENIZER_KEY, load_for_evaluation
-    from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
+    """(GPT, tokenizer) of a checkpoint of ``oe fit`` or a directory of ``oe export --format hf``;
+    the tokenizer it records or holds unless given."""
+    from oe.huggingface.load import load_model
 
-    if Path(path).is_dir():  # a directory of oe export --format hf
-        from oe.huggingface.load import load_model
-
-        return load_model(path, tokenizer_source)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--ckpt {path} not found")
-    model, record = load_for_evaluation(path)
-    record = record or {}
-    source = tokenizer_source or record.get("tokenizer_file")
-    if source is None:
-        raise ValueError(f"{path} records no tokenizer ({TOKENIZER_KEY!r}: its data module keeps "
-                         "none, or it predates the record); pass --tokenizer")
-    tokenizer = load_tokenizer(source)
-    check_tokenizer_matches(tokenizer, model.vocab_size, f"the checkpoint {path}")
-    recorded = record.get("tokenizer_fingerprint")
-    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
-        raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
-                         f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {recorded})")
-    return model, tokenizer
+    return load_model(path, tokenizer_source)
 
 
 def checkpoint_step(path: str | Path) -> int | None:

@@ -78,8 +78,9 @@ def load_model(path: str | Path, tokenizer: str | None = None) -> tuple[GPT, obj
         raise FileNotFoundError(f"checkpoint {path} not found (a .ckpt file or an exported directory)")
     source = tokenizer or source
     if source is None:
-        raise ValueError(f"checkpoint {path} has no tokenizer (none recorded, no tokenizer.json); "
-                         "give one: tokenizer=PATH")
+        raise ValueError(f"checkpoint {path} has no tokenizer (it records no tokenizer file, or "
+                         "holds no tokenizer.json); give one: tokenizer=PATH with lm-eval, or "
+                         "pass --tokenizer to oe evaluate and oe generate")
     loaded = load_tokenizer(source)
     check_tokenizer_matches(loaded, model.vocab_size, f"the checkpoint {path}")
     if fingerprint is not None and fingerprint != tokenizer_fingerprint(loaded):
