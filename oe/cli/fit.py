@@ -40,9 +40,9 @@ from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, Checkpoint
                                       read_checkpoint)
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
-from oe.training.rundir import (RunFolderError, checkpoint_files, launching_process,
-                                lock_run_folder, newest_checkpoint, refuse_used_folder,
-                                requeue_resume_path)
+from oe.training.rundir import (RunFolderError, checkpoint_files, keep_wandb_run,
+                                launching_process, lock_run_folder, newest_checkpoint,
+                                refuse_used_folder, requeue_resume_path)
 from oe.training.stops import CleanStop, stop_message
 
 # Callbacks as named config fields: a layer sets the fields of one and keeps the others.
@@ -128,6 +128,7 @@ class FitCLI(LightningCLI):
             refuse_used_folder(root, dirs)
         if path is not None:
             read_checkpoint(path, mmap=True)  # one clear line if it is not a usable file
+        keep_wandb_run(config, resuming=path is not None)
         return path
 
     def check_resume(self) -> None:

@@ -10,7 +10,8 @@ over any of these a config states itself. ``run_name`` (default: the folder's na
 A run folder holds one run. A folder that already holds one (a checkpoint, ``finished.json`` or
 logged metrics) is refused unless the run resumes it (``--ckpt_path``, ``--resume``: its newest
 complete checkpoint, or a requeued SLURM job); a lock file (``.lock``, held while the run lives)
-refuses a second run into the same folder at the same time.
+refuses a second run into the same folder at the same time. The folder keeps the run's W&B id
+(``wandb_id``), so that a resumed training logs to the same W&B run (``keep_wandb_run``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import fcntl
 import importlib
 import os
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +33,7 @@ from oe.distributed.checkpoint import (TABLE_KEY, CheckpointError, check_table_f
                                       read_checkpoint)
 
 LOCK_FILE = ".lock"
+WANDB_ID_FILE = "wandb_id"  # the run's W&B id: a resumed run logs to the same W&B run
 
 
 class RunFolderError(ValueError):
@@ -80,8 +84,9 @@ def place_run(config: Namespace, callback_keys: tuple[str, ...] = ("checkpoint",
                 if value is not None:
                     args[key] = value
             job = slurm_job_key()
-            if job is not None and args.get("id") is None:
+            if job is not None and args.get("id") is None and run_dir is None:
                 # A requeued job keeps its W&B run: same id, and WandbLogger resumes ("allow").
+                # With a run folder, the id stored there does this (``keep_wandb_run``).
                 label = re.sub(r"[^A-Za-z0-9_.-]+", "-", args.get("name") or "run")
                 args.id = f"{label}-{job}"[-64:]
     named = [config[key] for key in callback_keys if config.get(key) is not None]
@@ -89,6 +94,51 @@ def place_run(config: Namespace, callback_keys: tuple[str, ...] = ("checkpoint",
         cls = _class_of(callback)
         if run_dir is not None and cls is not None and issubclass(cls, ModelCheckpoint):
             callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
+
+
+def wandb_loggers(config: Namespace) -> list[Namespace]:
+    """The W&B loggers among a parsed oe.fit config's ``trainer.logger``."""
+    return [logger for logger in _items(config.trainer.get("logger"))
+            if (cls := _class_of(logger)) is not None and issubclass(cls, WandbLogger)]
+
+
+def new_wandb_id() -> str:
+    """A fresh W&B run id: 8 characters of lowercase letters and digits, as W&B makes them."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def keep_wandb_run(config: Namespace, resuming: bool) -> str | None:
+    """Give the config's W&B logger the id of the run folder's W&B run (in place), so that a
+    resumed training continues its W&B run (WandbLogger resumes with ``resume="allow"``, online
+    and offline) instead of starting a second one. Returns the id, None without a W&B logger or
+    a run folder.
+
+    The id lives in ``<run_dir>/wandb_id``. A fresh start takes a new id (or the one its config
+    states) and writes it there; a resumed run reads it back (a stated id wins). Only the process
+    that starts the run writes the file; the ranks it starts read it.
+    """
+    root = config.trainer.get("default_root_dir")
+    loggers = wandb_loggers(config)
+    if root is None or not loggers:
+        return None
+    stored_file = Path(root) / WANDB_ID_FILE
+    stored = stored_file.read_text().strip() if stored_file.is_file() else ""
+    stated = loggers[0].init_args.get("id")
+    if stated is not None:
+        run_id = str(stated)
+    elif stored and (resuming or not launching_process()):
+        run_id = stored
+    else:
+        run_id = new_wandb_id()
+    if launching_process() and run_id != stored:
+        stored_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = stored_file.with_name(f".{WANDB_ID_FILE}.tmp")
+        temporary.write_text(f"{run_id}\n")
+        os.replace(temporary, stored_file)
+    for logger in loggers:
+        logger.init_args.id = run_id
+    return run_id
 
 
 def checkpoint_files(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> list[Path]:

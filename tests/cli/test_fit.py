@@ -5,18 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
 from datamodules.cfg import CFGDataModule
 from oe.analysis.report import read_wandb_run
 from oe.cli.fit import FitCLI
+from oe.cli.fit import main as fit_main
 from oe.distributed.checkpoint import TABLE_KEY, table_signature
 from oe.models.embedding import OverEncodingConfig
 from tests.conftest import tiny_language_model
@@ -121,3 +124,60 @@ def test_resume_refuses_a_changed_model_setting_and_reads_new_settings_as_defaul
                                                                  shard_tables=False, gate=True))
     with pytest.raises(ValueError, match=r"--model\.over_encoding\.gate True"):
         FitCLI.check_resume(SimpleNamespace(ckpt_path=str(older), model=gated))
+
+
+class StopAtStep(L.Callback):
+    """SIGTERM to this process once ``step`` steps are done: the clean stop a requeue sends."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+TINY_WITH_WANDB = """
+trainer:
+  accelerator: cpu
+  max_steps: 4
+  limit_val_batches: 0
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+checkpoint:
+  every_n_train_steps: 2
+generation: null
+ngram_stats: null
+model:
+  backbone:
+    n_layer: 1
+    n_embd: 32
+    n_head: 2
+data:
+  init_args:
+    batch_size: 4
+    train_sentences: 16
+    val_sentences: 4
+    num_workers: 0
+"""
+
+
+def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
+    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text(TINY_WITH_WANDB)
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
+    args = ["--config", "configs/cfg_oe2.yaml", "--config", str(config), "--run_dir", str(run)]
+    stop = ["--trainer.callbacks+=tests.cli.test_fit.StopAtStep",
+            "--trainer.callbacks.step", "2"]
+    assert fit_main([*args, *stop]) == 128 + signal.SIGTERM
+    assert fit_main([*args, "--resume", "true"]) == 0
+    stored = (run / "wandb_id").read_text().strip()
+    runs = sorted(run.glob("wandb/offline-run-*"))
+    assert len(runs) == 2  # one folder per process, both the same W&B run
+    assert {path.name.rpartition("-")[2] for path in runs} == {stored}
+    assert {path.name for path in run.glob("wandb/offline-run-*/run-*.wandb")} == {
+        f"run-{stored}.wandb"}

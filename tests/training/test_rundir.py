@@ -10,8 +10,9 @@ import pytest
 import torch
 from jsonargparse import Namespace
 
-from oe.training.rundir import (RunFolderError, lock_run_folder, newest_checkpoint, place_run,
-                                refuse_used_folder, requeue_resume_path)
+from oe.training.rundir import (RunFolderError, keep_wandb_run, lock_run_folder,
+                                newest_checkpoint, place_run, refuse_used_folder,
+                                requeue_resume_path)
 
 
 def fit_config(run_dir: str | None, name: str | None = None, group: str | None = None,
@@ -135,3 +136,31 @@ def test_a_second_live_run_is_refused_by_the_lock(tmp_path):
     unwritable.write_text("")
     with pytest.raises(RunFolderError, match="cannot be written"):
         lock_run_folder(unwritable / "run")
+
+
+def test_the_run_folder_keeps_its_wandb_id_for_a_resume(tmp_path, monkeypatch):
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    config = fit_config(str(tmp_path / "run"))
+    place_run(config)
+    first = keep_wandb_run(config, resuming=False)
+    assert (tmp_path / "run" / "wandb_id").read_text().strip() == first
+    assert config.trainer.logger[1].init_args.id == first
+    resumed = fit_config(str(tmp_path / "run"))
+    place_run(resumed)
+    assert keep_wandb_run(resumed, resuming=True) == first
+    assert resumed.trainer.logger[1].init_args.id == first
+    # a fresh start (the folder emptied by hand) is a new W&B run
+    again = fit_config(str(tmp_path / "run"))
+    place_run(again)
+    assert keep_wandb_run(again, resuming=False) not in (first, None)
+    # a requeued SLURM job with a run folder keeps the folder's id, not one made of the job's
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    requeued = fit_config(str(tmp_path / "run"))
+    place_run(requeued)
+    stored = (tmp_path / "run" / "wandb_id").read_text().strip()
+    assert keep_wandb_run(requeued, resuming=True) == stored
+    # no run folder: nothing stored, the id is the config's (or the SLURM job's)
+    loose = fit_config(None)
+    loose.trainer.default_root_dir = None
+    assert keep_wandb_run(loose, resuming=False) is None
