@@ -52,7 +52,13 @@ class OverEncodingConfig:
     modulus: int = 12_800_001
     project: bool = True
     init_std: float = 0.02
-    combine: Literal["mean", "sum"] = "mean"
+    # How the 1-gram embedding e and the n-gram memory o (sum of the projected slices) combine:
+    # mean (the paper): (e + o) / (1 + k |orders|); sum: e + o; rmsnorm_sum (Marin's fusion):
+    # (RMSNorm(e) + RMSNorm(o)) / sqrt(2), each RMSNorm with its own gain (starting at 1).
+    combine: Literal["mean", "sum", "rmsnorm_sum"] = "mean"
+    # A factor on o before it is combined: a number, or sqrt_d for sqrt(model width) (LongCat's
+    # up-scaling of the n-gram output). 1 is the paper's model.
+    ngram_scale: float | Literal["sqrt_d"] = 1.0
     # The tables' optimiser. Sharded tables: rowwise_adagrad (None), adagrad, sgd, or adam (GPU
     # only), fused into the backward pass (oe.distributed.parallelize). Plain tables: adamw (None,
     # with the dense betas) or sgd. Either way the rate is table_lr (None: the dense lr) times the
@@ -108,6 +114,27 @@ def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) 
         bound = f"0..{n_layer - 1} (model.backbone.n_layer is {n_layer})" if n_layer else ">= 0"
         raise ValueError(f"over_encoding.layers holds {outside}, outside the backbone's blocks "
                          f"{bound}")
+    if config.combine not in COMBINES:
+        raise ValueError(f"over_encoding.combine must be one of {', '.join(COMBINES)}, "
+                         f"got {config.combine!r}")
+    if config.combine == "rmsnorm_sum" and config.layers != [0]:
+        raise ValueError("over_encoding.combine rmsnorm_sum fuses the input embedding with the "
+                         f"memory, so over_encoding.layers must be [0], got {config.layers}")
+    scale = config.ngram_scale
+    if scale != "sqrt_d" and (isinstance(scale, (str, bool)) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"over_encoding.ngram_scale must be a number > 0 or 'sqrt_d', got {scale!r}")
+    if config.combine == "rmsnorm_sum" and scale != 1.0:
+        raise ValueError(f"over_encoding.ngram_scale ({scale!r}) has no effect under combine "
+                         "rmsnorm_sum, whose RMSNorm removes any scale of the memory; leave it at 1")
+
+
+COMBINES = ("mean", "sum", "rmsnorm_sum")
+
+
+def ngram_factor(config: OverEncodingConfig, dim: int) -> float:
+    """The factor ``ngram_scale`` puts on the memory of a model of width ``dim``."""
+    return math.sqrt(dim) if config.ngram_scale == "sqrt_d" else float(config.ngram_scale)
 
 
 _DEFER_TABLES: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_tables", default=False)
@@ -295,7 +322,9 @@ class OverEncoding(nn.Module):
         self.last_slices: torch.Tensor | None = None
         self._inner_memory: dict[int, torch.Tensor] | None = None
         n_terms = 1 + len(self.tables_of(self.layers[0]))
-        self.scale = 1.0 / n_terms if config.combine == "mean" else 1.0
+        self.scale = {"mean": 1.0 / n_terms, "sum": 1.0, "rmsnorm_sum": 1.0 / math.sqrt(2)}[
+            config.combine]
+        self.ngram_factor = ngram_factor(config, dim)
         nn.init.normal_(self.token.weight, std=0.02)
         if self.projection is not None:
             nn.init.normal_(self.projection.weight, std=0.02)
@@ -309,6 +338,11 @@ class OverEncoding(nn.Module):
         self.gates = nn.ModuleDict(
             {str(layer): MemoryGate([t.width for t in self.tables_of(layer)], dim)
              for layer in self.layers} if config.gate else {}
+        )
+        # combine rmsnorm_sum: one RMSNorm for the token embedding, one for the memory.
+        self.norms = nn.ModuleDict(
+            {"token": nn.RMSNorm(dim, eps=1e-6), "memory": nn.RMSNorm(dim, eps=1e-6)}
+            if config.combine == "rmsnorm_sum" else {}
         )
         self.reset_ngram_tables()
         for t in self.tables:
@@ -389,7 +423,8 @@ class OverEncoding(nn.Module):
             slices = self.gates[str(layer)](hidden, slices)
         projection = self.projection if layer == self.layers[0] else (
             self.layer_projections[str(layer)] if self.layer_projections else None)
-        return projection(slices) if projection is not None else slices
+        memory = projection(slices) if projection is not None else slices
+        return memory if self.ngram_factor == 1.0 else memory * self.ngram_factor
 
     def _layer_slices(self, slices: torch.Tensor) -> dict[int, torch.Tensor]:
         """Each injection layer's part of the looked-up slices (all of them, when shared)."""
@@ -407,7 +442,10 @@ class OverEncoding(nn.Module):
             self._inner_memory = {layer: per_layer[layer] for layer in self.inner_layers}
         if 0 not in per_layer:
             return token  # the memory enters later; the input is the plain token embedding
-        return (token + self._memory(0, token, per_layer[0])) * self.scale
+        memory = self._memory(0, token, per_layer[0])
+        if self.norms:
+            return (self.norms["token"](token) + self.norms["memory"](memory)) * self.scale
+        return (token + memory) * self.scale
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
                 slices: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""Over-Encoding recipe switches beyond the paper: fusion, output scale, sign trick, table init.
+
+Each switch is checked against values worked by hand on a tiny input; the defaults stay the
+paper's model (tests/models/test_memory_options.py checks that one exactly).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from oe.models.build import build_model
+from oe.models.embedding import OverEncoding, OverEncodingConfig
+from oe.models.gpt import BackboneConfig
+from tests.conftest import assert_steps_equal_forward
+
+VOCAB = 11
+BACKBONE = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=32)
+TOKENS = torch.tensor([[4, 1, 2, 3, 1, 2, 3, 5], [4, 2, 2, 7, 2, 9, 2, 5]])
+
+
+def _gpt(seed: int = 0, **fields):
+    torch.manual_seed(seed)
+    config = OverEncodingConfig(**{"orders": [2, 3], "k": 2, "modulus": 101, **fields})
+    return build_model(VOCAB, backbone=BACKBONE, over_encoding=config).gpt.eval()
+
+
+def _two_slice_embedding(**fields) -> OverEncoding:
+    """V = 3, D = 4, order 2 in k = 2 slices of width 2 (moduli 5 and 7), P = 2 I; the weights
+    of tests/models/test_embedding.py's hand-computed example."""
+    config = OverEncodingConfig(**{"orders": [2], "k": 2, "modulus": 5, **fields})
+    emb = OverEncoding(vocab_size=3, dim=4, config=config)
+    with torch.no_grad():
+        emb.token.weight.copy_(torch.tensor([[0.0] * 4, [1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+        t0, t1 = (emb.ngram.embeddings[t.name].weight for t in emb.tables)
+        t0.copy_(torch.arange(10.0).reshape(5, 2))        # row r = (2r, 2r+1)
+        t1.copy_(-torch.arange(14.0).reshape(7, 2))       # row r = (-2r, -2r-1)
+        emb.projection.weight.copy_(torch.eye(4) * 2)
+    return emb
+
+
+# In that example the memory (P times the two slices) is (4, 6, -4, -6) at position 0 and
+# (0, 2, -20, -22) at position 1, the token embeddings (1, 0, 0, 0) and (0, 2, 0, 0).
+MEMORY = torch.tensor([[4.0, 6, -4, -6], [0, 2, -20, -22]])
+TOKEN = torch.tensor([[1.0, 0, 0, 0], [0, 2, 0, 0]])
+
+
+@pytest.mark.parametrize("scale,factor", [("sqrt_d", 2.0), (0.5, 0.5), (3, 3.0)])
+def test_ngram_scale_multiplies_the_memory_before_the_mean(scale, factor):
+    emb = _two_slice_embedding(ngram_scale=scale)
+    expected = (TOKEN + factor * MEMORY) / 3  # sqrt(D) = 2 at D = 4
+    torch.testing.assert_close(emb(torch.tensor([[1, 2]]))[0], expected)
+
+
+def test_rmsnorm_sum_normalises_each_part_and_divides_by_root_two():
+    emb = _two_slice_embedding(combine="rmsnorm_sum")
+    # RMS of (1,0,0,0) is 1/2, of (0,2,0,0) is 1; of (4,6,-4,-6) sqrt(26), of (0,2,-20,-22)
+    # sqrt(222) (eps 1e-6 aside).
+    token = torch.tensor([[2.0, 0, 0, 0], [0, 2, 0, 0]])
+    memory = MEMORY / torch.tensor([[math.sqrt(26)], [math.sqrt(222)]])
+    expected = (token + memory) / math.sqrt(2)
+    torch.testing.assert_close(emb(torch.tensor([[1, 2]]))[0], expected, rtol=1e-5, atol=1e-5)
+    # Each norm has its own gain, trained with the dense weights (no weight decay: 1-D).
+    with torch.no_grad():
+        emb.norms["memory"].weight.fill_(3.0)
+    torch.testing.assert_close(emb(torch.tensor([[1, 2]]))[0], (token + 3 * memory) / math.sqrt(2),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(combine="rmsnorm_sum"),
+    dict(ngram_scale="sqrt_d"),
+    dict(ngram_scale=4.0, layers=[0, 1]),
+])
+def test_generation_steps_equal_the_full_forward(fields):
+    assert_steps_equal_forward(_gpt(**fields), TOKENS)
+
+
+def test_new_parts_come_after_the_papers_so_its_weights_are_unchanged():
+    paper, fused = _gpt(), _gpt(combine="rmsnorm_sum")
+    for name, value in paper.state_dict().items():
+        assert torch.equal(value, fused.state_dict()[name]), name
+    assert set(fused.state_dict()) - set(paper.state_dict()) == {
+        "embedding.norms.token.weight", "embedding.norms.memory.weight"}
+
+
+@pytest.mark.parametrize("fields,field", [
+    (dict(combine="max"), "over_encoding.combine"),
+    (dict(combine="rmsnorm_sum", layers=[0, 1]), "over_encoding.layers must be \\[0\\]"),
+    (dict(ngram_scale="sqrt"), "over_encoding.ngram_scale"),
+    (dict(ngram_scale=0.0), "over_encoding.ngram_scale"),
+    (dict(ngram_scale=float("nan")), "over_encoding.ngram_scale"),
+    (dict(combine="rmsnorm_sum", ngram_scale="sqrt_d"), "over_encoding.ngram_scale"),
+])
+def test_bad_recipe_options_are_one_error_naming_the_field(fields, field):
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    config = OverEncodingConfig(**{"orders": [2, 3], "modulus": 101, **fields})
+    with pytest.raises(ValueError, match=field):
+        build_model(VOCAB, backbone=BACKBONE, over_encoding=config)
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing drew an initial value
