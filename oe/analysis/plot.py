@@ -6,7 +6,9 @@
   against ``train/tokens``. Long curves are smoothed (an exponential moving average, debiased as
   TensorBoard does); the y-range is robust: values far outside the bulk (beyond three
   interquartile ranges of the quartiles) are left off the scale and counted in the panel, so one
-  spike cannot flatten a panel.
+  spike cannot flatten a panel, but each curve's first point (a short run's main drop) is always
+  on it. Tick labels are the values themselves (no offset, no shared power of ten); a flat
+  metric gets a range of at least 0.5% of its value, a metric that is 0 throughout 0..1.
 """
 
 from __future__ import annotations
@@ -105,15 +107,51 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def robust_limits(values: np.ndarray, reach: float = 3.0) -> tuple[float, float]:
-    """(low, high) holding every value within ``reach`` interquartile ranges of the quartiles."""
+# A panel is never narrower than this share of its values' magnitude: a wiggle of 0.0002 in a loss
+# of 1.08 is noise, and drawn over a whole panel it would look like a steep change.
+LEAST_RELATIVE_SPAN = 0.005
+
+
+def robust_limits(values: np.ndarray, reach: float = 3.0,
+                  keep: np.ndarray | None = None) -> tuple[float, float]:
+    """(low, high) of a panel's y-axis: every value within ``reach`` interquartile ranges of the
+    quartiles, and every value of ``keep`` (each curve's first point, the main drop of a short
+    run); never narrower than ``LEAST_RELATIVE_SPAN`` of the values' magnitude; a metric that is
+    0 throughout gets 0..1 (an accuracy or a rate that never left 0)."""
     values = values[np.isfinite(values)]
     q1, q3 = np.percentile(values, [25, 75])
     spread = q3 - q1
     inside = values[(values >= q1 - reach * spread) & (values <= q3 + reach * spread)]
+    if keep is not None:
+        inside = np.concatenate([inside, keep[np.isfinite(keep)]])
     low, high = float(inside.min()), float(inside.max())
-    pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    least = LEAST_RELATIVE_SPAN * max(abs(low), abs(high))
+    if high - low < least:
+        middle = (low + high) / 2
+        low, high = middle - least / 2, middle + least / 2
+    if high == low:  # 0 throughout
+        low, high = 0.0, 1.0
+    pad = 0.05 * (high - low)
     return low - pad, high + pad
+
+
+def plain_ticks(ax) -> None:
+    """Tick labels that read as the values themselves: no offset (``+1.081`` above the axis, with
+    ticks of 0.0005 under it) and no shared power of ten; large x values as 250k, 2.5M, 1.2G."""
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    y = ScalarFormatter(useOffset=False)
+    y.set_scientific(False)
+    ax.yaxis.set_major_formatter(y)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: compact_number(value)))
+
+
+def compact_number(value: float) -> str:
+    """``2500000`` as ``2.5M``, ``12000`` as ``12k``; smaller values as they are (``%g``)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
 
 
 def mean_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -125,6 +163,42 @@ def mean_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     grid = max((x[(x >= start) & (x <= stop)] for x, _ in curves), key=len)
     stacked = np.array([np.interp(grid, x, y) for x, y in curves])
     return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+def draw_panel(ax, by_series: dict[str, list[Curve]], smoothing: float = 0.0) -> bool:
+    """One metric's panel: per series its mean line (the min-max band with several runs), the
+    y-range of ``robust_limits``, plain tick labels, and how many points lie off the scale (a
+    point is one logged x of one series). Returns whether any curve was smoothed."""
+    drawn, firsts, off_points, smoothed = [], [], [], False
+    for label, runs_curves in by_series.items():
+        runs_curves = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+                       for x, y in runs_curves if len(x)]
+        smoothed |= smoothing > 0 and any(len(y) >= SMOOTH_MIN_POINTS for _, y in runs_curves)
+        runs_curves = [(x, smooth(y, smoothing)) for x, y in runs_curves]
+        if not runs_curves:
+            continue
+        x, mean, low, high = mean_band(runs_curves)
+        line, = ax.plot(x, mean, marker="o" if len(x) < 30 else None, markersize=3,
+                        label=f"{label} (n={len(runs_curves)})")
+        if len(runs_curves) > 1:
+            ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+            drawn += [mean, low, high]
+        else:  # one run: its band is its line
+            drawn.append(mean)
+        firsts.append(mean[:1])
+        off_points.append((mean, low, high) if len(runs_curves) > 1 else (mean,))
+    if drawn:
+        low, high = robust_limits(np.concatenate(drawn), keep=np.concatenate(firsts))
+        ax.set_ylim(low, high)
+        off = sum(int(np.sum(np.any([(a < low) | (a > high) for a in arrays], axis=0)))
+                  for arrays in off_points)
+        if off:
+            ax.text(0.99, 0.98, f"{off} point{'s' if off > 1 else ''} off the scale",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.4")
+        ax.legend(fontsize=8)
+    plain_ticks(ax)
+    ax.grid(alpha=0.3)
+    return smoothed
 
 
 def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path, title: str | None = None,
@@ -140,32 +214,9 @@ def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path, title: str
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):
-        drawn, smoothed = [], False
-        for label, runs_curves in curves[metric].items():
-            runs_curves = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-                           for x, y in runs_curves if len(x)]
-            smoothed |= smoothing > 0 and any(len(y) >= SMOOTH_MIN_POINTS for _, y in runs_curves)
-            runs_curves = [(x, smooth(y, smoothing)) for x, y in runs_curves]
-            if not runs_curves:
-                continue
-            x, mean, low, high = mean_band(runs_curves)
-            line, = ax.plot(x, mean, marker="o" if len(x) < 30 else None, markersize=3,
-                            label=f"{label} (n={len(runs_curves)})")
-            if len(runs_curves) > 1:
-                ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
-            drawn += [mean, low, high]
-        if drawn:
-            values = np.concatenate(drawn)
-            low, high = robust_limits(values)
-            ax.set_ylim(low, high)
-            off = int(np.sum((values < low) | (values > high)))
-            if off:
-                ax.text(0.99, 0.98, f"{off} point(s) off the scale", transform=ax.transAxes,
-                        ha="right", va="top", fontsize=7, color="0.4")
+        smoothed = draw_panel(ax, curves[metric], smoothing)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric + (f" (smoothed {smoothing})" if smoothed else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

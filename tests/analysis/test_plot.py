@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from oe.analysis.plot import run_history
@@ -41,3 +42,51 @@ def test_missing_metrics_are_errors(tmp_path):
     _write(tmp_path / "run/metrics.csv", [(9, 1.0, "")])
     assert main([str(tmp_path / "run"), "--metrics", "train/loss", "--out",
                  str(tmp_path / "x.png")]) == 2
+
+
+def _panel(by_series):
+    import matplotlib.pyplot as plt
+
+    from oe.analysis.plot import draw_panel
+
+    fig, ax = plt.subplots()
+    draw_panel(ax, by_series)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    notes = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    return ax, labels, notes
+
+
+def test_tick_labels_are_the_values_themselves():
+    steps = np.arange(100, 1100, 100)
+    flat = 1.0812 + 0.0002 * (np.arange(10) % 2)  # a loss that only wiggles
+    ax, labels, _ = _panel({"run": [(steps, flat)]})
+    assert ax.yaxis.get_offset_text().get_text() == ""  # no "+1.081" above the axis
+    values = [float(label.replace("\u2212", "-")) for label in labels]
+    assert all(1.07 < v < 1.09 for v in values), labels  # each label reads as a loss
+    low, high = ax.get_ylim()
+    assert high - low >= 0.005 * 1.0814  # the wiggle is not blown up to fill the panel
+    ax, _, _ = _panel({"run": [(np.array([2e6, 4e6, 6e6]), np.array([3.0, 2.0, 1.5]))]})
+    assert {t.get_text() for t in ax.get_xticklabels()} & {"2M", "4M", "6M"}
+
+
+def test_a_metric_that_is_0_gets_0_to_1():
+    ax, labels, _ = _panel({"run": [(np.arange(5), np.zeros(5))]})
+    low, high = ax.get_ylim()
+    assert low < 0 < 0.9 < high < 1.1 and "1.0" in labels
+
+
+def test_the_first_point_is_on_the_scale_and_spikes_are_counted_once():
+    steps = np.arange(0, 40)
+    loss = np.full(40, 2.0) + 0.01 * np.sin(steps)
+    loss[0] = 9.0   # the first logged loss: the main drop of a short run
+    loss[20] = 50.0  # a spike
+    ax, _, notes = _panel({"run": [(steps, loss)]})
+    low, high = ax.get_ylim()
+    assert low < 1.99 and 9.0 < high < 50.0
+    assert notes == ["1 point off the scale"]  # one run: one point, not mean, low and high
+    other = loss.copy()
+    other[20] = 2.0
+    _, _, notes = _panel({"seeds": [(steps, loss), (steps, other)]})
+    assert notes == ["1 point off the scale"]  # one step of one series
