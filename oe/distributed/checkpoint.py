@@ -44,12 +44,13 @@ from oe.models.gpt import GPT
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
+SPECIAL_TOKENS_KEY = "special_token_ids"  # the data's BOS, EOS and padding ids (an export's config)
 TABLE_DIR_KEY = "table_dir"  # the checkpoint's entry naming its table folder (beside the file)
 PAIR_FILE = "pair.json"  # in a table folder: the checkpoint file and step it was written for
 MODEL_PREFIX = "model."  # the GPT's keys in the LightningModule's state dict
 # What an exported checkpoint keeps beside the weights: enough to rebuild and to read text.
 KEPT = ("hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step",
-        "datamodule_hyper_parameters", TABLE_KEY, TOKENIZER_KEY)
+        "datamodule_hyper_parameters", TABLE_KEY, TOKENIZER_KEY, SPECIAL_TOKENS_KEY)
 
 
 class CheckpointError(ValueError):
@@ -345,6 +346,16 @@ def record_tokenizer(checkpoint: dict[str, Any], datamodule: object | None) -> N
     """Write ``datamodule``'s tokenizer record into ``checkpoint``, when it keeps one."""
     if isinstance(datamodule, TokenizerRecord):
         checkpoint[TOKENIZER_KEY] = datamodule.tokenizer_record()
+
+
+def record_special_tokens(checkpoint: dict[str, Any], datamodule: object | None) -> None:
+    """Write the data's BOS, EOS and padding ids (``bos_id``... of ``datamodule``, those it has)
+    into ``checkpoint``: an exported model's config carries them, so that generation stops at
+    EOS even for a model of token ids without a tokenizer (cfg3f)."""
+    ids = {name: getattr(datamodule, f"{name}_id", None) for name in ("bos", "eos", "pad")}
+    ids = {name: int(value) for name, value in ids.items() if isinstance(value, int)}
+    if ids:
+        checkpoint[SPECIAL_TOKENS_KEY] = ids
 
 
 def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:

@@ -6,7 +6,9 @@ Any other kind that ``build_model`` builds from its hyper-parameters alone (Over
 Over-Decoding / MTP heads, both) becomes a directory of its own ``model_type`` (``oe_gpt``),
 loaded with ``trust_remote_code=True`` through ``oe.huggingface.modeling`` (``oe`` installed).
 Either way the tokenizer goes along (``tokenizer.json`` and ``tokenizer_config.json``:
-``AutoTokenizer.from_pretrained(OUT)``).
+``AutoTokenizer.from_pretrained(OUT)``). ``config.json`` names the BOS, EOS and padding ids (the
+data's, as the checkpoint records them, else the tokenizer's ``<|endoftext|>``), so that
+``generate`` stops at EOS; every file is readable as the umask allows (safetensors writes 0600).
 
 The weights of an ``oe_gpt`` directory are safetensors shards with an index: the dense part in
 one file, every n-gram table in a file of its own. Tables of a row-wise sharded checkpoint are
@@ -18,6 +20,7 @@ one table; a plain checkpoint is memory-mapped.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
-from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, CheckpointError,
-                                       read_checkpoint, table_dir)
+from oe.distributed.checkpoint import (MODEL_PREFIX, SPECIAL_TOKENS_KEY, TABLE_KEY, TOKENIZER_KEY,
+                                       CheckpointError, read_checkpoint, table_dir)
 from oe.distributed.parallelize import table_owners
 from oe.models.build import build_arguments, build_model, model_kind
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
@@ -103,8 +106,30 @@ def export_hf(checkpoint_path: str | Path, out: str | Path, tokenizer: str | Non
     if tokenizer_object is not None:
         eot = tokenizer_object.token_to_id(EOT)
         _write_tokenizer(tokenizer_object, out, block_size, eot is not None)
-    _add_token_ids(out / CONFIG_FILE, eot)
+    _add_token_ids(out / CONFIG_FILE, special_token_ids(checkpoint, arguments, eot))
+    readable_files(out)
     return kind_of(arguments), "gpt2" if gpt2 else "oe_gpt"
+
+
+def special_token_ids(checkpoint: dict[str, Any], arguments: dict[str, Any],
+                      eot: int | None) -> dict[str, int]:
+    """``bos_token_id``, ``eos_token_id`` and ``pad_token_id`` of the exported config: the ids the
+    training data used (recorded in the checkpoint), else the tokenizer's ``<|endoftext|>`` for
+    BOS and EOS; padding is the model's ``pad_id`` unless the data recorded one."""
+    recorded = checkpoint.get(SPECIAL_TOKENS_KEY) or {}
+    ids = {"bos_token_id": recorded.get("bos", eot), "eos_token_id": recorded.get("eos", eot),
+           "pad_token_id": recorded.get("pad", arguments.get("pad_id"))}
+    return {key: int(value) for key, value in ids.items() if value is not None}
+
+
+def readable_files(directory: Path) -> None:
+    """Give every file under ``directory`` the mode a new file gets here (0644 with umask 022):
+    safetensors writes its files 0600, which other users of a shared model folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 # -- a baseline: GPT-2 --------------------------------------------------------------------------
@@ -239,8 +264,7 @@ def _write_tokenizer(tokenizer, out: Path, block_size: int, has_eot: bool) -> No
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def _add_token_ids(config_file: Path, eot: int | None) -> None:
+def _add_token_ids(config_file: Path, ids: dict[str, int]) -> None:
     config = json.loads(config_file.read_text())
-    if eot is not None:
-        config.update(bos_token_id=eot, eos_token_id=eot)
+    config.update(ids)
     config_file.write_text(json.dumps(config, indent=2))

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import lightning as L
 import torch
 
-from oe.distributed.checkpoint import record_tokenizer
+from oe.distributed.checkpoint import record_special_tokens, record_tokenizer
 from oe.distributed.parallelize import (parallelize_tables, set_table_lr, sharded_collections,
                                         table_optimizer)
 from oe.models.build import build_model, model_kind, table_parameters
@@ -283,6 +283,7 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with
+        record_special_tokens(checkpoint, self.trainer.datamodule)  # an export's BOS/EOS/pad
         checkpoint[TOKENS_SEEN_KEY] = self._tokens_seen
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

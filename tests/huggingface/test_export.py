@@ -4,6 +4,7 @@ equal generation with a key/value cache, the tokenizer along, and the way back i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,32 @@ def test_oe_evaluate_reads_an_exported_directory_as_its_checkpoint(tmp_path, tok
         piqa = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]["piqa"]
         results[name] = {k: piqa[k] for k in ("acc", "acc_norm", "n")}
     assert results["export"] == results["checkpoint"]
+
+
+@pytest.mark.parametrize("over_encoding", [None, OE3], ids=["baseline", "oe123"])
+def test_a_model_of_token_ids_exports_its_special_ids_in_readable_files(over_encoding, tmp_path,
+                                                                       monkeypatch) -> None:
+    from datamodules.cfg import CFGDataModule
+    from oe.distributed.checkpoint import record_special_tokens
+    from tests.conftest import tiny_backbone, tiny_language_model
+
+    data = CFGDataModule()  # cfg3f: ids 0 pad, 4 BOS, 5 EOS, no tokenizer
+    lm = tiny_language_model(data.vocab_size, over_encoding, pad_id=data.pad_id,
+                             backbone=tiny_backbone(n_layer=1, block_size=64))
+    checkpoint = {"hyper_parameters": dict(lm.hparams), "state_dict": lm.state_dict()}
+    record_special_tokens(checkpoint, data)  # as LanguageModel.on_save_checkpoint does
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    previous = os.umask(0o022)
+    try:
+        assert export_main(["--format", "hf", "--without_tokenizer", str(tmp_path / "model.ckpt"),
+                            str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(previous)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (4, 5, 0)
+    files = [p for p in (tmp_path / "hf").iterdir() if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o644" for p in files}
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf",
+                                                              trust_remote_code=True)
+    assert model.generation_config.eos_token_id == 5  # generate stops at the data's EOS
