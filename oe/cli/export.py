@@ -10,6 +10,11 @@ loop states are left out; the format is ``oe.distributed.checkpoint``'s.
 (``oe.huggingface.export``): a baseline is a plain GPT-2; an Over-Encoding / Over-Decoding model is
 an ``oe_gpt`` directory loaded with ``trust_remote_code=True`` (``oe`` installed), its n-gram
 tables gathered one at a time. Both formats run in one process, no process group needed.
+
+OUT is written beside its place and moved there whole, so a failed export leaves nothing behind.
+What the export reads is never touched: an OUT that is the checkpoint, holds it or its table
+folder, or lies inside that folder is refused, and so is ``--overwrite`` of a folder that is not
+an exported model. Exit status: 0 written, 1 the write failed (a full disk), 2 bad input.
 """
 
 from __future__ import annotations
@@ -19,10 +24,31 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
-from oe.distributed.checkpoint import TABLE_KEY, single_device_checkpoint
+from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointWriteError,
+                                      is_write_failure, single_device_checkpoint, table_dir)
 from oe.cli.flags import Parser
+
+
+def check_out(out: Path, checkpoint: Path, format_: str, overwrite: bool) -> None:
+    """One ValueError unless ``out`` may be written without touching what the export reads."""
+    source, target = checkpoint.resolve(), out.resolve()
+    read = [source, table_dir(checkpoint).resolve()]
+    if any(target == p or p in target.parents for p in read):
+        raise ValueError(f"OUT {out} is the checkpoint {checkpoint} or lies in its table folder, "
+                         f"which the export reads; give another OUT")
+    if any(target in p.parents for p in read):
+        raise ValueError(f"OUT {out} holds the checkpoint {checkpoint} (or its table folder), "
+                         f"which the export reads; give another OUT")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if format_ == "ckpt" and out.is_dir():
+        raise ValueError(f"OUT {out} is a folder; --format ckpt writes a file (such as "
+                         f"{out}/model.ckpt)")
+    if format_ == "hf" and out.is_dir() and not (out / "config.json").is_file():
+        raise ValueError(f"OUT {out} is a folder but not an exported model (no config.json); "
+                         f"--overwrite replaces only a previous export: give another OUT")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,18 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
-    if out.resolve() == Path(args.checkpoint).resolve():
-        print("error: OUT must differ from the checkpoint it is exported from", file=sys.stderr)
-        return 2
     if args.format == "ckpt" and (args.tokenizer or args.without_tokenizer):
         print("error: --tokenizer and --without_tokenizer are for --format hf", file=sys.stderr)
         return 2
     export = export_hf if args.format == "hf" else export_checkpoint
     try:
+        check_out(out, Path(args.checkpoint), args.format, args.overwrite)
         message = export(args, out)
+    except CheckpointWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -59,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_checkpoint(args: argparse.Namespace, out: Path) -> str:
     exported = single_device_checkpoint(args.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    torch.save(exported, tmp)
-    tmp.replace(out)
+    AtomicCheckpointIO().save_checkpoint(exported, out)  # whole or not at all
     rows = sum(r for s in exported[TABLE_KEY].values() for _, r, _ in s["tables"])
     return f"wrote {out}: {len(exported['state_dict'])} tensors, {rows:,} n-gram rows"
 
@@ -75,8 +96,10 @@ def export_hf(args: argparse.Namespace, out: Path) -> str:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         kind, model_type = write(args.checkpoint, partial, args.tokenizer, not args.without_tokenizer)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
+        if is_write_failure(err) and not isinstance(err, FileNotFoundError):  # not an input
+            raise CheckpointWriteError(f"could not write {out}: {err}; nothing was written") from err
         raise
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()

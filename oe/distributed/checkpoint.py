@@ -61,6 +61,22 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint that could not be written; the previous one is kept."""
 
 
+def is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed write (a full disk, a quota, a lost mount), not a bug.
+
+    ``torch.save``'s zip writer reports one as ``RuntimeError`` ("file write failed"), and
+    torch.distributed.checkpoint wraps each rank's in a ``CheckpointException``, which derives
+    from BaseException; the others are OSErrors.
+    """
+    if isinstance(err, OSError):
+        return True
+    if type(err).__name__ == "CheckpointException":
+        failures = [f[0] if isinstance(f, tuple) else f
+                    for f in (getattr(err, "failures", None) or {}).values()]
+        return any(isinstance(f, BaseException) and is_write_failure(f) for f in failures)
+    return isinstance(err, RuntimeError) and "writ" in str(err).lower()
+
+
 # -- reading a checkpoint file, with one clear error for each way it can be wrong -----------
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -180,10 +196,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(writing, path)
-        except OSError as err:
-            writing.unlink(missing_ok=True)
+        except BaseException as err:
+            writing.unlink(missing_ok=True)  # a kill leaves it to the next save to remove
+            if not is_write_failure(err):
+                raise
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise CheckpointWriteError(f"could not write checkpoint {path}: {err}{kept}") from err
+            raise CheckpointWriteError(f"could not write checkpoint {path}: "
+                                       f"{first_line(err)}{kept}") from err
+
+
+def first_line(err: BaseException) -> str:
+    """The line of an error worth showing: its last non-empty line (DCP lists tracebacks)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 def temporary_name(path: Path) -> Path:

@@ -33,7 +33,8 @@ import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
 from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, AtomicCheckpointIO,
-                                      CheckpointWriteError, check_tables, load_full_tables,
+                                      CheckpointWriteError, check_tables, first_line,
+                                      is_write_failure, load_full_tables,
                                       load_table_files, load_table_state, read_checkpoint,
                                       table_signature, table_state)
 from oe.distributed.parallelize import sharded_collections, table_owners
@@ -52,6 +53,15 @@ def _remove(paths: list[Path]) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a failed table save; DCP's exception holds each rank's traceback."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        first = next(iter(failures.values()))
+        return first_line(first[0] if isinstance(first, tuple) else first)
+    return first_line(err)
 
 
 def _holds_meta_tensors(module: torch.nn.Module) -> bool:
@@ -94,15 +104,16 @@ class ShardedTableStrategy(DDPStrategy):
                 pair = {"checkpoint": filepath.name, "global_step": step}
                 (writing / PAIR_FILE).write_text(json.dumps(pair))
                 os.replace(writing, final)
-        except Exception as err:
+        except BaseException as err:  # DCP's CheckpointException is a BaseException
             if self.is_global_zero:
                 _remove([writing])
-            if isinstance(err, CheckpointWriteError):
-                raise
+            if isinstance(err, CheckpointWriteError) or not (
+                    isinstance(err, Exception) or is_write_failure(err)):
+                raise  # a kill, Ctrl-C, exit: as it came
             kept = f"; the previous {filepath.name} is kept" if filepath.exists() else ""
             raise CheckpointWriteError(
                 f"could not write the tables of checkpoint {filepath} into {writing}: "
-                f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}{kept}"
+                f"{_reason(err)}{kept}"
             ) from err
         checkpoint[TABLE_KEY] = table_signature(module)
         checkpoint[TABLE_DIR_KEY] = name

@@ -45,6 +45,11 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
 
 
 TOKENS_SEEN_KEY = "tokens_seen"  # the checkpoint's count of target tokens trained on
+SCHEDULE_STEPS_KEY = "schedule_steps"  # the checkpoint's length of its cosine schedule, in steps
+
+
+class ScheduleChangedError(ValueError):
+    """A resumed run whose schedule would have another length than its checkpoint's."""
 
 
 @runtime_checkable
@@ -109,6 +114,8 @@ class LanguageModel(L.LightningModule):
         self._loss_floor: float | None = None
         self._tokens_seen = 0
         self._table_lr = 0.0
+        self._schedule_steps: int | None = None  # this run's schedule length (configure_optimizers)
+        self._resumed_schedule_steps: int | None = None  # the checkpoint's, when resumed
 
     @property
     def kind(self) -> str:
