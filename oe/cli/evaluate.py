@@ -18,6 +18,11 @@ Where results go. A checkpoint inside a run folder (``RUN/checkpoints/X.ckpt``) 
 ``downstream/<task>/<metric>`` at the checkpoint's step into the training run's own W&B run (same
 id, the keys of ``callbacks.downstream``). Other sources log to a new W&B run of
 ``--wandb_project``; ``--no_wandb`` logs nothing.
+
+Earlier results are never lost: the results file is first written once a task has a result (an
+evaluation that fails before, with bad data or a bad checkpoint, leaves it as it was), and the
+tasks an earlier evaluation of the same source at the same step wrote there are kept beside the
+new ones.
 """
 
 from __future__ import annotations
@@ -112,10 +117,24 @@ class Results:
     step: int | None
     tasks: dict[str, dict] = field(default_factory=dict)
     not_run: dict[str, str] = field(default_factory=dict)  # task -> why
+    earlier: dict[str, dict] = field(default_factory=dict)  # kept from the file, not rerun
 
     def payload(self) -> dict:
-        return {"source": self.source, "step": self.step, "tasks": self.tasks,
-                "not_run": self.not_run}
+        not_run = {t: why for t, why in self.not_run.items() if t not in self.earlier}
+        return {"source": self.source, "step": self.step, "tasks": {**self.earlier, **self.tasks},
+                "not_run": not_run}
+
+
+def earlier_results(path: Path, source: str, step: int | None) -> dict[str, dict]:
+    """The task results an earlier evaluation of ``source`` at ``step`` wrote to ``path``."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if (not isinstance(previous, dict) or previous.get("source") != source
+            or previous.get("step") != step or not isinstance(previous.get("tasks"), dict)):
+        return {}
+    return previous["tasks"]
 
 
 @dataclass
@@ -259,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 model, tokenizer = load_pretrained(args.pretrained, args.tokenizer)
             model.to(args.device)
             eot = eot_id_of(tokenizer)
+            if out is not None:
+                results.earlier = earlier_results(out, results.source, results.step)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -278,13 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             if wandb_run is not None:
                 log_task(wandb_run, task, result, results.step)
     finally:
-        if out is not None and not results.tasks:
-            write_json_atomically(out, results.payload())
         if wandb_run is not None:
             wandb_run.finish()
     if results.tasks:
         print_results(results.tasks)
-    if out is not None:
+    if out is not None and results.tasks:
         print(f"wrote {out}")
     if results.not_run:
         print(f"not run ({len(results.not_run)} of {len(args.tasks)} tasks):", file=sys.stderr)

@@ -210,6 +210,23 @@ def test_missing_task_is_named_first_and_the_others_still_run(setup, tmp_path, c
     assert set(written["tasks"]) == {"hellaswag", "piqa"} and set(written["not_run"]) == {"storycloze"}
 
 
+def test_a_failed_rerun_keeps_the_results_file(setup, tmp_path, capsys):
+    root, _, model_dir, _, _ = setup
+    out = tmp_path / "r.json"
+    common = ["--pretrained", str(model_dir), "--limit", "3", "--out", str(out), "--no_wandb"]
+    assert main([*common, "--tasks", "hellaswag,piqa", "--data_dir", str(root / "tasks")]) == 0
+    first = out.read_text()
+    # Wrong data: nothing is scored, and the file is left as it was.
+    assert main([*common, "--tasks", "hellaswag,piqa", "--data_dir", str(tmp_path / "none")]) == 1
+    assert out.read_text() == first
+    # A rerun of one task keeps the other's result beside the new one.
+    assert main([*common, "--tasks", "piqa", "--data_dir", str(root / "tasks")]) == 0
+    written = json.loads(out.read_text())
+    assert written["tasks"]["hellaswag"] == json.loads(first)["tasks"]["hellaswag"]
+    assert set(written["tasks"]) == {"hellaswag", "piqa"} and written["not_run"] == {}
+    capsys.readouterr()
+
+
 def test_output_path_is_checked_before_any_work(setup, tmp_path, capsys):
     root, _, model_dir, _, _ = setup
     blocker = tmp_path / "a-file"
