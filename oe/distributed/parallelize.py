@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")  # fused, for sharded tables
 PLAIN_TABLE_OPTIMIZERS = ("adamw", "sgd")  # for tables that stay ordinary parameters
 GPU_ONLY_OPTIMIZERS = ("adam",)
+# What the tables' optimiser group can set, by optimiser: FBGEMM's exact SGD and Adagrad have no
+# weight decay (it would be ignored); of the fused kernels only Adam has betas.
+WEIGHT_DECAY_OPTIMIZERS = ("adamw", "rowwise_adagrad", "adam")
+BETAS_OPTIMIZERS = ("adamw", "adam")
 
 
 def state_floats_per_row(optimizer: str, width: int) -> int:
@@ -65,13 +69,19 @@ def fused_params(optimizer: str, lr: float, weight_decay: float, device: torch.d
              "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": EmbOptimType.ADAM}
     params = {"optimizer": kinds[optimizer], "learning_rate": lr, "eps": 1e-8,
               "weight_decay": weight_decay}
+    if optimizer == "rowwise_adagrad" and weight_decay:
+        # Decoupled, as AdamW decays: without a mode FBGEMM's row-wise Adagrad ignores the decay.
+        from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+
+        params["weight_decay_mode"] = WeightDecayMode.DECOUPLE
     if optimizer == "adam":
         params.update(beta1=betas[0], beta2=betas[1])
     return params
 
 
 def table_optimizer(config: OverEncodingConfig) -> str:
-    """The optimiser ``config``'s tables train with, or one ValueError naming the field."""
+    """The optimiser ``config``'s tables train with, or one ValueError naming the field (the
+    optimiser, or a setting of the tables' group that it cannot apply)."""
     chosen = config.table_optimizer
     if config.shard_tables:
         chosen = chosen or "rowwise_adagrad"
@@ -82,7 +92,44 @@ def table_optimizer(config: OverEncodingConfig) -> str:
     if chosen not in allowed:
         raise ValueError(f"over_encoding.table_optimizer {chosen!r} does not train {where}; "
                          f"choose one of {', '.join(allowed)}")
+    if config.table_weight_decay and chosen not in WEIGHT_DECAY_OPTIMIZERS:
+        raise ValueError(
+            f"over_encoding.table_weight_decay {config.table_weight_decay} cannot apply: the "
+            f"tables' optimiser {chosen!r} ({where}) has no weight decay; set it to 0, or choose "
+            f"table_optimizer {' or '.join(o for o in WEIGHT_DECAY_OPTIMIZERS if o in allowed)}")
+    if config.table_betas is not None and chosen not in BETAS_OPTIMIZERS:
+        raise ValueError(
+            f"over_encoding.table_betas {list(config.table_betas)} cannot apply: the tables' "
+            f"optimiser {chosen!r} ({where}) has no betas; leave it null, or choose "
+            f"table_optimizer {' or '.join(o for o in BETAS_OPTIMIZERS if o in allowed)}"
+            + (" (GPU only)" if config.shard_tables else ""))
     return chosen
+
+
+def table_lr(config, dense_lr: float) -> float:
+    """The tables' peak rate (before the schedule's factor): ``table_lr``, or
+    ``table_lr_multiplier`` times ``dense_lr``, or ``dense_lr``. ``config``: an
+    OverEncodingConfig or a FrequentNgramConfig (which has no multiplier)."""
+    multiplier = getattr(config, "table_lr_multiplier", None)
+    if multiplier is not None and config.table_lr is not None:
+        raise ValueError(f"over_encoding.table_lr ({config.table_lr}) and "
+                         f"over_encoding.table_lr_multiplier ({multiplier}) both set the tables' "
+                         "rate; set one of them")
+    if multiplier is not None:
+        if not multiplier > 0:
+            raise ValueError(f"over_encoding.table_lr_multiplier must be > 0, got {multiplier}")
+        return multiplier * dense_lr
+    return config.table_lr if config.table_lr is not None else dense_lr
+
+
+def table_betas(config, dense_betas: tuple[float, float]) -> tuple[float, float]:
+    """The tables' Adam betas: ``table_betas``, else the dense ones; each must lie in [0, 1)."""
+    betas = getattr(config, "table_betas", None)
+    if betas is None:
+        return tuple(dense_betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"over_encoding.table_betas must be two numbers in [0, 1), got {betas}")
+    return tuple(float(b) for b in betas)
 
 
 def set_table_lr(module: nn.Module, lr: float) -> None:
@@ -230,10 +277,9 @@ def parallelize_tables(lm: LanguageModel, trainer: L.Trainer | None) -> None:
         )
     dense = lm.optimizer_config
     sharding = TableSharding(
-        optimizer=table_optimizer(config),
-        lr=config.table_lr if config.table_lr is not None else dense.lr,
+        optimizer=table_optimizer(config), lr=table_lr(config, dense.lr),
         weight_decay=config.table_weight_decay, seed=lm.model.embedding.table_seed,
-        init_std=config.init_std, betas=tuple(dense.betas),
+        init_std=config.init_std, betas=table_betas(config, dense.betas),
     )
     shard_embedding(lm.model.embedding, sharding, lm.device)
     lm._ddp_params_and_buffers_to_ignore = table_parameter_names(lm)

@@ -66,6 +66,12 @@ class OverEncodingConfig:
     table_optimizer: Literal["adamw", "rowwise_adagrad", "adagrad", "sgd", "adam"] | None = None
     table_lr: float | None = None
     table_weight_decay: float = 0.0
+    # The tables' rate as a multiple of the dense lr (Megatron's Engram recipe: 5); set it or
+    # table_lr, not both.
+    table_lr_multiplier: float | None = None
+    # The tables' Adam betas (None: the dense optimizer.betas), e.g. [0.75, 0.95] as
+    # modded-nanogpt trains its bigram table; adamw (plain) and adam (sharded) only.
+    table_betas: tuple[float, float] | None = None
     # False: the tables stay ordinary parameters, updated on every row they hold every step. Only
     # sensible for small tables (cfg3f's exact ones), or where TorchRec's fused kernels are not
     # installed.

@@ -12,7 +12,8 @@ Two hash families map the n-gram ending at position i to a table row:
 Either way, positions before the start of a row, or in an earlier document of a packed row, read
 as ``pad_id``, and the ids depend on nothing but the tokens and the table (no random state), so
 every process computes the same ones. ``ngram_windows`` gives the tokens themselves, read the
-same way.
+same way. ``ngram_signs`` gives the sign trick's fixed +1/-1 per n-gram and table (a second hash
+of the n-gram's exact key), again from the tokens alone.
 """
 
 from __future__ import annotations
@@ -215,3 +216,39 @@ def last_hashed_ids(recent: torch.Tensor, spec: NgramHash, vocab_size: int,
     if recent.dim() != 2 or recent.shape[1] < 1:
         raise ValueError(f"recent must be [B, L>=1], got shape {tuple(recent.shape)}")
     return hashed_ids(recent[:, -spec.order:], spec, vocab_size, pad_id)[:, -1]
+
+
+# -- the sign trick -----------------------------------------------------------------------------
+
+SIGN_PRIME = 2**31 - 1  # the sign hash works modulo this prime; keys stay below it
+_KEY_HALF = 20  # an n-gram's exact key (< 2^40) enters the sign hash as two 20-bit halves
+
+
+def sign_key(table: int) -> tuple[int, int, int]:
+    """(a, b, c) of the sign hash of table number ``table``: 1 <= a, b < P and 0 <= c < P, from
+    the fixed integer mixer (the same numbers everywhere)."""
+    a, b, c = (_splitmix64((0x5E1 << 40) + (table << 2) + j) % SIGN_PRIME for j in range(3))
+    return max(a, 1), max(b, 1), c
+
+
+def ngram_signs(tokens: torch.Tensor, order: int, vocab_size: int, key: tuple[int, int, int],
+                pad_id: int = 0, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """+1 or -1 [B, T] for the order-``order`` n-gram ending at each position of ``tokens``.
+
+    A second hash of the n-gram's exact key (its polynomial id modulo KEY_MODULUS, whatever the
+    table's own hash): s = 1 - 2 * ((a lo + b hi + c) mod P mod 2), lo and hi the key's 20-bit
+    halves, so n-grams that share a row get independent signs (products < 2^51: exact in int64).
+    """
+    exact = ngram_ids(tokens, order, vocab_size, KEY_MODULUS, pad_id, doc_ids)
+    a, b, c = key
+    low, high = exact & ((1 << _KEY_HALF) - 1), exact >> _KEY_HALF
+    return 1 - 2 * ((low * a + high * b + c) % SIGN_PRIME % 2)
+
+
+def last_ngram_signs(recent: torch.Tensor, order: int, vocab_size: int, key: tuple[int, int, int],
+                     pad_id: int = 0) -> torch.Tensor:
+    """Signs [B] of the n-gram ending at the newest token of ``recent`` [B, L] (the incremental
+    form of ``ngram_signs``)."""
+    if recent.dim() != 2 or recent.shape[1] < 1:
+        raise ValueError(f"recent must be [B, L>=1], got shape {tuple(recent.shape)}")
+    return ngram_signs(recent[:, -order:], order, vocab_size, key, pad_id)[:, -1]

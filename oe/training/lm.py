@@ -17,7 +17,7 @@ import torch
 
 from oe.distributed.checkpoint import record_special_tokens, record_tokenizer
 from oe.distributed.parallelize import (parallelize_tables, set_table_lr, sharded_collections,
-                                        table_optimizer)
+                                        table_betas, table_lr, table_optimizer)
 from oe.models.build import build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncodingConfig
 from oe.models.frequent_ngrams import FrequentNgramConfig
@@ -301,7 +301,7 @@ class LanguageModel(L.LightningModule):
         tables = self.over_encoding or self.frequent_ngrams
         if tables is None:
             return None
-        return tables.table_lr if tables.table_lr is not None else self.optimizer_config.lr
+        return table_lr(tables, self.optimizer_config.lr)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # The tables follow the dense schedule on every path: AdamW's own group already does;
@@ -340,7 +340,8 @@ class LanguageModel(L.LightningModule):
         if table_params and not plain_sgd:
             tables_config = self.over_encoding or self.frequent_ngrams
             groups.append({"params": table_params, "weight_decay": tables_config.table_weight_decay,
-                           "lr": self._table_lr_peak()})
+                           "lr": self._table_lr_peak(),
+                           "betas": table_betas(tables_config, settings.betas)})
         optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(settings.warmup_steps, total)
