@@ -203,3 +203,14 @@ def test_a_value_of_the_wrong_type_is_named_by_its_field(parser, tmp_path):
     bad = write(tmp_path, "bad.yaml", "trainer:\n  max_steps: many\n")
     with pytest.raises(ConfigError, match="trainer.max_steps"):
         parse_fit_config(["--config", "configs/cfg_oe3.yaml", "--config", str(bad)], parser)
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL)
+def test_every_over_encoding_config_names_its_combine(parser, name):
+    """How the n-gram embeddings join the token's (the paper's mean, or a sum) changes the result
+    on real text by more than the seed spread: no shipped config leaves it to the code's default."""
+    if load(parser, name).model.over_encoding is None:
+        pytest.skip(f"{name} has no Over-Encoding")
+    named = [path for path, content in config_layers(CONFIGS / name)
+             if "combine" in ((content.get("model") or {}).get("over_encoding") or {})]
+    assert named, f"{name}: no layer sets model.over_encoding.combine"
