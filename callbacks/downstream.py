@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from oe.evaluation.scoring import (build_requests, empty_choices, eot_id_of, item_correct,
                                    loglikelihoods)
 from oe.evaluation.tasks import TASKS, load_items
+from oe.training.stops import stop_requested
 
 
 class DownstreamEvaluation(EveryNValidations):
@@ -73,6 +74,8 @@ class DownstreamEvaluation(EveryNValidations):
         eot = eot_id_of(tokenizer)
         rank, world = trainer.global_rank, trainer.world_size
         for task in self.tasks:
+            if stop_requested(trainer):  # a stop signal: the tasks left are not scored
+                return
             items = self._items[task][rank::world]
             requests = build_requests(items, tokenizer, eot)
             # Every rank makes as many forward passes as the busiest one (sharded tables'

@@ -14,6 +14,7 @@ from datamodules.cfg import BOS_ID, EOS_ID
 from oe.cfg import MAX_LENGTH, accepts_padded
 from oe.cfg.inside import viable_prefix_length
 from oe.models.gpt import generate
+from oe.training.stops import stop_requested
 
 
 class GenerationAccuracy(EveryNValidations):
@@ -59,10 +60,18 @@ class GenerationAccuracy(EveryNValidations):
         # the same batches, for as many steps as the slowest rank; surplus rows are dropped.
         most = -(-self.num_samples // trainer.world_size)
         started = time.perf_counter()
+        # A stop signal ends the sampling within a decoding step; nothing partial is logged.
+        def stopping() -> bool:  # collective: every rank asks at the same points
+            return stop_requested(trainer)
+
         accepted, lengths, viable, samples = sample_and_check(
             pl_module.model, most, self.batch_size, generator,
-            all_done=lambda done: trainer.strategy.reduce_boolean_decision(done, all=True),
+            all_done=lambda done: (trainer.strategy.reduce_boolean_decision(done, all=True)
+                                   or stopping()),
+            stop=stopping,
         )
+        if stopping():
+            return
         seconds = time.perf_counter() - started
         accepted, lengths, viable, samples = (accepted[:share], lengths[:share], viable[:share],
                                               samples[:share])
@@ -95,19 +104,23 @@ class GenerationAccuracy(EveryNValidations):
 @torch.no_grad()
 def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.Generator,
                      all_done: Callable[[bool], bool] = bool,
+                     stop: Callable[[], bool] = lambda: False,
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Sample sentences from ``model`` and parse them.
 
     Returns ``(accepted [N] bool, lengths [N], viable [N], texts)``: ``viable`` is the length of
     the longest prefix of each sample that some cfg3f sentence begins with. A sample that
     reaches 729 symbols without EOS, or that holds a non-terminal token, is rejected.
-    ``all_done``: as in ``oe.models.gpt.generate``.
+    ``all_done``: as in ``oe.models.gpt.generate``. ``stop``: asked before each batch; True
+    ends the sampling with the batches done so far.
     """
     was_training = model.training
     model.eval()
     accepted, lengths, viable, texts = [], [], [], []
     try:
         for start in range(0, num_samples, batch_size):
+            if stop():
+                break
             rows = min(batch_size, num_samples - start)
             tokens, length = generate(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1, generator,
                                       all_done=all_done)
@@ -120,4 +133,6 @@ def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.
             texts += ["".join(str(t) for t in tokens[r, : length[r]]) for r in range(rows)]
     finally:
         model.train(was_training)
+    if not accepted:
+        return np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64), texts
     return np.concatenate(accepted), np.concatenate(lengths), np.concatenate(viable), texts

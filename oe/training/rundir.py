@@ -6,6 +6,7 @@ requeue, ``finished.json``), every logger's ``save_dir`` (``csv/version_*/metric
 ``wandb/``) and every ModelCheckpoint's ``dirpath`` (``<run_dir>/checkpoints``); ``run_dir`` wins
 over any of these a config states itself. ``run_name`` (default: the folder's name),
 ``run_group`` and ``run_project`` name the W&B run, its group and its project.
+Checkpoint names in it are never versioned: ``last.ckpt`` is always the newest save.
 
 A run folder holds one run. A folder that already holds one (a checkpoint, ``finished.json`` or
 logged metrics) is refused unless the run resumes it (``--ckpt_path``, ``--resume``: its newest
@@ -94,6 +95,10 @@ def place_run(config: Namespace, callback_keys: tuple[str, ...] = ("checkpoint",
         cls = _class_of(callback)
         if run_dir is not None and cls is not None and issubclass(cls, ModelCheckpoint):
             callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
+            # The folder holds this run alone, so a file already named ``last.ckpt`` there is
+            # this run's own, to be replaced; Lightning's counter would fork it into
+            # ``last-v1.ckpt`` (a stop's or a resume's save), leaving ``last.ckpt`` stale.
+            callback.init_args.enable_version_counter = False
 
 
 def wandb_loggers(config: Namespace) -> list[Namespace]:
