@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.models.ngram import (HASH_FAMILIES, NgramHash, hashed_ids, last_hashed_ids, primes_from,
-                             xor_multipliers)
+from oe.models.ngram import (HASH_FAMILIES, NgramHash, hashed_ids, last_hashed_ids,
+                             last_ngram_signs, ngram_signs, primes_from, sign_key, xor_multipliers)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class OverEncodingConfig:
     # A factor on o before it is combined: a number, or sqrt_d for sqrt(model width) (LongCat's
     # up-scaling of the n-gram output). 1 is the paper's model.
     ngram_scale: float | Literal["sqrt_d"] = 1.0
+    # The sign trick (modded-nanogpt): each looked-up row times a fixed +1 or -1 of its n-gram and
+    # table (a second hash of the exact n-gram, oe.models.ngram.ngram_signs), so that n-grams
+    # sharing a row pull it in independent directions.
+    signed: bool = False
     # The tables' optimiser. Sharded tables: rowwise_adagrad (None), adagrad, sgd, or adam (GPU
     # only), fused into the backward pass (oe.distributed.parallelize). Plain tables: adamw (None,
     # with the dense betas) or sgd. Either way the rate is table_lr (None: the dense lr) times the
@@ -331,6 +335,7 @@ class OverEncoding(nn.Module):
         self.scale = {"mean": 1.0 / n_terms, "sum": 1.0, "rmsnorm_sum": 1.0 / math.sqrt(2)}[
             config.combine]
         self.ngram_factor = ngram_factor(config, dim)
+        self.sign_keys = [sign_key(i) for i in range(len(self.tables))] if config.signed else []
         nn.init.normal_(self.token.weight, std=0.02)
         if self.projection is not None:
             nn.init.normal_(self.projection.weight, std=0.02)
@@ -423,6 +428,21 @@ class OverEncoding(nn.Module):
         slices = torch.cat([looked_up[t.name].values() for t in self.tables], dim=-1)
         return slices.view(batch, length, -1)
 
+    def _signed(self, slices: torch.Tensor, tokens: torch.Tensor,
+                doc_ids: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        """``slices`` with each table's rows times the sign of their n-gram (``signed``); with
+        ``last``, of the newest token of ``tokens`` [B, L] only."""
+        if not self.sign_keys:
+            return slices
+        signs = []
+        for t, key in zip(self.tables, self.sign_keys):
+            if last:
+                sign = last_ngram_signs(tokens, t.order, self.vocab_size, key, self.pad_id)[:, None]
+            else:
+                sign = ngram_signs(tokens, t.order, self.vocab_size, key, self.pad_id, doc_ids)
+            signs.append(sign.unsqueeze(-1).expand(*sign.shape, t.width))
+        return slices * torch.cat(signs, dim=-1).to(slices.dtype)
+
     def _memory(self, layer: int, hidden: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
         """The projected (and gated) memory [B, T, D] entering before block ``layer``."""
         if self.gates:
@@ -459,13 +479,13 @@ class OverEncoding(nn.Module):
         (``HostTables``), else read here."""
         if slices is None:
             slices = self._lookup(self.ngram_ids(tokens, doc_ids))
-        return self._embed(tokens, slices)
+        return self._embed(tokens, self._signed(slices, tokens, doc_ids))
 
     def forward_last(self, recent: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
         """Embedding [B, 1, D] of the newest token of ``recent``, from its last few tokens."""
         if slices is None:
             slices = self._lookup(self.last_ngram_ids(recent))
-        return self._embed(recent[:, -1:], slices)
+        return self._embed(recent[:, -1:], self._signed(slices, recent, last=True))
 
     def take_inner_memory(self) -> dict[int, torch.Tensor]:
         """The inner layers' slices of the last pass, handed over once (the backbone's)."""

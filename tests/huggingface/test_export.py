@@ -3,6 +3,7 @@ equal generation with a key/value cache, the tokenizer along, and the way back i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -82,6 +83,24 @@ def test_export_round_trip_logits_and_generation(kind, tmp_path, tokenizer_dir) 
     back, source = load_exported(out)
     assert source == str(out / "tokenizer.json")
     with torch.no_grad():
+        torch.testing.assert_close(back.eval()(tokens), network(tokens), rtol=0, atol=1e-5)
+
+
+RECIPES = {"signed_sqrt_d": dict(signed=True, ngram_scale="sqrt_d"),
+           "rmsnorm_sum_signed": dict(signed=True, combine="rmsnorm_sum")}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_switches_travel_with_the_export(recipe, tmp_path, tokenizer_dir) -> None:
+    over_encoding = dataclasses.replace(OE3, **RECIPES[recipe])
+    out, network = _exported(tmp_path, tokenizer_dir, over_encoding)
+    saved = json.loads((out / "config.json").read_text())["oe_model"]["over_encoding"]
+    assert {k: saved[k] for k in RECIPES[recipe]} == RECIPES[recipe]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    tokens = torch.randint(0, network.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
+    back, _ = load_exported(out)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, network(tokens), rtol=0, atol=1e-5)
         torch.testing.assert_close(back.eval()(tokens), network(tokens), rtol=0, atol=1e-5)
 
 

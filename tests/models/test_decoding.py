@@ -24,7 +24,8 @@ def _gpt(over_encoding: OverEncodingConfig | None):
 
 CONFIGS = [None, OverEncodingConfig(orders=[2, 3], modulus=101),
            OverEncodingConfig(orders=[2, 3], modulus=101, hash="multiply_xor", gate=True,
-                              layers=[0, 1], per_layer_tables=True)]
+                              layers=[0, 1], per_layer_tables=True),
+           OverEncodingConfig(orders=[2, 3], modulus=101, signed=True, combine="rmsnorm_sum")]
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -13,7 +13,9 @@ import torch
 
 from oe.models.build import build_model
 from oe.models.embedding import OverEncoding, OverEncodingConfig
+from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.gpt import BackboneConfig
+from oe.models.ngram import KEY_MODULUS, SIGN_PRIME, ngram_ids, ngram_signs, sign_key
 from tests.conftest import assert_steps_equal_forward
 
 VOCAB = 11
@@ -101,3 +103,56 @@ def test_bad_recipe_options_are_one_error_naming_the_field(fields, field):
     with pytest.raises(ValueError, match=field):
         build_model(VOCAB, backbone=BACKBONE, over_encoding=config)
     assert torch.equal(torch.random.get_rng_state(), state)  # nothing drew an initial value
+
+
+# -- the sign trick ------------------------------------------------------------------------------
+
+def test_signs_by_hand():
+    # Table 0's key is (a, b, c) = (934944507, 1128743633, 1384748299), P = 2^31 - 1. V = 3:
+    # 2-gram (pad, 1) has the exact id 1: (a + c) mod P = 172209159, odd: -1.
+    # 2-gram (1, 2) has id 2 + 1*3 = 5: (5a + c) mod P = 1764503540, even: +1.
+    assert sign_key(0) == (934944507, 1128743633, 1384748299)
+    assert ngram_signs(torch.tensor([[1, 2]]), 2, 3, sign_key(0)).tolist() == [[-1, 1]]
+    # Table 1 (a = 1010235877, c = 560721570): (a + c) mod P = 1570957447 and (5a + c) mod P =
+    # 1316933661, both odd: -1, -1.
+    assert ngram_signs(torch.tensor([[1, 2]]), 2, 3, sign_key(1)).tolist() == [[-1, -1]]
+
+
+def test_signs_follow_the_formula_on_large_ids_and_are_balanced():
+    vocab = 50_257
+    tokens = torch.randint(0, vocab, (8, 64), generator=torch.Generator().manual_seed(0))
+    key = sign_key(3)
+    signs = ngram_signs(tokens, 3, vocab, key)
+    exact = ngram_ids(tokens, 3, vocab, KEY_MODULUS)
+    a, b, c = key
+    by_hand = [[1 - 2 * ((a * (g % 2**20) + b * (g >> 20) + c) % SIGN_PRIME % 2) for g in row]
+               for row in exact.tolist()]
+    assert signs.tolist() == by_hand
+    many = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(1))
+    first, second = ngram_signs(many, 2, vocab, sign_key(0)), ngram_signs(many, 2, vocab, sign_key(1))
+    assert abs(first.float().mean()) < 0.02 and abs((first * second).float().mean()) < 0.02
+
+
+def test_signed_rows_by_hand():
+    emb = _two_slice_embedding(signed=True)
+    # Signs (tables 0, 1): position 0 (-1, -1), position 1 (+1, -1) (test_signs_by_hand).
+    memory = MEMORY * torch.tensor([[-1.0, -1, -1, -1], [1, 1, -1, -1]])
+    torch.testing.assert_close(emb(torch.tensor([[1, 2]]))[0], (TOKEN + memory) / 3)
+
+
+@pytest.mark.parametrize("fields", [dict(signed=True), dict(signed=True, hash="multiply_xor",
+                                                             layers=[0, 1], per_layer_tables=True)])
+def test_signed_generation_steps_equal_the_full_forward(fields):
+    assert_steps_equal_forward(_gpt(**fields), TOKENS)
+
+
+def test_signed_sharded_tables_equal_plain_tables():
+    gpt = _gpt(signed=True)
+    docs = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0] * 8])
+    with torch.no_grad():
+        before = gpt(TOKENS, docs)
+    sharding = TableSharding(optimizer="sgd", lr=0.1, weight_decay=0.0,
+                             seed=gpt.embedding.table_seed, init_std=0.02)
+    shard_embedding(gpt.embedding, sharding, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(gpt(TOKENS, docs), before)
