@@ -89,7 +89,8 @@ def score_batch(model: GPT, pairs: list[tuple[list[int], list[int]]],
         positions += range(len(inputs) - n_scored, len(inputs))
         targets += continuation[-n_scored:]
     rows_t, targets_t = torch.tensor(rows, device=device), torch.tensor(targets, device=device)
-    hidden = model.hidden(model.embedding(tokens.to(device)))
+    x, memory = model.embed(tokens.to(device))
+    hidden = model.hidden(x, memory=memory)
     logp = model.logits(hidden[rows_t, torch.tensor(positions, device=device)]).float().log_softmax(-1)
     per_token = logp.gather(1, targets_t[:, None])[:, 0].double()
     sums = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, rows_t, per_token)
@@ -122,7 +123,8 @@ def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
             if on_batch is not None:
                 on_batch(chosen)
         for _ in range(min_batches - math.ceil(len(order) / batch_size)):
-            model.hidden(model.embedding(torch.full((1, 1), pad_id, device=device)))
+            x, memory = model.embed(torch.full((1, 1), pad_id, device=device))
+            model.hidden(x, memory=memory)
     finally:
         model.train(was_training)
     return scores

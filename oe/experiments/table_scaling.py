@@ -74,7 +74,7 @@ def frozen_loss(source: str, datamodule) -> float:
             logits = gpt(ids[:, :-1], None if doc_ids is None else doc_ids[:, :-1])
             loss_sum, n = summed_cross_entropy(logits, targets)
             total, count = total + float(loss_sum), count + n
-    return total / count
+    return total / int(count)
 
 
 def plot(results: dict, path: Path) -> None:

@@ -125,22 +125,22 @@ class OEForCausalLM(PreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=self.config)
         view = None if not use_cache else _CacheView(cache)
         if view is not None and view.length > 0:
-            embedded = self._embed_step(input_ids, ngram_context)
+            x, memory = self._embed_step(input_ids, ngram_context)
         else:
-            embedded = self.model.embedding(input_ids)
-        logits = self.model.logits(self.model.hidden(embedded, view))
+            x, memory = self.model.embed(input_ids)
+        logits = self.model.logits(self.model.hidden(x, view, memory=memory))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                    ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
-    def _embed_step(self, input_ids: torch.Tensor, ngram_context: torch.Tensor | None) -> torch.Tensor:
+    def _embed_step(self, input_ids: torch.Tensor, ngram_context: torch.Tensor | None):
         embedding = self.model.embedding
         if input_ids.shape[1] != 1:
             raise ValueError("a step on a filled cache takes one new token per row")
         if embedding.context_size == 0:
-            return embedding.forward_last(input_ids)
+            return self.model.embed_last(input_ids)
         if ngram_context is None or not torch.equal(ngram_context[:, -1:], input_ids):
             raise ValueError("a cached step of an n-gram model needs ngram_context: the row's last "
                              "tokens ending with the new one (generate passes it)")
@@ -148,4 +148,4 @@ class OEForCausalLM(PreTrainedModel, GenerationMixin):
         missing = embedding.context_size + 1 - recent.shape[1]
         if missing > 0:  # a row shorter than the n-gram: what precedes its start reads as pad_id
             recent = F.pad(recent, (missing, 0), value=embedding.pad_id)
-        return embedding.forward_last(recent)
+        return self.model.embed_last(recent)

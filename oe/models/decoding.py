@@ -74,11 +74,9 @@ def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sam
     prompts = prompts.to(device)
     embedding = model.embedding
     cache = model.new_cache(batch, length + max_new_tokens, device)
-    if host_tables is None:
-        embedded = embedding(prompts)
-    else:
-        embedded = embedding(prompts, slices=host_tables.rows(prompts))
-    logits = model.logits(model.hidden(embedded, cache)[:, -1])
+    x, memory = model.embed(prompts, ngram_rows=None if host_tables is None
+                            else host_tables.rows(prompts))
+    logits = model.logits(model.hidden(x, cache, memory=memory)[:, -1])
     # The last tokens a step embeds from; padding before the prompt reads as a row's start.
     context = embedding.context_size + 1
     pad = torch.full((batch, context), getattr(embedding, "pad_id", 0), dtype=torch.long,

@@ -52,6 +52,11 @@ class OverEncodingConfig:
     modulus: int = 12_800_001
     project: bool = True
     init_std: float = 0.02
+    # The tables' initial rows: normal (N(0, init_std^2), the paper's), zero (modded-nanogpt's:
+    # the model starts as the 1-gram model), or token_mean (row r: the mean of the token
+    # embeddings of the n-gram whose polynomial id is r, the table's own columns of them; exact
+    # tables give every n-gram its own tokens' mean).
+    table_init: Literal["normal", "zero", "token_mean"] = "normal"
     # How the 1-gram embedding e and the n-gram memory o (sum of the projected slices) combine:
     # mean (the paper): (e + o) / (1 + k |orders|); sum: e + o; rmsnorm_sum (Marin's fusion):
     # (RMSNorm(e) + RMSNorm(o)) / sqrt(2), each RMSNorm with its own gain (starting at 1).
@@ -124,6 +129,13 @@ def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) 
         bound = f"0..{n_layer - 1} (model.backbone.n_layer is {n_layer})" if n_layer else ">= 0"
         raise ValueError(f"over_encoding.layers holds {outside}, outside the backbone's blocks "
                          f"{bound}")
+    if config.table_init not in TABLE_INITS:
+        raise ValueError(f"over_encoding.table_init must be one of {', '.join(TABLE_INITS)}, "
+                         f"got {config.table_init!r}")
+    if config.table_init == "token_mean" and config.hash != "polynomial":
+        raise ValueError("over_encoding.table_init token_mean reads row r as the n-gram whose "
+                         f"polynomial id is r; hash {config.hash!r} has no such inverse: use "
+                         "hash polynomial, or table_init normal or zero")
     if config.combine not in COMBINES:
         raise ValueError(f"over_encoding.combine must be one of {', '.join(COMBINES)}, "
                          f"got {config.combine!r}")
@@ -140,6 +152,7 @@ def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) 
 
 
 COMBINES = ("mean", "sum", "rmsnorm_sum")
+TABLE_INITS = ("normal", "zero", "token_mean")
 
 
 def ngram_factor(config: OverEncodingConfig, dim: int) -> float:
@@ -187,6 +200,23 @@ def table_rows(seed: int, table: int, start: int, stop: int, width: int, std: fl
         values = torch.randn(ROW_BLOCK, width, generator=generator)
         lo, hi = max(first, start), min(last, stop)
         out[lo - start : hi - start] = values[lo - first : hi - first] * std
+    return out
+
+
+def token_mean_rows(token_weight: torch.Tensor, order: int, vocab_size: int, start: int,
+                    stop: int, out: torch.Tensor) -> torch.Tensor:
+    """Rows ``start .. stop-1`` of an order-``order`` table: row r is the mean of the rows of
+    ``token_weight`` [V, w] at the digits of r in base V (the n-gram whose polynomial id is r);
+    rows r >= V^order hold no n-gram and are zero. Written into ``out``, a block at a time."""
+    weight = token_weight.detach().to(device=out.device, dtype=out.dtype)
+    for first in range(start, stop, ROW_BLOCK):
+        last = min(stop, first + ROW_BLOCK)
+        rest = torch.arange(first, last, device=out.device)
+        total = torch.zeros(last - first, weight.shape[1], device=out.device, dtype=out.dtype)
+        for _ in range(order):
+            total += weight[rest % vocab_size]
+            rest = rest // vocab_size
+        out[first - start : last - start] = (total / order).masked_fill((rest > 0)[:, None], 0.0)
     return out
 
 
@@ -304,8 +334,9 @@ class MemoryGate(nn.Module):
 class OverEncoding(nn.Module):
     """The 1-gram embedding widened with hashed n-gram tables (one TorchRec collection).
 
-    With inner ``layers``, a pass also leaves the memory slices of those layers for the backbone
-    to take (``take_inner_memory``) and add before their blocks (``inject``).
+    With inner ``layers``, ``embed`` returns with the input embeddings the slices of those layers
+    (their memory, row for row with the input), which the backbone adds before their blocks
+    (``inject``).
     """
 
     def __init__(
@@ -330,7 +361,6 @@ class OverEncoding(nn.Module):
         self.table_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.keep_slices = False
         self.last_slices: torch.Tensor | None = None
-        self._inner_memory: dict[int, torch.Tensor] | None = None
         n_terms = 1 + len(self.tables_of(self.layers[0]))
         self.scale = {"mean": 1.0 / n_terms, "sum": 1.0, "rmsnorm_sum": 1.0 / math.sqrt(2)}[
             config.combine]
@@ -399,8 +429,21 @@ class OverEncoding(nn.Module):
             weight = self.ngram.embeddings[t.name].weight
             if weight.is_meta:  # no values yet; oe.distributed.parallelize draws each rank's own rows
                 continue
-            table_rows(self.table_seed, index, 0, t.modulus, t.width, self.config.init_std,
-                       out=weight)
+            self.initial_rows(index, 0, t.modulus, weight)
+
+    @torch.no_grad()
+    def initial_rows(self, index: int, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Initial values (``table_init``) of rows ``start .. stop-1`` of table number ``index``,
+        written into ``out``; any range agrees with the same rows of the whole table."""
+        t = self.tables[index]
+        if self.config.table_init == "zero":
+            return out.zero_()
+        if self.config.table_init == "token_mean":
+            first = [x.name for x in self.tables_of(t.layer)].index(t.name) * t.width
+            return token_mean_rows(self.token.weight[:, first : first + t.width], t.order,
+                                   self.vocab_size, start, stop, out)
+        return table_rows(self.table_seed, index, start, stop, t.width, self.config.init_std,
+                          out=out)
 
     def ngram_ids(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Row ids [B, T] of every table, for the n-grams ending at each position of ``tokens``."""
@@ -459,43 +502,43 @@ class OverEncoding(nn.Module):
         width = slices.shape[-1] // len(self.layers)
         return {layer: slices[..., i * width : (i + 1) * width] for i, layer in enumerate(self.layers)}
 
-    def _embed(self, tokens: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor,
+               slices: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if self.keep_slices:  # for callbacks.ngram_stats, which reads them after the step
             self.last_slices = slices.detach()
         per_layer = self._layer_slices(slices)
         token = self.token(tokens)
-        if self.inner_layers:
-            self._inner_memory = {layer: per_layer[layer] for layer in self.inner_layers}
+        inner = {layer: per_layer[layer] for layer in self.inner_layers}
         if 0 not in per_layer:
-            return token  # the memory enters later; the input is the plain token embedding
+            return token, inner  # the memory enters later; the input is the plain token embedding
         memory = self._memory(0, token, per_layer[0])
         if self.norms:
-            return (self.norms["token"](token) + self.norms["memory"](memory)) * self.scale
-        return (token + memory) * self.scale
+            return (self.norms["token"](token) + self.norms["memory"](memory)) * self.scale, inner
+        return (token + memory) * self.scale, inner
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                slices: torch.Tensor | None = None) -> torch.Tensor:
-        """Input embeddings [B, T, D]; ``slices`` [B, T, W]: the tables' rows, looked up already
-        (``HostTables``), else read here."""
+    def embed(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+              slices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Input embeddings [B, T, D] and the inner layers' memory {block: [B, T, W]};
+        ``slices`` [B, T, W]: the tables' rows, looked up already (``HostTables``), else read here."""
         if slices is None:
             slices = self._lookup(self.ngram_ids(tokens, doc_ids))
         return self._embed(tokens, self._signed(slices, tokens, doc_ids))
 
-    def forward_last(self, recent: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedding [B, 1, D] of the newest token of ``recent``, from its last few tokens."""
+    def embed_last(self, recent: torch.Tensor, slices: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``embed`` of the newest token of ``recent`` [B, L], from its last few tokens."""
         if slices is None:
             slices = self._lookup(self.last_ngram_ids(recent))
         return self._embed(recent[:, -1:], self._signed(slices, recent, last=True))
 
-    def take_inner_memory(self) -> dict[int, torch.Tensor]:
-        """The inner layers' slices of the last pass, handed over once (the backbone's)."""
-        memory, self._inner_memory = self._inner_memory, None
-        if memory is None:
-            raise RuntimeError(
-                "over_encoding.layers lists inner blocks, but no input embedding was computed "
-                "for this pass; call the embedding right before the backbone"
-            )
-        return memory
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                slices: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, D] (``embed`` without the inner layers' memory)."""
+        return self.embed(tokens, doc_ids, slices)[0]
+
+    def forward_last(self, recent: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embedding [B, 1, D] of the newest token of ``recent``."""
+        return self.embed_last(recent, slices)[0]
 
     def inject(self, layer: int, hidden: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
         """The residual stream ``hidden`` with the memory of ``layer`` added."""

@@ -6,9 +6,11 @@ row, or, for packed rows with document ids, causal inside each document (``oe.mo
 with positions restarting at each document. Generation keeps a key/value cache, so each new token
 costs one position of work.
 
-An Over-Encoding embedding with inner ``layers`` leaves, with each pass's input embeddings, the
-memory of those layers; ``hidden`` takes it and adds it to the residual stream before each of
-their blocks (``OverEncoding.inject``), in training, evaluation and generation alike.
+An Over-Encoding embedding with inner ``layers`` gives, with each pass's input embeddings, the
+memory of those layers (``embed``: a ``Memory``, one [B, T, W] tensor per block, row for row with
+the input); ``hidden`` takes it as an argument and adds it to the residual stream before each of
+those blocks (``OverEncoding.inject``), in training, evaluation and generation alike. Slicing a
+batch's rows (micro-batches) slices the input and its memory together.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from oe.models.attention import DocumentAttention, DocumentMask
+
+# The n-gram memory an input embedding adds before inner blocks: block index -> [B, T, W].
+Memory = dict[int, torch.Tensor]
+
+
+def memory_rows(memory: Memory, rows: slice) -> Memory:
+    """The memory of a batch's ``rows`` (a micro-batch), as the input's rows are taken."""
+    return {layer: value[rows] for layer, value in memory.items()}
 
 
 @dataclass
@@ -160,6 +170,8 @@ class GPT(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = embedding
+        # Blocks (other than 0) before which the embedding adds n-gram memory; usually none.
+        self.inner_layers: tuple[int, ...] = tuple(getattr(embedding, "inner_layers", ()))
         self.position = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -180,13 +192,39 @@ class GPT(nn.Module):
     # Which exact path attends inside documents (oe.models.attention); None: the device's default.
     document_attention: DocumentAttention | None = None
 
+    def embed(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+              ngram_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, Memory]:
+        """Input embeddings [B, T, D] of ``tokens`` [B, T] and the memory of inner blocks.
+
+        ``ngram_rows``: the tables' rows of these tokens, looked up already (``HostTables``).
+        """
+        if self.inner_layers:
+            return self.embedding.embed(tokens, doc_ids, ngram_rows)
+        rows = {} if ngram_rows is None else {"slices": ngram_rows}
+        return self.embedding(tokens, doc_ids, **rows), {}
+
+    def embed_last(self, recent: torch.Tensor,
+                   ngram_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, Memory]:
+        """Input embedding [B, 1, D] (and memory) of the newest token of ``recent`` [B, L]."""
+        if self.inner_layers:
+            return self.embedding.embed_last(recent, ngram_rows)
+        rows = () if ngram_rows is None else (ngram_rows,)
+        return self.embedding.forward_last(recent, *rows), {}
+
     def hidden(self, x: torch.Tensor, cache: KVCache | None = None,
-               doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+               doc_ids: torch.Tensor | None = None,
+               memory: Memory | None = None) -> torch.Tensor:
         """Final hidden states [B, T, D] of input embeddings ``x`` [B, T, D].
 
         With ``doc_ids`` [B, T] (packed rows), attention stays inside each document and positions
-        restart at each document's first token; without, a row is one sequence.
+        restart at each document's first token; without, a row is one sequence. ``memory``: what
+        ``embed`` gave with ``x`` (rows for rows), needed when the embedding has inner layers.
         """
+        memory = {} if memory is None else memory
+        if sorted(memory) != list(self.inner_layers):
+            raise ValueError(f"the input embedding adds memory before blocks "
+                             f"{list(self.inner_layers)}, but the pass was given memory for "
+                             f"{sorted(memory)}: embed with GPT.embed and pass its memory")
         start = 0 if cache is None else cache.length
         length = x.shape[1]
         if doc_ids is not None and cache is not None:
@@ -204,7 +242,6 @@ class GPT(nn.Module):
                 f"({self.config.block_size})"
             )
         x = self.drop(x + self.position(positions))
-        memory = self._inner_memory()
         if cache is None:
             x = self._run_blocks_maybe_compiled(x.device)(x, documents, memory)
         else:
@@ -215,14 +252,8 @@ class GPT(nn.Module):
             cache.length += length
         return self.ln_f(x)
 
-    def _inner_memory(self) -> dict[int, torch.Tensor]:
-        """What the input embedding adds before inner blocks in this pass (usually nothing)."""
-        if not getattr(self.embedding, "inner_layers", None):
-            return {}
-        return self.embedding.take_inner_memory()
-
     def _run_blocks(self, x: torch.Tensor, documents: DocumentMask | None,
-                    memory: dict[int, torch.Tensor]) -> torch.Tensor:
+                    memory: Memory) -> torch.Tensor:
         for layer, block in enumerate(self.blocks):
             if layer in memory:
                 x = self.embedding.inject(layer, x, memory[layer])
@@ -245,8 +276,9 @@ class GPT(nn.Module):
         ``doc_ids`` reset n-grams at document boundaries; with ``isolate_documents`` they also
         keep attention and positions inside each document (packed rows of separate documents).
         """
-        embedded = self.embedding(tokens, doc_ids)
-        return self.logits(self.hidden(embedded, doc_ids=doc_ids if isolate_documents else None))
+        x, memory = self.embed(tokens, doc_ids)
+        return self.logits(self.hidden(x, doc_ids=doc_ids if isolate_documents else None,
+                                       memory=memory))
 
     def new_cache(self, batch: int, capacity: int, device: torch.device) -> KVCache:
         c = self.config
@@ -260,11 +292,8 @@ class GPT(nn.Module):
         ``ngram_rows``: the n-gram rows of that token, looked up already (tables in host memory,
         ``oe.models.embedding.HostTables``).
         """
-        if ngram_rows is None:
-            embedded = self.embedding.forward_last(recent)
-        else:
-            embedded = self.embedding.forward_last(recent, ngram_rows)
-        return self.logits(self.hidden(embedded, cache))[:, -1]
+        x, memory = self.embed_last(recent, ngram_rows)
+        return self.logits(self.hidden(x, cache, memory=memory))[:, -1]
 
     def num_parameters(self, include_ngram_tables: bool = False) -> int:
         tables = set()

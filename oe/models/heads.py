@@ -90,17 +90,18 @@ def check_heads(config: OutputHeadsConfig) -> None:
 
 
 class HeadLoss(NamedTuple):
-    """One extra head's summed cross-entropy, its number of counted targets and its weight."""
+    """One extra head's summed cross-entropy, its number of counted targets (a tensor, or 0 for
+    a head with no target) and its weight."""
 
     name: str
     loss_sum: torch.Tensor
-    count: int
+    count: torch.Tensor | int
     weight: float
 
     @property
     def mean(self) -> torch.Tensor:
         # An empty head (every target padding) contributes 0, not 0/0.
-        return self.loss_sum / max(self.count, 1)
+        return self.loss_sum / torch.as_tensor(self.count).clamp(min=1)
 
 
 def total_loss(next_token: torch.Tensor, extra: list[HeadLoss]) -> torch.Tensor:

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # the ``ignore_index`` default of F.cross_entropy
 
 
-def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+def summed_cross_entropy(logits: torch.Tensor,
+                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``logits`` [..., V] against ``targets`` [...], summed over the counted
-    targets (in float32 whatever the logits' dtype), and the number of counted targets."""
+    targets (in float32 whatever the logits' dtype), and the number of counted targets (a tensor
+    on the logits' device, so that a training step never waits for the host to read it)."""
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
+    return loss, (targets != IGNORE_INDEX).sum()

@@ -21,7 +21,7 @@ from oe.distributed.parallelize import (parallelize_tables, set_table_lr, sharde
 from oe.models.build import build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncodingConfig
 from oe.models.frequent_ngrams import FrequentNgramConfig
-from oe.models.gpt import BackboneConfig
+from oe.models.gpt import BackboneConfig, Memory, memory_rows
 from oe.models.heads import HeadLoss, OutputHeadsConfig, shifted_targets
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
@@ -135,11 +135,12 @@ class LanguageModel(L.LightningModule):
         return targets.masked_fill(ignore, IGNORE_INDEX)
 
     def _pass(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None, isolate: bool,
-              embedded: torch.Tensor) -> tuple[torch.Tensor, int, list[HeadLoss]]:
-        """Summed next-token loss of rows ``ids`` from their input embeddings ``embedded``, its
-        number of targets, and the extra heads' losses."""
+              embedded: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor,
+                                                                list[HeadLoss]]:
+        """Summed next-token loss of rows ``ids`` from their input embeddings ``embedded`` (and
+        the memory of inner blocks), its number of targets, and the extra heads' losses."""
         doc_ids = None if row_doc_ids is None or not isolate else row_doc_ids[:, :-1]
-        hidden = self.model.hidden(embedded, doc_ids=doc_ids)
+        hidden = self.model.hidden(embedded, doc_ids=doc_ids, memory=memory)
         loss_sum, n_tokens = summed_cross_entropy(self.model.logits(hidden),
                                                   self._targets(ids, row_doc_ids, isolate))
         if self.heads is None:
@@ -156,31 +157,31 @@ class LanguageModel(L.LightningModule):
         parts = [slice(start, start + rows) for start in range(0, ids.shape[0], rows)]
         return ids, batch.get("doc_ids"), bool(batch.get("isolate_documents", False)), parts
 
-    def _embed(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None) -> torch.Tensor:
-        return self.model.embedding(ids[:, :-1], None if row_doc_ids is None else row_doc_ids[:, :-1])
+    def _embed(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None
+               ) -> tuple[torch.Tensor, Memory]:
+        return self.model.embed(ids[:, :-1], None if row_doc_ids is None else row_doc_ids[:, :-1])
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, int, list[HeadLoss]]:
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[HeadLoss]]:
         """Summed next-token loss of the whole batch in one pass, its number of targets, and the
         extra heads' losses."""
         ids, row_doc_ids, isolate, _ = self._unpack(batch)
-        return self._pass(ids, row_doc_ids, isolate, self._embed(ids, row_doc_ids))
+        return self._pass(ids, row_doc_ids, isolate, *self._embed(ids, row_doc_ids))
 
     def _target_counts(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None,
-                       isolate: bool) -> list[int]:
-        """Counted targets of the next-token head and of each extra head (in ``losses`` order)."""
-        counts = [int((self._targets(ids, row_doc_ids, isolate) != IGNORE_INDEX).sum())]
-        if self.heads is None:
-            return counts
-        length = ids.shape[1] - 1
-        config = self.heads.config
-        offsets = list(config.od_offsets) + ([2] if config.mtp else [])
-        for offset in offsets:
-            if offset > length:  # rows too short: no target that far ahead
-                counts.append(0)
-                continue
-            targets = shifted_targets(ids, offset, self.pad_id, row_doc_ids)
-            counts.append(int((targets != IGNORE_INDEX).sum()))
-        return counts
+                       isolate: bool) -> torch.Tensor:
+        """Counted targets of the next-token head and of each extra head (in ``losses`` order),
+        float64 on the batch's device (no host synchronisation)."""
+        counts = [(self._targets(ids, row_doc_ids, isolate) != IGNORE_INDEX).sum()]
+        if self.heads is not None:
+            length = ids.shape[1] - 1
+            config = self.heads.config
+            for offset in list(config.od_offsets) + ([2] if config.mtp else []):
+                if offset > length:  # rows too short: no target that far ahead
+                    counts.append(counts[0].new_zeros(()))
+                    continue
+                targets = shifted_targets(ids, offset, self.pad_id, row_doc_ids)
+                counts.append((targets != IGNORE_INDEX).sum())
+        return torch.stack(counts).double()
 
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.trainer.world_size == 1:
@@ -210,19 +211,49 @@ class LanguageModel(L.LightningModule):
             raise ValueError("trainer.precision 16-mixed (a gradient scaler) cannot accumulate "
                              "micro-batches: use bf16-mixed or 32-true, or raise "
                              "data.micro_batch_tokens to hold the whole batch")
+        objective, counts, sums, weights, names = self._step_objective(ids, row_doc_ids, isolate,
+                                                                       parts)
+        # Counts and sums stay tensors on the device: the step itself never waits for the host
+        # (Lightning reads logged values when it logs, at log_every_n_steps).
+        means = self._global_sum(sums) / counts.clamp(min=1)
+        n_tokens = counts[0]
+        self._tokens_seen = self._tokens_seen + n_tokens
+        # Target tokens of every rank so far: the axis on which kinds compare at equal data.
+        self.log("train/tokens", self._tokens_seen, reduce_fx="max")
+        self.log("train/loss", means[0], prog_bar=True)
+        if names:  # train/loss stays the next-token loss, comparable across model kinds
+            for name, mean in zip(names, means[1:]):
+                self.log(f"train/loss_{name}", mean)
+            self.log("train/loss_total", sum(w * m for w, m in zip(weights, means)))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # target tokens of the global batch per second
+            self.log("train/tokens_per_s", n_tokens / (now - self._last_step_time), prog_bar=True)
+        self._last_step_time = now
+        return objective
+
+    def _step_objective(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None, isolate: bool,
+                        parts: list[slice]):
+        """The backward objective of one step over micro-batches ``parts`` (earlier ones already
+        backpropagated), the global target counts, this rank's summed losses, the heads' weights
+        and names. No host synchronisation: every count and scale stays on the device."""
         world = self.trainer.world_size
-        counts = self._global_sum(torch.tensor(self._target_counts(ids, row_doc_ids, isolate),
-                                               dtype=torch.float64, device=ids.device))
-        scales = (counts.clamp(min=1) / world).tolist()
+        counts = self._global_sum(self._target_counts(ids, row_doc_ids, isolate))
+        # float32, as the Python floats they once were: the same rounding, the same numbers.
+        scales = (counts.clamp(min=1) / world).float()
         self.zero_grad(set_to_none=True)
-        embedded = self._embed(ids, row_doc_ids)
-        detached = embedded.detach().requires_grad_() if len(parts) > 1 else embedded
+        embedded, memory = self._embed(ids, row_doc_ids)
+        # Earlier micro-batches run on detached copies of the embedding's outputs (the input and
+        # each inner block's memory); their gradients are handed back below in one term.
+        outputs = [embedded, *memory.values()]
+        leaves = [t.detach().requires_grad_() for t in outputs] if len(parts) > 1 else outputs
         sums, weights, names = [], [], []
         objective = embedded.new_zeros(())
         for index, rows in enumerate(parts):
             last = index == len(parts) - 1
+            x, *values = outputs if last else leaves
             loss_sum, _, extra = self._pass(ids[rows], None if row_doc_ids is None else row_doc_ids[rows],
-                                            isolate, (embedded if last else detached)[rows])
+                                            isolate, x[rows], memory_rows(dict(zip(memory, values)), rows))
             terms = [loss_sum, *(head.loss_sum for head in extra)]
             weights = [1.0, *(head.weight for head in extra)]
             names = [head.name for head in extra]
@@ -232,39 +263,26 @@ class LanguageModel(L.LightningModule):
                 objective = part_objective
             else:
                 part_objective.backward()
-        if len(parts) > 1 and detached.grad is not None:
+        if len(parts) > 1:
             before = parts[-1].start
-            objective = objective + (embedded[:before] * detached.grad[:before]).sum()
-        means = self._global_sum(torch.stack(sums).sum(0).double()) / counts.clamp(min=1)
-        n_tokens = int(counts[0])
-        self._tokens_seen += n_tokens
-        # Target tokens of every rank so far: the axis on which kinds compare at equal data.
-        self.log("train/tokens", float(self._tokens_seen), reduce_fx="max")
-        self.log("train/loss", means[0], prog_bar=True, batch_size=n_tokens)
-        if names:  # train/loss stays the next-token loss, comparable across model kinds
-            for name, mean, count in zip(names, means[1:], counts[1:]):
-                self.log(f"train/loss_{name}", mean, batch_size=max(int(count), 1))
-            total = sum(w * m for w, m in zip(weights, means))
-            self.log("train/loss_total", total, batch_size=n_tokens)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
-        now = time.perf_counter()
-        if self._last_step_time is not None:  # target tokens of the global batch per second
-            self.log("train/tokens_per_s", n_tokens / (now - self._last_step_time), prog_bar=True)
-        self._last_step_time = now
-        return objective
+            for output, leaf in zip(outputs, leaves):
+                if leaf.grad is not None:
+                    objective = objective + (output[:before] * leaf.grad[:before]).sum()
+        return objective, counts, torch.stack(sums).sum(0).double(), weights, names
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         ids, row_doc_ids, isolate, parts = self._unpack(batch)
-        embedded = self._embed(ids, row_doc_ids)  # once per batch, as in training
+        embedded, memory = self._embed(ids, row_doc_ids)  # once per batch, as in training
         loss_sum, n_tokens, heads = 0.0, 0, {}
         for rows in parts:
             part_sum, part_count, extra = self._pass(
                 ids[rows], None if row_doc_ids is None else row_doc_ids[rows], isolate,
-                embedded[rows])
+                embedded[rows], memory_rows(memory, rows))
             loss_sum, n_tokens = loss_sum + part_sum, n_tokens + part_count
             for head in extra:
                 total, count = heads.get(head.name, (0.0, 0))
-                heads[head.name] = (total + head.loss_sum, count + head.count)
+                heads[head.name] = (total + head.loss_sum, count + int(head.count))
+        n_tokens = int(n_tokens)  # once per validation batch, for the epoch's weighted mean
         self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=n_tokens, sync_dist=True,
                  prog_bar=True)
         if self._loss_floor is not None:
@@ -291,10 +309,35 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with
         record_special_tokens(checkpoint, self.trainer.datamodule)  # an export's BOS/EOS/pad
-        checkpoint[TOKENS_SEEN_KEY] = self._tokens_seen
+        checkpoint[TOKENS_SEEN_KEY] = int(self._tokens_seen)
+        if self._schedule_steps is not None:
+            checkpoint[SCHEDULE_STEPS_KEY] = self._schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._tokens_seen = int(checkpoint.get(TOKENS_SEEN_KEY, 0))
+        self._resumed_schedule_steps = checkpoint.get(SCHEDULE_STEPS_KEY)
+
+    def on_train_start(self) -> None:
+        self.check_resumed_schedule()
+
+    def check_resumed_schedule(self) -> None:
+        """Refuse a resumed run whose cosine schedule would have another length than its
+        checkpoint's (a changed ``trainer.max_steps``, or data of another length): the
+        learning rate would jump at the resume and the decay change its course."""
+        saved, ours = self._resumed_schedule_steps, self._schedule_steps
+        if saved is None or ours is None or saved == ours:
+            return
+        settings, step = self.optimizer_config, self.trainer.global_step
+        lr_then, lr_now = (settings.lr * cosine_with_warmup(step, min(settings.warmup_steps, total),
+                                                            total, settings.min_lr_ratio)
+                           for total in (saved, ours))
+        raise ScheduleChangedError(
+            f"checkpoint {self.trainer.ckpt_path} was trained on a cosine schedule of {saved} "
+            f"steps; this run's would take {ours} (--trainer.max_steps, or the data's length "
+            f"when it is -1), so the learning rate would jump from {lr_then:.3g} to {lr_now:.3g} "
+            f"at step {step} and decay on another course: resume with --trainer.max_steps "
+            f"{saved} (its data unchanged), or start a new run in another --run_dir"
+        )
 
     def _table_lr_peak(self) -> float | None:
         """The tables' rate before the schedule's factor; None for a model without tables."""
@@ -344,6 +387,7 @@ class LanguageModel(L.LightningModule):
                            "betas": table_betas(tables_config, settings.betas)})
         optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        self._schedule_steps = total
         warmup = min(settings.warmup_steps, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, warmup, total, settings.min_lr_ratio)

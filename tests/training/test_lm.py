@@ -120,3 +120,37 @@ def test_micro_batches_update_sharded_tables_once_per_step(tmp_path):
     assert any(k.startswith("table") for k in whole[1])
     for name, param in whole[1].items():
         torch.testing.assert_close(split[1][name], param, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# Every memory option at once (inner layers, per-layer tables, gate, multiply_xor), and memory
+# that enters only before an inner block (the input is then the plain token embedding).
+MEMORY_OPTIONS = {
+    "all_options": {"layers": [0, 1], "per_layer_tables": True, "gate": True,
+                    "hash": "multiply_xor"},
+    "inner_only": {"layers": [1]},
+}
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "sharded"])
+@pytest.mark.parametrize("option", list(MEMORY_OPTIONS))
+def test_micro_batches_carry_the_inner_layers_memory(option, sharded, tmp_path):
+    """Each micro-batch takes the memory of its own rows: the update is the whole batch's."""
+    from oe.distributed.strategy import ShardedTableStrategy
+
+    def model() -> LanguageModel:
+        torch.manual_seed(0)
+        tables = OverEncodingConfig(orders=[2, 3], modulus=1009, shard_tables=sharded,
+                                    table_lr=0.5, **MEMORY_OPTIONS[option])
+        return LanguageModel(backbone=BACKBONE, over_encoding=tables,
+                             optimizer=OptimizerConfig(warmup_steps=0))
+
+    def train(budget: int, folder: str) -> tuple[dict, dict]:
+        strategy = ShardedTableStrategy() if sharded else "auto"
+        return _train("oe3", budget, True, tmp_path / folder, strategy, model())
+
+    whole, split = train(1 << 20, "whole"), train(1024, "split")
+    assert any(k.startswith("table") for k in whole[1])
+    for name, grad in whole[0].items():
+        torch.testing.assert_close(split[0][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    for name, param in whole[1].items():
+        torch.testing.assert_close(split[1][name], param, rtol=1e-4, atol=1e-6, msg=name)
