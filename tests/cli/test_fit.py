@@ -163,7 +163,8 @@ data:
 """
 
 
-def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
+def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_path, monkeypatch,
+                                                                        capsys):
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text(TINY_WITH_WANDB)
     for name in [n for n in os.environ if n.startswith("WANDB_")]:
@@ -174,10 +175,15 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
     stop = ["--trainer.callbacks+=tests.cli.test_fit.StopAtStep",
             "--trainer.callbacks.step", "2"]
     assert fit_main([*args, *stop]) == 128 + signal.SIGTERM
+    # another max_steps would reshape the cosine schedule mid-run: refused, saying what it does
+    assert fit_main([*args, "--resume", "true", "--trainer.max_steps", "8"]) == 2
+    error = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("error:"))
+    assert ("cosine schedule of 4 steps; this run's would take 8" in error
+            and "--trainer.max_steps 4" in error and "learning rate would jump" in error), error
     assert fit_main([*args, "--resume", "true"]) == 0
     stored = (run / "wandb_id").read_text().strip()
     runs = sorted(run.glob("wandb/offline-run-*"))
-    assert len(runs) == 2  # one folder per process, both the same W&B run
+    assert len(runs) >= 2  # one folder per process, all the same W&B run
     assert {path.name.rpartition("-")[2] for path in runs} == {stored}
     assert {path.name for path in run.glob("wandb/offline-run-*/run-*.wandb")} == {
         f"run-{stored}.wandb"}
