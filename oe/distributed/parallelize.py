@@ -14,6 +14,7 @@ sharded over any number of ranks starts from the same values, and no two shards 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -184,11 +185,15 @@ class TableSharding:
 
 
 def shard_tables(collection: EmbeddingCollection, sharding: TableSharding,
-                 device: torch.device) -> ShardedEmbeddingCollection:
+                 device: torch.device,
+                 initial_rows: Callable[[int, int, int, torch.Tensor], torch.Tensor] | None = None,
+                 ) -> ShardedEmbeddingCollection:
     """``collection`` sharded row-wise over all ranks with a fused optimiser, same values.
 
     Rows are copied from ``collection`` when its tables are materialised, so that weights set
-    before training are kept; from a meta-device collection each rank draws only its own rows.
+    before training are kept; from a meta-device collection each rank draws only its own rows,
+    by ``initial_rows(table, start, stop, out)`` (default: ``table_rows`` with the sharding's
+    seed and init_std).
     """
     ensure_process_group()
     world_size = dist.get_world_size()
@@ -219,7 +224,9 @@ def shard_tables(collection: EmbeddingCollection, sharding: TableSharding,
                     f"TorchRec split table {config.name} unlike oe.distributed.parallelize.row_split"
                 )
             source = sources[config.name]
-            if source.is_meta:  # draw straight into the shard: no second copy of the rows
+            if source.is_meta and initial_rows is not None:
+                initial_rows(index, start, start + count, local)
+            elif source.is_meta:  # draw straight into the shard: no second copy of the rows
                 table_rows(sharding.seed, index, start, start + count, config.embedding_dim,
                            sharding.init_std, out=local)
             else:
@@ -252,7 +259,7 @@ def shard_embedding(embedding: OverEncoding, sharding: TableSharding, device: to
     """Shard ``embedding.ngram`` in place (no-op when it is sharded already)."""
     if isinstance(embedding.ngram, ShardedEmbeddingCollection):
         return
-    embedding.ngram = shard_tables(embedding.ngram, sharding, device)
+    embedding.ngram = shard_tables(embedding.ngram, sharding, device, embedding.initial_rows)
 
 
 def parallelize_tables(lm: LanguageModel, trainer: L.Trainer | None) -> None:

@@ -90,7 +90,8 @@ def build_model(
     gpt = GPT(backbone, embedding, vocab_size)
     if pretrained is not None:
         load_gpt2_weights(gpt, pretrained)
-        if isinstance(embedding, FrequentNgramEmbedding):
+        if isinstance(embedding, FrequentNgramEmbedding) or (
+                isinstance(embedding, OverEncoding) and embedding.config.table_init == "token_mean"):
             embedding.reset_ngram_tables()  # rows start from the loaded 1-gram table
     if freeze_backbone:
         freeze_all_but_ngrams(gpt)

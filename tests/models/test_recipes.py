@@ -6,13 +6,14 @@ paper's model (tests/models/test_memory_options.py checks that one exactly).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from oe.models.build import build_model
-from oe.models.embedding import OverEncoding, OverEncodingConfig
+from oe.models.embedding import OverEncoding, OverEncodingConfig, deferred_ngram_tables
 from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.gpt import BackboneConfig
 from oe.models.ngram import KEY_MODULUS, SIGN_PRIME, ngram_ids, ngram_signs, sign_key
@@ -156,3 +157,82 @@ def test_signed_sharded_tables_equal_plain_tables():
     shard_embedding(gpt.embedding, sharding, torch.device("cpu"))
     with torch.no_grad():
         torch.testing.assert_close(gpt(TOKENS, docs), before)
+
+
+# -- table init ----------------------------------------------------------------------------------
+
+def _token_mean_embedding(**fields) -> OverEncoding:
+    """V = 3, D = 4, order 2 in k = 2 slices of width 2 (moduli 5 and 7); E_1[x] = 4x + (1,2,3,4)."""
+    config = OverEncodingConfig(**{"orders": [2], "k": 2, "modulus": 5, "table_init": "token_mean",
+                                   **fields})
+    emb = OverEncoding(vocab_size=3, dim=4, config=config)
+    with torch.no_grad():
+        emb.token.weight.copy_(torch.arange(1.0, 13.0).reshape(3, 4))
+    emb.reset_ngram_tables()
+    return emb
+
+
+def test_token_mean_rows_by_hand():
+    emb = _token_mean_embedding()
+    t0, t1 = (emb.ngram.embeddings[t.name].weight for t in emb.tables)
+    # Table 0 (columns 0-1), row 4 = 1 + 1*3: the 2-gram (1, 1), mean of (5, 6) and (5, 6).
+    torch.testing.assert_close(t0[4], torch.tensor([5.0, 6.0]))
+    # Row 2 = 2 + 0*3: the 2-gram (0, 2): ((1, 2) + (9, 10)) / 2 = (5, 6); row 3: (1, 0) ->
+    # ((5, 6) + (1, 2)) / 2 = (3, 4).
+    torch.testing.assert_close(t0[2], torch.tensor([5.0, 6.0]))
+    torch.testing.assert_close(t0[3], torch.tensor([3.0, 4.0]))
+    # Table 1 (columns 2-3), row 6 = 0 + 2*3: (2, 0): ((11, 12) + (3, 4)) / 2 = (7, 8).
+    torch.testing.assert_close(t1[6], torch.tensor([7.0, 8.0]))
+
+
+def test_token_mean_rows_past_every_ngram_are_zero():
+    emb = _token_mean_embedding(k=1, modulus=11)  # V^2 = 9 <= 11: exact, rows 9 and 10 unused
+    table = emb.ngram.embeddings["ngram2_0"].weight
+    torch.testing.assert_close(table[8], torch.tensor([9.0, 10.0, 11.0, 12.0]))  # (2, 2)
+    assert torch.equal(table[9:], torch.zeros(2, 4))
+
+
+def test_zero_init_is_zero_and_the_model_starts_as_its_one_gram_part():
+    gpt = _gpt(table_init="zero", project=False, combine="sum")
+    assert all(torch.equal(w, torch.zeros_like(w)) for w in gpt.embedding.table_parameters())
+    torch.testing.assert_close(gpt.embedding(TOKENS), gpt.embedding.token(TOKENS))
+
+
+@pytest.mark.parametrize("init", ["zero", "token_mean", "normal"])
+def test_sharded_tables_built_without_values_start_like_plain_ones(init):
+    torch.manual_seed(0)
+    plain = OverEncoding(VOCAB, 16, OverEncodingConfig(orders=[2, 3], k=2, modulus=101,
+                                                       table_init=init))
+    torch.manual_seed(0)
+    with deferred_ngram_tables():
+        deferred = OverEncoding(VOCAB, 16, OverEncodingConfig(orders=[2, 3], k=2, modulus=101,
+                                                              table_init=init))
+    sharding = TableSharding(optimizer="sgd", lr=0.1, weight_decay=0.0,
+                             seed=deferred.table_seed, init_std=0.02)
+    shard_embedding(deferred, sharding, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(deferred(TOKENS), plain(TOKENS), rtol=0, atol=0)
+
+
+def test_token_mean_starts_from_the_pretrained_token_embedding(tmp_path):
+    from tests.conftest import tiny_gpt2_dir
+
+    directory = tiny_gpt2_dir(tmp_path)
+    vocab = json.loads((directory / "config.json").read_text())["vocab_size"]
+    config = OverEncodingConfig(orders=[2], k=2, modulus=1009, table_init="token_mean")
+    gpt = build_model(vocab, pretrained=str(directory), over_encoding=config).gpt
+    loaded = gpt.embedding.token.weight  # the pretrained rows, width 32: each table reads 16
+    first, second = (gpt.embedding.ngram.embeddings[f"ngram2_{s}"].weight for s in (0, 1))
+    row = 7 + 1 * vocab  # the 2-gram (1, 7); below 1009, so row r is the n-gram of id r
+    torch.testing.assert_close(first[row], (loaded[1, :16] + loaded[7, :16]) / 2)
+    torch.testing.assert_close(second[row], (loaded[1, 16:] + loaded[7, 16:]) / 2)
+
+
+@pytest.mark.parametrize("fields,field", [
+    (dict(table_init="uniform"), "over_encoding.table_init"),
+    (dict(table_init="token_mean", hash="multiply_xor"), "over_encoding.table_init token_mean"),
+])
+def test_bad_table_init_is_one_error_naming_the_field(fields, field):
+    with pytest.raises(ValueError, match=field):
+        build_model(VOCAB, backbone=BACKBONE,
+                    over_encoding=OverEncodingConfig(orders=[2, 3], modulus=101, **fields))
