@@ -7,9 +7,12 @@ random GPT-2 saved in HF format with a byte-level BPE tokenizer.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
+import subprocess
 
 import pytest
 import torch
@@ -133,3 +136,38 @@ def tiny_gpt2_dir(directory, seed: int = 0):
     transformers.GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
 
+
+
+@contextlib.contextmanager
+def full_disk(folder, size_bytes: int):
+    """A real file system of ``size_bytes`` at ``folder`` (a tmpfs) for as long as the block runs.
+
+    Skips the test, with the reason, where mounting is not permitted (it needs root or
+    CAP_SYS_ADMIN); ``file_size_limit`` fails writes anywhere.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                              str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here ({mounted.stderr.strip() or 'not root'}); "
+                    f"the RLIMIT_FSIZE case covers a failed write")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@contextlib.contextmanager
+def file_size_limit(size_bytes: int):
+    """Writes past ``size_bytes`` into any one file fail (EFBIG) in this process while it runs:
+    RLIMIT_FSIZE, with SIGXFSZ ignored so that the write fails instead of killing the process."""
+    import resource
+
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, previous_handler)

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointWriteError,
-                                      is_write_failure, single_device_checkpoint, table_dir)
+                                      is_write_failure, single_device_checkpoint, table_dir,
+                                      write_failure)
 from oe.cli.flags import Parser
 
 
@@ -99,7 +100,8 @@ def export_hf(args: argparse.Namespace, out: Path) -> str:
     except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
         if is_write_failure(err) and not isinstance(err, FileNotFoundError):  # not an input
-            raise CheckpointWriteError(f"could not write {out}: {err}; nothing was written") from err
+            raise CheckpointWriteError(f"could not write {out}: {write_failure(err)}; nothing "
+                                       f"was written") from None
         raise
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -61,20 +61,40 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint that could not be written; the previous one is kept."""
 
 
-def is_write_failure(err: BaseException) -> bool:
-    """Whether ``err`` is a failed write (a full disk, a quota, a lost mount), not a bug.
+def write_failure(err: BaseException) -> str | None:
+    """Why a write failed (``[Errno 28] No space left on device``), or None if ``err`` is no
+    failed write (a full disk, a quota, a file size limit, a lost mount) but a bug.
 
-    ``torch.save``'s zip writer reports one as ``RuntimeError`` ("file write failed"), and
-    torch.distributed.checkpoint wraps each rank's in a ``CheckpointException``, which derives
-    from BaseException; the others are OSErrors.
+    The OSError is looked for along the chain: ``torch.save``'s zip writer raises a
+    ``RuntimeError`` ("unexpected pos ...") while handling it, and torch.distributed.checkpoint
+    wraps each rank's failure in a ``CheckpointException``, which derives from BaseException.
     """
-    if isinstance(err, OSError):
-        return True
-    if type(err).__name__ == "CheckpointException":
-        failures = [f[0] if isinstance(f, tuple) else f
-                    for f in (getattr(err, "failures", None) or {}).values()]
-        return any(isinstance(f, BaseException) and is_write_failure(f) for f in failures)
-    return isinstance(err, RuntimeError) and "writ" in str(err).lower()
+    chain: list[BaseException] = []
+    pending: list[BaseException | None] = [err]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        failures = getattr(current, "failures", None)
+        if type(current).__name__ == "CheckpointException" and isinstance(failures, dict):
+            pending += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+        pending += [current.__cause__, current.__context__]
+    for current in chain:  # the system's own reason first
+        if isinstance(current, OSError):
+            return str(current)
+    for current in chain:
+        if isinstance(current, RuntimeError) and "file write failed" in str(current):
+            return first_line(current)
+        if isinstance(current, RuntimeError) and "unexpected pos" in str(current):
+            # the zip writer's own check: fewer bytes reached the file than it wrote
+            return "the file was cut short while written (a full disk or a file size limit)"
+    return None
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed write, not a bug (``write_failure``)."""
+    return write_failure(err) is not None
 
 
 # -- reading a checkpoint file, with one clear error for each way it can be wrong -----------
@@ -202,7 +222,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
             raise CheckpointWriteError(f"could not write checkpoint {path}: "
-                                       f"{first_line(err)}{kept}") from err
+                                       f"{write_failure(err)}{kept}") from None
 
 
 def first_line(err: BaseException) -> str:

@@ -34,7 +34,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, AtomicCheckpointIO,
                                       CheckpointWriteError, check_tables, first_line,
-                                      is_write_failure, load_full_tables,
+                                      is_write_failure, load_full_tables, write_failure,
                                       load_table_files, load_table_state, read_checkpoint,
                                       table_signature, table_state)
 from oe.distributed.parallelize import sharded_collections, table_owners
@@ -57,6 +57,9 @@ def _remove(paths: list[Path]) -> None:
 
 def _reason(err: BaseException) -> str:
     """One line for a failed table save; DCP's exception holds each rank's traceback."""
+    reason = write_failure(err)
+    if reason is not None:
+        return reason
     failures = getattr(err, "failures", None)
     if failures:
         first = next(iter(failures.values()))
