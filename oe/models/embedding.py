@@ -136,13 +136,6 @@ def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) 
         raise ValueError("over_encoding.table_init token_mean reads row r as the n-gram whose "
                          f"polynomial id is r; hash {config.hash!r} has no such inverse: use "
                          "hash polynomial, or table_init normal or zero")
-    if config.table_init not in TABLE_INITS:
-        raise ValueError(f"over_encoding.table_init must be one of {', '.join(TABLE_INITS)}, "
-                         f"got {config.table_init!r}")
-    if config.table_init == "token_mean" and config.hash != "polynomial":
-        raise ValueError("over_encoding.table_init token_mean reads row r as the n-gram whose "
-                         f"polynomial id is r; hash {config.hash!r} has no such inverse: use "
-                         "hash polynomial, or table_init normal or zero")
     if config.combine not in COMBINES:
         raise ValueError(f"over_encoding.combine must be one of {', '.join(COMBINES)}, "
                          f"got {config.combine!r}")
@@ -159,7 +152,6 @@ def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) 
 
 
 COMBINES = ("mean", "sum", "rmsnorm_sum")
-TABLE_INITS = ("normal", "zero", "token_mean")
 TABLE_INITS = ("normal", "zero", "token_mean")
 
 
@@ -208,23 +200,6 @@ def table_rows(seed: int, table: int, start: int, stop: int, width: int, std: fl
         values = torch.randn(ROW_BLOCK, width, generator=generator)
         lo, hi = max(first, start), min(last, stop)
         out[lo - start : hi - start] = values[lo - first : hi - first] * std
-    return out
-
-
-def token_mean_rows(token_weight: torch.Tensor, order: int, vocab_size: int, start: int,
-                    stop: int, out: torch.Tensor) -> torch.Tensor:
-    """Rows ``start .. stop-1`` of an order-``order`` table: row r is the mean of the rows of
-    ``token_weight`` [V, w] at the digits of r in base V (the n-gram whose polynomial id is r);
-    rows r >= V^order hold no n-gram and are zero. Written into ``out``, a block at a time."""
-    weight = token_weight.detach().to(device=out.device, dtype=out.dtype)
-    for first in range(start, stop, ROW_BLOCK):
-        last = min(stop, first + ROW_BLOCK)
-        rest = torch.arange(first, last, device=out.device)
-        total = torch.zeros(last - first, weight.shape[1], device=out.device, dtype=out.dtype)
-        for _ in range(order):
-            total += weight[rest % vocab_size]
-            rest = rest // vocab_size
-        out[first - start : last - start] = (total / order).masked_fill((rest > 0)[:, None], 0.0)
     return out
 
 
