@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.stream import ResumableStreamDataModule
-from oe.tokenizer import load_tokenizer, tokenizer_fingerprint
+from oe.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_record
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path):
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
+    writing = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a cut-off file is never cached
+    try:
+        tokenizer.save(str(writing))
+        os.replace(writing, path)
+    finally:
+        writing.unlink(missing_ok=True)
     return tokenizer
 
 
@@ -221,7 +227,11 @@ class WikitextDataModule(ResumableStreamDataModule):
             return source, tokenizer
         path = self.cache_dir / self._source_key() / f"bpe{bpe_vocab_size}" / "tokenizer.json"
         if path.is_file():
-            return str(path), load_tokenizer(str(path))
+            try:
+                return str(path), load_tokenizer(str(path))
+            except ValueError as err:
+                raise ValueError(f"{err}; it is this data module's cache: remove it, and the next "
+                                 f"run trains it again") from err
         log.info("training a byte-level BPE of %d ids on the training text -> %s", bpe_vocab_size, path)
         return str(path), train_bpe(split_articles(self.rows("train")), bpe_vocab_size, path)
 
@@ -310,7 +320,7 @@ class WikitextDataModule(ResumableStreamDataModule):
 
     def tokenizer_record(self) -> dict[str, str]:
         """The tokenizer, as the model's checkpoints record it (oe.distributed.checkpoint.TokenizerRecord)."""
-        return {"tokenizer_file": str(self.tokenizer_file), "tokenizer_fingerprint": self.fingerprint}
+        return tokenizer_record(self.tokenizer, self.tokenizer_file)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

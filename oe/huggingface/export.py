@@ -34,7 +34,7 @@ from oe.distributed.checkpoint import (MODEL_PREFIX, SPECIAL_TOKENS_KEY, TABLE_K
 from oe.distributed.parallelize import table_owners
 from oe.models.build import build_arguments, build_model, model_kind
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
-from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
+from oe.tokenizer import checkpoint_tokenizer
 
 REMOTE_CODE_FILE = "modeling_oe.py"
 INDEX_FILE = "model.safetensors.index.json"
@@ -239,17 +239,11 @@ def _check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple], 
 # -- the tokenizer ------------------------------------------------------------------------------
 
 def _tokenizer(checkpoint: dict[str, Any], path, source: str | None, vocab_size: int):
-    record = checkpoint.get(TOKENIZER_KEY) or {}
-    source = source or record.get("tokenizer_file")
-    if source is None:
+    tokenizer = checkpoint_tokenizer(checkpoint.get(TOKENIZER_KEY), source, vocab_size,
+                                     f"the checkpoint {path}")
+    if tokenizer is None:
         raise ValueError(f"{path} records no tokenizer ({TOKENIZER_KEY!r}); pass --tokenizer, or "
                          "--without_tokenizer for a model of token ids")
-    tokenizer = load_tokenizer(source)
-    check_tokenizer_matches(tokenizer, vocab_size, f"the checkpoint {path}")
-    recorded = record.get("tokenizer_fingerprint")
-    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
-        raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
-                         f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {recorded})")
     return tokenizer
 
 

@@ -18,7 +18,7 @@ from oe.huggingface.export import INDEX_FILE
 from oe.models.build import build_arguments, build_model
 from oe.models.gpt import GPT
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
-from oe.tokenizer import check_tokenizer_matches, load_tokenizer, tokenizer_fingerprint
+from oe.tokenizer import checkpoint_tokenizer
 
 
 def load_exported(directory: str | Path) -> tuple[GPT, str | None]:
@@ -69,22 +69,15 @@ def load_model(path: str | Path, tokenizer: str | None = None) -> tuple[GPT, obj
     path = Path(path)
     if path.is_dir():
         model, source = load_exported(path)
-        fingerprint = None
+        record = None if source is None else {"tokenizer_file": source}
     elif path.is_file():
         model, record = load_for_evaluation(path)
-        source = (record or {}).get("tokenizer_file")
-        fingerprint = (record or {}).get("tokenizer_fingerprint")
     else:
         raise FileNotFoundError(f"checkpoint {path} not found (a .ckpt file or an exported directory)")
-    source = tokenizer or source
-    if source is None:
+    loaded = checkpoint_tokenizer(record, tokenizer, model.vocab_size, f"the checkpoint {path}")
+    if loaded is None:
         raise ValueError(f"checkpoint {path} has no tokenizer (it records no tokenizer file, or "
                          "holds no tokenizer.json); give one: tokenizer=PATH with lm-eval, or "
                          "pass --tokenizer to oe evaluate and oe generate")
-    loaded = load_tokenizer(source)
-    check_tokenizer_matches(loaded, model.vocab_size, f"the checkpoint {path}")
-    if fingerprint is not None and fingerprint != tokenizer_fingerprint(loaded):
-        raise ValueError(f"tokenizer {source} is not the one {path} was trained with "
-                         f"(fingerprint {tokenizer_fingerprint(loaded)} != {fingerprint})")
     return model.eval(), loaded
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,20 @@ def test_bad_input_is_named(tmp_path, corpus):
         _module(tmp_path, corpus, block_size=100_000).train_stream()
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         _module(tmp_path, corpus, tokenizer=str(tmp_path / "nope"))
+
+
+def test_a_cut_off_cached_tokenizer_is_named(tmp_path, corpus):
+    dm = _module(tmp_path, corpus)
+    cached = Path(dm.tokenizer_file)
+    assert [p.name for p in cached.parent.iterdir()] == ["tokenizer.json"]  # no temporary left
+    cached.write_text(cached.read_text()[:100])
+    with pytest.raises(ValueError) as caught:
+        _module(tmp_path, corpus)
+    assert str(caught.value).startswith(f"tokenizer {cached} cannot be read (")
+    assert str(caught.value).endswith("it is this data module's cache: remove it, and the next "
+                                      "run trains it again")
+    cached.unlink()
+    assert _module(tmp_path, corpus).fingerprint == dm.fingerprint
 
 
 def test_streaming_reads_the_same_tokens(tmp_path, corpus):
