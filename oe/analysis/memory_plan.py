@@ -1,13 +1,16 @@
-"""``python -m oe.plan --config X.yaml --world-size W``: memory per rank of a sharded OE model.
+"""``oe plan --config X.yaml --world_size W``: memory per rank of a sharded OE model.
 
 Builds the config's model on the meta device (no memory, any table size) with
 ``oe.models.build.build_model``, splits every n-gram table row-wise over W ranks as
 ``oe.distributed.parallelize`` does, and prints per rank: the table rows, the fused optimiser's state for each choice, and the dense model (replicated by DDP: weights,
-gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n-embd`` and ``--n-head``
+gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n_embd`` and ``--n_head``
 override the config, e.g. the paper's scale:
 
-    python -m oe.plan --config configs/cfg_oe3.yaml --world-size 64 \\
-        --modulus 12800001 --n-embd 2048 --n-head 16 --vocab-size 50257
+    oe plan --config configs/cfg_oe3.yaml --world_size 64 \\
+        --modulus 12800001 --n_embd 2048 --n_head 16 --vocab_size 50257
+
+A config whose tables are plain (``shard_tables: false``) is planned as if sharded, with the
+sharded tables' default optimiser, and the plan says so.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def plan(model: BuiltModel, world_size: int) -> dict:
     return {
         "world_size": world_size,
         "table_optimizer": _fused_optimizer(next(iter(owners.values())).config),
+        "tables_sharded": bool(next(iter(owners.values())).config.shard_tables),
+        "configured_optimizer": table_optimizer(next(iter(owners.values())).config),
         "tables": [(t.name, t.modulus, t.width) for t in tables],
         "rows_per_rank": sum(rows.values()),
         "rows_total": sum(t.modulus for t in tables),
@@ -77,8 +82,9 @@ def print_plan(figures: dict, optimizer: str) -> None:
         ("n-gram rows", f"{figures['rows_per_rank']:,}", f"{figures['rows_total']:,}"),
         ("n-gram table", gib(figures["table_bytes_per_rank"]), gib(figures["table_bytes_total"])),
     ]
+    sharded = figures.get("tables_sharded", True)
     for name, size in figures["optimizer_bytes_per_rank"].items():
-        mark = " (configured)" if name == optimizer else ""
+        mark = "" if name != optimizer else " (configured)" if sharded else " (sharded default)"
         table.append((f"table state: {name}{mark}", gib(size), gib(size * w)))
     table.append((f"dense model ({figures['dense_parameters'] / 1e6:,.1f}M params) x4",
                   gib(figures["dense_bytes_per_rank"]), gib(figures["dense_bytes_per_rank"] * w)))
@@ -88,6 +94,11 @@ def print_plan(figures: dict, optimizer: str) -> None:
     for label, per_rank, everything in table:
         print(f"  {label:<42}{per_rank:>14}{everything:>16}")
     print("\nDense x4: weights, gradients and AdamW's two moments; activations not included.")
+    if not sharded:
+        print(f"The config keeps its tables plain (shard_tables false; they train with "
+              f"{figures['configured_optimizer']} in one process): this plan is of the same tables "
+              f"sharded, with the sharded tables' default {optimizer}. Set "
+              f"model.over_encoding.shard_tables true (and table_optimizer) to plan your choice.")
 
 
 def _fused_optimizer(config) -> str:

@@ -24,14 +24,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointWriteError,
-                                      is_write_failure, single_device_checkpoint, table_dir,
-                                      write_failure)
 from oe.cli.flags import Parser
+
+# oe.distributed.checkpoint (torch) is imported where it is used, after the command line is parsed,
+# so that ``oe export --help`` answers at once.
 
 
 def check_out(out: Path, checkpoint: Path, format_: str, overwrite: bool) -> None:
     """One ValueError unless ``out`` may be written without touching what the export reads."""
+    from oe.distributed.checkpoint import table_dir
+
     source, target = checkpoint.resolve(), out.resolve()
     read = [source, table_dir(checkpoint).resolve()]
     if any(target == p or p in target.parents for p in read):
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="hf: write no tokenizer files (a model trained on token ids)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
+    from oe.distributed.checkpoint import CheckpointWriteError
+
     out = Path(args.out)
     if args.format == "ckpt" and (args.tokenizer or args.without_tokenizer):
         print("error: --tokenizer and --without_tokenizer are for --format hf", file=sys.stderr)
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_checkpoint(args: argparse.Namespace, out: Path) -> str:
+    from oe.distributed.checkpoint import TABLE_KEY, AtomicCheckpointIO, single_device_checkpoint
+
     exported = single_device_checkpoint(args.checkpoint)
     AtomicCheckpointIO().save_checkpoint(exported, out)  # whole or not at all
     rows = sum(r for s in exported[TABLE_KEY].values() for _, r, _ in s["tables"])
@@ -90,6 +96,7 @@ def export_checkpoint(args: argparse.Namespace, out: Path) -> str:
 
 
 def export_hf(args: argparse.Namespace, out: Path) -> str:
+    from oe.distributed.checkpoint import CheckpointWriteError, is_write_failure, write_failure
     from oe.huggingface.export import export_hf as write
 
     # Written beside OUT and moved into place whole: a failed export leaves no half directory.

@@ -13,8 +13,6 @@ override the config, e.g. the paper's scale:
 from __future__ import annotations
 import sys
 
-from oe.analysis.memory_plan import build_on_meta, plan, print_plan
-from oe.cli.config import ConfigError, instantiate_data, model_section, parse_fit_config
 from oe.cli.flags import Parser
 
 # plan's own flags, as the oe.fit fields they override
@@ -32,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_embd", type=int, help="override model.backbone.n_embd")
     parser.add_argument("--n_head", type=int, help="override model.backbone.n_head")
     args = parser.parse_args(argv)
+    # The model's stack (torch, lightning) only after parsing: ``oe plan --help`` answers at once.
+    from oe.analysis.memory_plan import build_on_meta, plan, print_plan
+    from oe.cli.config import ConfigError, instantiate_data, model_section, parse_fit_config
+
     try:
         if args.world_size < 1:
             raise ValueError(f"--world_size must be >= 1, got {args.world_size}")
