@@ -20,6 +20,11 @@ import torch
 from oe.distributed.parallelize import (TABLE_OPTIMIZERS, check_world_size, row_split, table_optimizer,
                                         state_floats_per_row, table_owners)
 from oe.models.build import BuiltModel, build_arguments, build_model
+from oe.models.embedding import table_size_warnings
+
+# LongCat-Flash keeps its embedding parameters at most about half of the model: a larger share of
+# n-gram tables is flagged.
+TABLE_SHARE_LIMIT = 0.5
 
 FLOAT = 4  # bytes
 GIB = 1024**3
@@ -63,6 +68,11 @@ def plan(model: BuiltModel, world_size: int) -> dict:
             for o in TABLE_OPTIMIZERS
         },
         "dense_parameters": dense,
+        "table_parameters": sum(t.modulus * t.width for t in tables),
+        "table_share": sum(t.modulus * t.width for t in tables)
+        / (dense + sum(t.modulus * t.width for t in tables)),
+        "size_warnings": [line for owner in owners.values()
+                          for line in table_size_warnings(owner.tables, owner.vocab_size)],
         # weights, gradients and AdamW's two moments, replicated on every rank
         "dense_bytes_per_rank": FLOAT * 4 * dense,
     }
@@ -94,6 +104,16 @@ def print_plan(figures: dict, optimizer: str) -> None:
     for label, per_rank, everything in table:
         print(f"  {label:<42}{per_rank:>14}{everything:>16}")
     print("\nDense x4: weights, gradients and AdamW's two moments; activations not included.")
+    if "table_share" in figures:
+        share = figures["table_share"]
+        print(f"\nn-gram tables: {figures['table_parameters']:,} of "
+              f"{figures['table_parameters'] + figures['dense_parameters']:,} parameters "
+              f"({100 * share:.1f}%).")
+        if share > TABLE_SHARE_LIMIT:
+            print(f"warning: the n-gram tables hold more than half of the parameters "
+                  f"({100 * share:.1f}%); LongCat-Flash keeps them at most about half of the model")
+        for line in figures.get("size_warnings", []):
+            print(f"warning: {line}")
     if not sharded:
         print(f"The config keeps its tables plain (shard_tables false; they train with "
               f"{figures['configured_optimizer']} in one process): this plan is of the same tables "

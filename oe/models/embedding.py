@@ -307,6 +307,27 @@ def plan_tables(
     return tables
 
 
+NEAR_MULTIPLE = 0.01  # a table size within this share of V of a multiple of V is warned about
+
+
+def table_size_warnings(tables: list[NgramTable], vocab_size: int) -> list[str]:
+    """One line per table whose size lies within 1% of V of an integer multiple of the
+    vocabulary V (LongCat-Flash's advice: keep table sizes away from them). Under the polynomial
+    hash with m = kV + d, the 2-grams (a, b) and (a + k, b + d) share a row (their ids differ by
+    exactly m): collisions fall on neighbouring token ids in a fixed pattern, not at random."""
+    lines = []
+    for t in tables:
+        multiple = round(t.modulus / vocab_size)
+        offset = t.modulus - multiple * vocab_size
+        if multiple >= 1 and abs(offset) <= NEAR_MULTIPLE * vocab_size:
+            lines.append(
+                f"n-gram table {t.name} (order {t.order}): {t.modulus:,} rows = {multiple} x "
+                f"{vocab_size:,} {'+' if offset >= 0 else '-'} {abs(offset)}, within 1% of the "
+                f"vocabulary size of a multiple of it; choose over_encoding.modulus away from "
+                f"multiples of V (e.g. {multiple * vocab_size + vocab_size // 2 + 1:,})")
+    return lines
+
+
 class MemoryGate(nn.Module):
     """Engram's gate: each slice e_s scaled by sigmoid(<rmsnorm(h), rmsnorm(K_s e_s)> / sqrt(D)).
 
@@ -396,6 +417,8 @@ class OverEncoding(nn.Module):
                 t.hash.family,
                 "exact (V^n <= m, no collisions)" if exact else "hashed (collisions possible)",
             )
+        for line in table_size_warnings(self.tables, vocab_size):
+            log.warning(line)
 
     def tables_of(self, layer: int) -> list[NgramTable]:
         """The tables whose slices enter before block ``layer``."""

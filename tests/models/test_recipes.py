@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from oe.models.build import build_model
-from oe.models.embedding import OverEncoding, OverEncodingConfig, deferred_ngram_tables
+from oe.models.embedding import (OverEncoding, OverEncodingConfig, deferred_ngram_tables,
+                                 plan_tables, table_size_warnings)
 from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.gpt import BackboneConfig
 from oe.models.ngram import KEY_MODULUS, SIGN_PRIME, ngram_ids, ngram_signs, sign_key
@@ -236,3 +237,28 @@ def test_bad_table_init_is_one_error_naming_the_field(fields, field):
     with pytest.raises(ValueError, match=field):
         build_model(VOCAB, backbone=BACKBONE,
                     over_encoding=OverEncodingConfig(orders=[2, 3], modulus=101, **fields))
+
+
+# -- table-size hygiene --------------------------------------------------------------------------
+
+def test_sizes_within_one_percent_of_v_of_a_multiple_are_named():
+    vocab = 50_257  # 1% of V: 502.57 rows
+    def warned(modulus: int) -> list[str]:
+        return table_size_warnings(plan_tables(OverEncodingConfig(orders=[2], modulus=modulus),
+                                               vocab, 64), vocab)
+    assert warned(100 * vocab + 3) == [
+        "n-gram table ngram2_0 (order 2): 5,025,703 rows = 100 x 50,257 + 3, within 1% of the "
+        "vocabulary size of a multiple of it; choose over_encoding.modulus away from multiples "
+        "of V (e.g. 5,050,829)"]
+    assert "= 100 x 50,257 - 502," in warned(100 * vocab - 502)[0]
+    assert warned(100 * vocab + 503) == [] and warned(100 * vocab - 503) == []
+    assert warned(12_800_001) == []  # the paper's m: 254 x V + 34,723
+    assert warned(vocab // 2 + 1) == []  # below V: no multiple near
+
+
+def test_building_a_table_near_a_multiple_logs_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="oe.models.embedding"):
+        OverEncoding(1000, 8, OverEncodingConfig(orders=[2, 3], modulus=3001))
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "n-gram table ngram2_0 (order 2): 3", "n-gram table ngram3_0 (order 3): 3"]
+    assert "3,003 rows = 3 x 1,000 + 3" in caplog.records[1].getMessage()
