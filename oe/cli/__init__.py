@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from oe.cli import console
+from oe.cli.fit_usage import USAGE as FIT_USAGE, wants_usage
 
 # ``python -m oe.X`` runs oe/X.py, which imports this package first: take --verbose off its
 # command line here, before the tool's own parser (LightningCLI's included) sees it.
@@ -62,4 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     sys.argv = [f"oe {name}", *rest]  # what argparse and LightningCLI show as the program
+    if name == "fit" and wants_usage(rest):  # LightningCLI's own help imports the whole stack
+        print(FIT_USAGE)
+        return 0
     return importlib.import_module(SUBCOMMANDS[name][0]).main(rest)
