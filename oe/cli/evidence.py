@@ -18,12 +18,14 @@ seeds) and ``evidence.md`` (set-up, budget as a share of the paper's, the table,
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +73,15 @@ def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: i
     return args
 
 
-def run_fit(args: list[str], log: Path) -> float:
-    """One oe.fit subprocess, its output into ``log``; its wall seconds. Fails loudly."""
+def run_fit(args: list[str], log: Path, threads: int | None = None) -> float:
+    """One oe.fit subprocess, its output into ``log``; its wall seconds. Fails loudly.
+    ``threads``: its CPU threads (OMP_NUM_THREADS), when several runs share the cores."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     started = time.time()
     with open(log, "w") as handle:
         code = subprocess.call([sys.executable, "-m", "oe.fit", *args], stdout=handle,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, env=env)
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise EvidenceError(f"oe.fit exited with {code} (log: {log}):\n{tail}")
@@ -91,6 +95,36 @@ def composed(config: str, presets: list[str]) -> tuple[int, int]:
     args = ["--config", config] + [a for p in presets for a in ("--config", p)]
     parsed = parse_fit_config(args)
     return int(parsed.data.init_args.batch_size), int(parsed.model.optimizer.warmup_steps)
+
+
+PRESETS_DIR = Path("configs/presets")
+
+
+def preset_path(preset: str) -> str:
+    """A preset given by name (``laptop``: configs/presets/laptop_cfg.yaml) or as a file."""
+    if preset.endswith(".yaml"):
+        return preset
+    path = PRESETS_DIR / f"{preset}_cfg.yaml"
+    if not path.is_file():
+        names = sorted(p.name.removesuffix("_cfg.yaml") for p in PRESETS_DIR.glob("*_cfg.yaml"))
+        raise EvidenceError(f"--preset {preset}: no {path}; preset names: {', '.join(names)}, "
+                            f"or a .yaml file")
+    return str(path)
+
+
+def preset_schedule(config: str, presets: list[str]) -> tuple[int, int, int]:
+    """(steps, validations, every_n_validations of generation) the presets set, for a set of runs
+    sized by its presets rather than by --minutes."""
+    from oe.cli.config import parse_fit_config
+
+    args = ["--config", config] + [a for p in presets for a in ("--config", p)]
+    parsed = parse_fit_config(args)
+    steps, interval = parsed.trainer.max_steps, parsed.trainer.val_check_interval
+    if not isinstance(steps, int) or steps < 1 or not isinstance(interval, int) or interval < 1:
+        raise EvidenceError(f"without --minutes the presets must set trainer.max_steps and an "
+                            f"integer trainer.val_check_interval (they give {steps} and "
+                            f"{interval}); give --minutes or such a preset (--preset laptop)")
+    return steps, steps // interval, int(parsed.generation.init_args.every_n_validations)
 
 
 def calibrate(config: str, presets: list[str], run_dir: Path, steps: int, batch_size: int,
@@ -128,32 +162,34 @@ def load_or_make_sizing(path: Path, request: dict, make) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    given = sys.argv[1:] if argv is None else argv
-    if given[:1] == ["wikitext"]:  # its own study and flags: oe.cli.evidence_wikitext
-        from oe.cli.evidence_wikitext import main as wikitext
-
-        return wikitext(given[1:])
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--minutes", type=float, required=True,
-                        help="wall-clock budget of the whole set, calibration included")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock budget of the whole set, calibration included; without "
+                             "it, the presets' trainer.max_steps and validation interval")
     parser.add_argument("--kinds", default="baseline,oe2,oe3,od3,ot3",
                         help="kind names (configs/cfg_<kind>.yaml) or config files (*.yaml)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--preset", action="append", default=[], metavar="YAML",
-                        help="config layered over each kind's config (repeatable, in order)")
+    parser.add_argument("--preset", action="append", default=[], metavar="YAML|NAME",
+                        help="config layered over each kind's config (repeatable, in order); a "
+                             "name such as laptop is configs/presets/<name>_cfg.yaml")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs trained at once, one CPU thread each when above 1 "
+                             "(default: 1, one after another)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: docs/evidence/<experiment>_<cpu|gpu>)")
     parser.add_argument("--runs_dir", type=Path, default=None,
                         help="where the runs train (default: runs/evidence/<out folder's name>)")
-    parser.add_argument("--validations", type=int, default=4,
-                        help="validations per run, evenly spaced, the last at the final step")
+    parser.add_argument("--validations", type=int, default=None,
+                        help="validations per run, evenly spaced, the last at the final step "
+                             "(default: 4 with --minutes, else the presets' interval)")
     parser.add_argument("--gen_samples", type=int, default=None,
                         help="generated samples per validation (default: the presets')")
-    parser.add_argument("--gen_every", type=int, default=1,
+    parser.add_argument("--gen_every", type=int, default=None,
                         help="generate at the 1st validation and every this-many-th after it; "
                              "(validations - 1) must be a multiple, so the last one generates "
-                             "(default: 1)")
+                             "(default: 1 with --minutes, else the presets' "
+                             "generation.every_n_validations)")
     parser.add_argument("--calibration_steps", type=int, default=10)
     parser.add_argument("--margin", type=float, default=0.85,
                         help="share of each run's time after fixed costs given to training")
@@ -169,12 +205,24 @@ def main(argv: list[str] | None = None) -> int:
                    k if k.endswith(".yaml") else EXPERIMENTS[args.experiment].format(kind=k)
                    for k in kinds}
         kinds = list(configs)
+        args.preset_names = [p for p in args.preset if not p.endswith(".yaml")]
+        args.preset = [preset_path(p) for p in args.preset]
         for path in [*configs.values(), *args.preset]:
             if not Path(path).is_file():
                 raise EvidenceError(f"no such config: {path}")
-        if not kinds or not seeds or args.validations < 1 or args.calibration_steps < 3:
+        args.preset_steps = None
+        if args.minutes is None:  # sized by the presets
+            steps, validations, gen_every = preset_schedule(next(iter(configs.values())),
+                                                            args.preset)
+            args.preset_steps = steps
+            args.validations = args.validations or validations
+            args.gen_every = args.gen_every or gen_every
+        args.validations = args.validations or 4
+        args.gen_every = args.gen_every or 1
+        if (not kinds or not seeds or args.validations < 1 or args.calibration_steps < 3
+                or args.parallel < 1):
             raise EvidenceError("--kinds and --seeds need one entry or more, --validations >= 1, "
-                                "--calibration_steps >= 3")
+                                "--calibration_steps >= 3, --parallel >= 1")
         if args.gen_every < 1 or (args.validations - 1) % args.gen_every:
             raise EvidenceError(f"--gen_every {args.gen_every} must divide --validations - 1 "
                                 f"({args.validations - 1}): generation runs at the 1st validation "
@@ -187,9 +235,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> int:
     started = time.time()
-    budget = 60 * args.minutes
+    budget = 60 * args.minutes if args.minutes is not None else None
     device = device_name()
-    out = args.out or Path("docs/evidence") / f"{args.experiment}_{'gpu' if 'GPU' in device else 'cpu'}"
+    if args.parallel > 1 and device.startswith("CPU"):
+        device = (f"CPU ({platform.processor() or platform.machine()}, {args.parallel} runs at "
+                  f"once, 1 thread each)")
+    # a named preset names the default folder (--preset laptop: docs/evidence/cfg3f_laptop)
+    suffix = (args.preset_names[-1] if args.preset_names
+              else 'gpu' if 'GPU' in device else 'cpu')
+    out = args.out or Path("docs/evidence") / f"{args.experiment}_{suffix}"
     runs_dir = args.runs_dir or Path("runs/evidence") / out.name
     batch_sizes = {composed(configs[k], args.preset)[0] for k in kinds}
     if len(batch_sizes) != 1:
@@ -202,6 +256,9 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
                "gen_samples": args.gen_samples, "gen_every": args.gen_every}
 
     def make_sizing() -> dict:
+        if budget is None:
+            print(f"{args.preset_steps} steps per run, as the presets set", flush=True)
+            return {"steps": args.preset_steps, "calibration": None}
         print(f"calibrating on {costliest}: {args.calibration_steps} steps and one validation",
               flush=True)
         calibration = calibrate(configs[costliest], args.preset, runs_dir / "calibration",
@@ -218,20 +275,28 @@ def run(args, kinds: list[str], seeds: list[int], configs: dict[str, str]) -> in
     sizing = load_or_make_sizing(runs_dir / "sizing.json", request, make_sizing)
     steps = sizing["steps"]
     total = len(kinds) * len(seeds)
-    for index, (kind, seed) in enumerate(((k, s) for k in kinds for s in seeds), start=1):
+    threads = 1 if args.parallel > 1 else None
+
+    def train(index: int, kind: str, seed: int) -> None:
         run_dir = runs_dir / f"{kind}_s{seed}"
         if (run_dir / "finished.json").exists():
             print(f"[{index}/{total}] {kind} seed {seed}: finished before, kept", flush=True)
-            continue
+            return
         shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts again from step 0
         warmup = warmup_for(steps, composed(configs[kind], args.preset)[1])
         seconds = run_fit(fit_args(configs[kind], args.preset, seed, run_dir, steps,
                                    args.validations, warmup, batch_size, args.gen_samples,
                                    args.gen_every),
-                          run_dir / "fit.log")
-        left = (budget - (time.time() - started)) / 60
-        print(f"[{index}/{total}] {kind} seed {seed}: {steps} steps in {seconds:.0f} s, "
-              f"{left:.1f} min of the budget left", flush=True)
+                          run_dir / "fit.log", threads)
+        left = ("" if budget is None
+                else f", {(budget - (time.time() - started)) / 60:.1f} min of the budget left")
+        print(f"[{index}/{total}] {kind} seed {seed}: {steps} steps in {seconds:.0f} s{left}",
+              flush=True)
+
+    jobs = [(i, k, s) for i, (k, s) in enumerate(((k, s) for k in kinds for s in seeds), start=1)]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        for done in [pool.submit(train, *job) for job in jobs]:
+            done.result()  # the first failure stops the set (runs under way finish first)
     write_outputs(args, kinds, seeds, runs_dir, out, steps, device)
     print(f"wrote {out / 'evidence.md'}, {out / 'evidence.png'} and the runs' CSVs", flush=True)
     return 0

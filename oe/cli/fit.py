@@ -40,6 +40,7 @@ from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, Checkpoint
                                       read_checkpoint)
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
+from oe.training.precision import check_precision
 from oe.training.rundir import (RunFolderError, checkpoint_files, keep_wandb_run,
                                 launching_process, lock_run_folder, newest_checkpoint,
                                 refuse_used_folder, requeue_resume_path)
@@ -179,6 +180,8 @@ class FitCLI(LightningCLI):
                                 help=f"the {callback.__name__} callback; null: none")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        check_precision(self.config_init.trainer.get("precision"),
+                        self.config_init.trainer.get("accelerator"))
         listed = self.config_init.trainer.get("callbacks") or []
         named = [self.config_init[key] for key in NAMED_CALLBACKS
                  if self.config_init.get(key) is not None]

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from oe.models.compile import CountedCompile
+
 DocumentAttention = Literal["flex", "unpacked", "dense"]
 
 
@@ -61,11 +63,14 @@ _compiled_flex = None
 
 
 def _flex_attention():
-    # FlexAttention is fast only compiled; compiling it once serves every layer and shape.
+    # FlexAttention is fast only compiled; compiled once with dynamic shapes, it serves every
+    # layer and every packed width (inside compiled blocks, theirs is the compilation).
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
+    if torch.compiler.is_compiling():
+        return flex_attention  # traced into the compiled blocks' own graph
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = CountedCompile(flex_attention, "FlexAttention")
     return _compiled_flex
 
 
@@ -132,14 +137,20 @@ class DocumentMask:
             return y.transpose(1, 2).reshape(batch, length, heads * dim)
         # One scatter of queries, keys and values together into the groups' slots.
         flat = qkv.reshape(batch * length, 3, heads, dim)
-        spread = flat.new_zeros(self.slot_count, 3, heads, dim).index_copy(0, self.slots, flat)
+        # Under CPU bf16 autocast the attention itself runs in fp32: PyTorch's CPU flash kernel
+        # is no faster in bf16 at this head size (its backward is slower), and fp32 keeps the
+        # softmax exact. The upcast rides on the scatter, which copies anyway.
+        compute = torch.float32 if flat.device.type == "cpu" else flat.dtype
+        spread = flat.new_zeros(self.slot_count, 3, heads, dim, dtype=compute).index_copy(
+            0, self.slots, flat.to(compute))
         outputs, offset = [], 0
-        for documents, longest in self.groups:
-            end = offset + documents * longest
-            group = spread[offset:end].view(documents, longest, 3, heads, dim)
-            q, k, v = (group[:, :, i].transpose(1, 2) for i in range(3))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            outputs.append(y.transpose(1, 2).reshape(end - offset, heads, dim))
-            offset = end
+        with torch.autocast("cpu", enabled=False):
+            for documents, longest in self.groups:
+                end = offset + documents * longest
+                group = spread[offset:end].view(documents, longest, 3, heads, dim)
+                q, k, v = (group[:, :, i].transpose(1, 2) for i in range(3))
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+                outputs.append(y.transpose(1, 2).reshape(end - offset, heads, dim))
+                offset = end
         y = torch.cat(outputs).index_select(0, self.slots)
-        return y.view(batch, length, heads * dim)
+        return y.view(batch, length, heads * dim).to(qkv.dtype)

@@ -188,3 +188,19 @@ def test_schedule_end_is_the_last_rate_over_the_peak():
     assert schedule_end({"lr": [(0, 0.5), (1, 1.0), (2, 0.4), (3, 0.1)]}) == pytest.approx(0.1)
     with pytest.raises(EvidenceError, match="'lr'"):
         schedule_end({})
+
+
+def test_a_preset_by_name_sizes_the_runs_without_minutes(monkeypatch, capsys):
+    from oe.cli.evidence import main, preset_path, preset_schedule
+
+    monkeypatch.chdir(REPO)
+    laptop = preset_path("laptop")
+    assert laptop == "configs/presets/laptop_cfg.yaml"
+    # 300 steps, validation every 50 (6), generation at the 1st and every 5th after it
+    assert preset_schedule("configs/cfg_oe3.yaml", [laptop]) == (300, 6, 5)
+    assert main(["cfg3f", "--preset", "nosuchpreset"]) == 2
+    assert "--preset nosuchpreset: no configs/presets/nosuchpreset_cfg.yaml" in capsys.readouterr().err
+    # at least one run at a time
+    assert main(["cfg3f", "--kinds", "baseline", "--preset", "configs/presets/evidence_gpu.yaml",
+                 "--parallel", "0"]) == 2
+    assert "--parallel >= 1" in capsys.readouterr().err
