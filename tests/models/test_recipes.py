@@ -148,8 +148,13 @@ def test_signed_generation_steps_equal_the_full_forward(fields):
     assert_steps_equal_forward(_gpt(**fields), TOKENS)
 
 
-def test_signed_sharded_tables_equal_plain_tables():
-    gpt = _gpt(signed=True)
+@pytest.mark.parametrize("fields", [
+    dict(signed=True),
+    dict(signed=True, combine="rmsnorm_sum", table_init="token_mean"),
+    dict(ngram_scale="sqrt_d", table_init="zero"),
+])
+def test_recipe_sharded_tables_equal_plain_tables(fields):
+    gpt = _gpt(**fields)
     docs = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0] * 8])
     with torch.no_grad():
         before = gpt(TOKENS, docs)
