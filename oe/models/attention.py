@@ -59,19 +59,20 @@ def flex_available() -> bool:
     return True
 
 
-_compiled_flex = None
+_compiled_flex: dict[str, CountedCompile] = {}
 
 
-def _flex_attention():
-    # FlexAttention is fast only compiled; compiled once with dynamic shapes, it serves every
-    # layer and every packed width (inside compiled blocks, theirs is the compilation).
-    global _compiled_flex
+def _flex_attention(device: torch.device):
+    # FlexAttention is fast only compiled. On CUDA it is compiled once with dynamic shapes for
+    # every layer and packed width; the CPU's kernel template (torch 2.13) does not build with
+    # dynamic shapes, so there each width compiles anew (the CPU's default path is "unpacked").
     from torch.nn.attention.flex_attention import flex_attention
     if torch.compiler.is_compiling():
         return flex_attention  # traced into the compiled blocks' own graph
-    if _compiled_flex is None:
-        _compiled_flex = CountedCompile(flex_attention, "FlexAttention")
-    return _compiled_flex
+    if device.type not in _compiled_flex:
+        _compiled_flex[device.type] = CountedCompile(flex_attention, "FlexAttention",
+                                                     dynamic=device.type == "cuda")
+    return _compiled_flex[device.type]
 
 
 class DocumentMask:
@@ -133,7 +134,7 @@ class DocumentMask:
                 if dropout:
                     raise ValueError("model.backbone.dropout > 0 is not supported with packed "
                                      "rows on the flex attention path")
-                y = _flex_attention()(q, k, v, block_mask=self.block_mask)
+                y = _flex_attention(q.device)(q, k, v, block_mask=self.block_mask)
             return y.transpose(1, 2).reshape(batch, length, heads * dim)
         # One scatter of queries, keys and values together into the groups' slots.
         flat = qkv.reshape(batch * length, 3, heads, dim)

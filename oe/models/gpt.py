@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oe.models.attention import DocumentAttention, DocumentMask
+from oe.models.compile import CountedCompile
 
 # The n-gram memory an input embedding adds before inner blocks: block index -> [B, T, W].
 Memory = dict[int, torch.Tensor]
@@ -232,15 +233,10 @@ class GPT(nn.Module):
         documents = None if doc_ids is None else DocumentMask(doc_ids, self.document_attention)
         if documents is None:
             positions = torch.arange(start, start + length, device=x.device)
-            longest = start + length
+            self._check_length(start + length)
         else:  # a packed row may be longer than block_size; its documents may not
             positions = documents.positions
-            longest = int(positions.max()) + 1
-        if longest > self.config.block_size:
-            raise ValueError(
-                f"sequence of {longest} positions exceeds model.backbone.block_size "
-                f"({self.config.block_size})"
-            )
+            self._check_length(positions.max() + 1)
         x = self.drop(x + self.position(positions))
         if cache is None:
             x = self._run_blocks_maybe_compiled(x.device)(x, documents, memory)
@@ -251,6 +247,15 @@ class GPT(nn.Module):
                 x = block(x, cache, layer)
             cache.length += length
         return self.ln_f(x)
+
+    def _check_length(self, longest: int | torch.Tensor) -> None:
+        """Refuse a sequence longer than the position table; on a GPU without waiting for it."""
+        message = "sequence of {} positions exceeds model.backbone.block_size ({})"
+        if isinstance(longest, torch.Tensor) and longest.device.type == "cuda":
+            torch._assert_async(longest <= self.config.block_size,
+                                message.format("more", self.config.block_size))
+        elif longest > self.config.block_size:
+            raise ValueError(message.format(int(longest), self.config.block_size))
 
     def _run_blocks(self, x: torch.Tensor, documents: DocumentMask | None,
                     memory: Memory) -> torch.Tensor:
@@ -264,10 +269,10 @@ class GPT(nn.Module):
         wanted = self.config.compile if self.config.compile is not None else device.type == "cuda"
         if not wanted:
             return self._run_blocks
-        if self.__dict__.get("_compiled_blocks") is None:
+        if self.__dict__.get("compiled_blocks") is None:
             # Kept out of the module's children and state: checkpoints look the same either way.
-            self.__dict__["_compiled_blocks"] = torch.compile(self._run_blocks)
-        return self.__dict__["_compiled_blocks"]
+            self.__dict__["compiled_blocks"] = CountedCompile(self._run_blocks, "the transformer blocks")
+        return self.__dict__["compiled_blocks"]
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
                 isolate_documents: bool = False) -> torch.Tensor:
