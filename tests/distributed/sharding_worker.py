@@ -110,6 +110,29 @@ def micro(out: Path, world: int) -> None:
     t.save_checkpoint(out / f"micro_w{world}.ckpt")
 
 
+class DenseGradients(L.Callback):
+    """The dense gradients the optimiser sees at the first step (DDP-averaged over the ranks)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.grads:
+            self.grads = {k: p.grad.clone() for k, p in pl_module.named_parameters()
+                          if p.grad is not None}
+
+
+def sgd(out: Path, world: int) -> None:
+    """One step with fused SGD tables (an update linear in the gradient, so a wrong scale of
+    the tables' gradient shows) and the dense gradients, micro-batches of one row each."""
+    gradients = DenseGradients()
+    t = trainer(world, max_epochs=1, callbacks=[gradients], max_steps=1)
+    t.fit(make_model(optimizer="sgd"), loader(world, micro_batch_rows=1))
+    t.save_checkpoint(out / f"sgd_w{world}.ckpt")
+    if t.is_global_zero:
+        torch.save(gradients.grads, out / f"sgd_grads_w{world}.pt")
+
+
 def step(out: Path, world: int) -> None:
     """Probe logits of the sharded model, rows per rank, one step on batch 0, a checkpoint."""
     model = make_model()
@@ -184,7 +207,7 @@ def main() -> None:
         scenario, _, args = spec.partition("=")
         args = args.split(",") if args else []
         scenarios = {"step": step, "micro": micro, "reload": reload, "resume": resume,
-                     "bad": bad}
+                     "bad": bad, "sgd": sgd}
         scenarios[scenario](out, world, *args)
 
 

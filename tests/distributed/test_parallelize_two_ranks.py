@@ -38,8 +38,8 @@ def launch(ranks: int, out: Path, *scenarios: str, timeout: int = 300) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sharding")
-    launch(1, out, "step")
-    launch(2, out, "step", "micro", f"reload={out}/step_w2.ckpt,rt22", f"reload={out}/step_w1.ckpt,rt12",
+    launch(1, out, "step", "sgd")
+    launch(2, out, "step", "micro", "sgd", f"reload={out}/step_w2.ckpt,rt22", f"reload={out}/step_w1.ckpt,rt12",
            "resume", f"bad={out}/step_w2.ckpt")
     launch(1, out, f"reload={out}/step_w2.ckpt,rt21")
     return out
@@ -88,6 +88,26 @@ def test_one_step_on_two_ranks_matches_one_process_with_the_global_batch(runs: P
     for key, value in one["state_dict"].items():
         torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=2e-5)
     assert changed_rows > 0
+
+
+def test_two_ranks_give_one_process_gradients_and_sgd_table_update(runs: Path) -> None:
+    """Gradients, and tables under SGD, change with any scale of the gradient (AdamW's and
+    row-wise Adagrad's first updates do not): each rank's share, in micro-batches, divided by
+    the global batch's target count and undone of DDP's average, gives one process's values."""
+    one_grads = torch.load(runs / "sgd_grads_w1.pt")
+    two_grads = torch.load(runs / "sgd_grads_w2.pt")
+    assert one_grads.keys() == two_grads.keys() and one_grads
+    for key, value in one_grads.items():
+        torch.testing.assert_close(two_grads[key], value, rtol=1e-4, atol=1e-7, msg=key)
+    initial = make_model(optimizer="sgd").state_dict()
+    _, one_tables = read_tables(runs / "sgd_w1.ckpt")
+    _, two_tables = read_tables(runs / "sgd_w2.ckpt")
+    moved = 0
+    for key, rows in one_tables.items():
+        if ".tables." in key:
+            torch.testing.assert_close(two_tables[key], rows, rtol=1e-5, atol=1e-7, msg=key)
+            moved += int((rows != initial[key.replace(".tables.", ".")]).any(1).sum())
+    assert moved > 0
 
 
 def _same_checkpoint(a: Path, b: Path) -> None:
