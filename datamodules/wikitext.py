@@ -209,6 +209,10 @@ class WikitextDataModule(ResumableStreamDataModule):
 
     def rows(self, split: str) -> Iterator[str]:
         """The text rows of ``split`` (``train`` or ``validation``)."""
+        from oe.hub import offline_unless_reachable
+
+        if self.data_files is None:
+            offline_unless_reachable()  # without a route to the hub: the cache, or fail at once
         import datasets
 
         if self.data_files is not None:

@@ -8,7 +8,6 @@ random GPT-2 saved in HF format with a byte-level BPE tokenizer.json.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from datamodules.wikitext import train_bpe
+from oe.evaluation.examples import NOUNS, VERBS, sentence, write_example_tasks  # noqa: F401
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 from oe.training.lm import LanguageModel, OptimizerConfig
@@ -89,39 +89,8 @@ def write_corpus(path, n_articles: int, seed: int, paragraphs: int = 3) -> str:
 
 # -- multiple-choice task files and a tiny GPT-2 with its tokenizer ---------------------------
 
-NOUNS = "man woman dog cat car boat ball knife cup bread water rope stick paper glass".split()
-VERBS = "takes opens cuts pours lifts throws holds cleans paints folds".split()
-
-
-def sentence(rng: random.Random, words: int = 8) -> str:
-    parts = [rng.choice(NOUNS if i % 2 == 0 else VERBS) for i in range(words)]
-    return " ".join(parts).capitalize() + "."
-
-
-def write_task_files(directory, n: int = 8, seed: int = 0) -> dict[str, list]:
-    """hellaswag.jsonl, piqa.jsonl and storycloze.jsonl with the hub data sets' field names."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = {"hellaswag": [], "piqa": [], "storycloze": []}
-    for i in range(n):
-        rows["hellaswag"].append({
-            "ind": i, "activity_label": "Cleaning a " + rng.choice(NOUNS),
-            "ctx_a": sentence(rng), "ctx_b": "then the " + rng.choice(NOUNS),
-            "ctx": "", "endings": [sentence(rng, rng.randint(3, 9)) + " [step]" * (j == 1)
-                                   for j in range(4)],
-            "source_id": f"src{i}", "split": "val", "split_type": "indomain",
-            "label": str(rng.randrange(4)),
-        })
-        rows["piqa"].append({"goal": "How do I " + sentence(rng, 4).lower(),
-                             "sol1": sentence(rng, rng.randint(2, 8)),
-                             "sol2": sentence(rng, rng.randint(2, 8)), "label": rng.randrange(2)})
-        story = {f"input_sentence_{k}": sentence(rng) for k in range(1, 5)}
-        rows["storycloze"].append({"story_id": f"s{i}", **story, "sentence_quiz1": sentence(rng, 5),
-                                   "sentence_quiz2": sentence(rng, 6),
-                                   "answer_right_ending": rng.randint(1, 2)})
-    for task, task_rows in rows.items():
-        (directory / f"{task}.jsonl").write_text("\n".join(json.dumps(r) for r in task_rows) + "\n")
-    return rows
+# Task files in the local format oe evaluate reads: the library's own example writer.
+write_task_files = write_example_tasks
 
 
 def tiny_gpt2_dir(directory, seed: int = 0):

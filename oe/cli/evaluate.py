@@ -1,8 +1,9 @@
-"""``python -m oe.evaluate``: zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint or GPT-2.
+"""``oe evaluate``: zero-shot HellaSwag / PIQA / StoryCloze of a checkpoint or GPT-2.
 
-    python -m oe.evaluate --ckpt runs/x/checkpoints/last.ckpt
-    python -m oe.evaluate --pretrained gpt2 --tasks hellaswag,piqa --out results.json
-    python -m oe.evaluate --pretrained DIR --tasks piqa --data_dir D --limit 500
+    oe evaluate --ckpt runs/x/checkpoints/last.ckpt
+    oe evaluate --pretrained gpt2 --tasks hellaswag,piqa --out results.json
+    oe evaluate --pretrained DIR --tasks piqa --data_dir D --limit 500
+    oe evaluate --write_examples D    # small task files in the local format, to try it offline
 
 Items are scored as lm-evaluation-harness does (``oe.evaluation.scoring``), on the full
 validation sets unless ``--limit``. The default tasks run from the hub as they are (StoryCloze is
@@ -35,11 +36,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from oe.evaluation.scoring import empty_choices, eot_id_of, evaluate_task
+from oe.evaluation.examples import FORMAT, write_example_tasks
 from oe.evaluation.tasks import TASKS, TaskDataError, default_tasks, load_items
 from oe.cli.flags import Parser
+
+# torch and the scorer are imported after the command line is parsed: --help answers at once.
 
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
@@ -68,6 +69,8 @@ def load_checkpoint(path: str, tokenizer_source: str | None = None):
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The global step a checkpoint of ``oe.cli.fit`` was saved at (None if it records none)."""
+    import torch
+
     if Path(path).is_dir():  # an exported directory keeps no step
         return None
     try:  # memory-mapped: only the small entries are read
@@ -207,11 +210,19 @@ def progress_bar(task: str, total: int):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = Parser(prog="python -m oe.evaluate", description=__doc__.split("\n")[0])
+    parser = Parser(prog="oe evaluate", description=__doc__.split("\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="local task files (--data_dir D): D/<task>.jsonl, one JSON object a "
+                           "line, with the hub data set's field names:\n\n" + FORMAT
+                           + "\n\noe evaluate --write_examples D writes small ones; oe lm-eval "
+                             "--data_dir D reads the same files.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a checkpoint written by oe.fit, or a directory "
                                        "of oe export --format hf")
     source.add_argument("--pretrained", help="GPT-2 in HF format: hub id or local directory")
+    source.add_argument("--write_examples", metavar="D", type=Path,
+                        help="write small example task files (hellaswag, piqa, storycloze) to D "
+                             "in the local format, and exit")
     parser.add_argument("--tokenizer", help="tokenizer.json, its directory or a hub id "
                                             "(default: the checkpoint's own)")
     parser.add_argument("--tasks", default=None,
@@ -224,7 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", "--output", dest="out", type=Path, default=None,
                         help="results JSON, rewritten after each task (default: RUN/eval/X.json "
                              "for a checkpoint RUN/checkpoints/X.ckpt; else none)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--wandb_project", default="oe-eval",
                         help="project of the new W&B run, when the source is not a training run's")
     parser.add_argument("--wandb_name", default=None)
@@ -246,6 +257,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.write_examples is not None:
+        rows = write_example_tasks(args.write_examples)
+        print(f"wrote {', '.join(f'{t}.jsonl' for t in rows)} ({len(rows['piqa'])} items each) to "
+              f"{args.write_examples}; try: oe evaluate --ckpt CKPT --data_dir "
+              f"{args.write_examples} --tasks {','.join(rows)}")
+        return 0
+    import torch
+
+    from oe.evaluation.scoring import empty_choices, eot_id_of, evaluate_task
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = run_dir_of(args.ckpt) if args.ckpt else None
     out = args.out
     if out is None and run_dir is not None:

@@ -176,16 +176,21 @@ def _local_rows(task: Task, data_dir: Path) -> Iterable[tuple[dict, str]]:
 
 
 def _hub_rows(task: Task) -> Iterable[tuple[dict, str]]:
+    from oe.hub import hub_host, offline_unless_reachable
+
+    offline = offline_unless_reachable()  # before datasets is imported: no minutes of retries
     import datasets
 
     path, name = task.hub
     try:
         ds = datasets.load_dataset(path, name, split=task.split)
     except Exception as err:  # offline, unknown: one message naming the way out
+        why = (f"the hub ({hub_host()}) cannot be reached and no copy is cached" if offline
+               else type(err).__name__)
         raise FileNotFoundError(
-            f"could not load {task.name} from the hub ({path}, {task.split}: "
-            f"{type(err).__name__}); offline, pass --data_dir D with D/{task.name}.jsonl"
-        ) from err
+            f"could not load {task.name} from the hub ({path}, {task.split}: {why}); pass "
+            f"--data_dir D with D/{task.name}.jsonl (the format: oe evaluate --help)"
+        ) from None
     for i, row in enumerate(ds):
         yield row, f"{path}[{task.split}][{i}]"
 

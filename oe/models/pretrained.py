@@ -58,14 +58,19 @@ def resolve_file(source: str, filename: str) -> Path:
         return path
     if local.exists() or source.startswith((".", "/")):
         raise FileNotFoundError(f"{source} is not a directory of a Hugging Face GPT-2 checkpoint")
+    from oe.hub import hub_host, offline_unless_reachable
+
+    offline = offline_unless_reachable()  # no minutes of retries without a route to the hub
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id=source, filename=filename))
     except Exception as err:  # offline, unknown repo, missing file: one message for all
+        why = (f"the hub ({hub_host()}) cannot be reached and no copy is cached" if offline
+               else f"{type(err).__name__}: {err}")
         raise FileNotFoundError(
-            f"could not get {filename} of hub model {source!r} ({type(err).__name__}: {err}); "
-            "give a local directory with config.json and model.safetensors instead"
+            f"could not get {filename} of hub model {source!r} ({why}); give a local directory "
+            f"with config.json and model.safetensors instead"
         ) from err
 
 
