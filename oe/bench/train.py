@@ -9,14 +9,21 @@ Useful tokens are the counted targets (the same number in both layouts), so
 ``packed_over_padded`` (useful tokens/s packed divided by padded, same global batch) is the
 speed-up of packing alone.
 
+The precision axis: ``--precisions 32,bf16`` (the default) times the packed layout under bf16
+autocast too (``bf16_over_fp32``: useful tokens/s of packed bf16 over packed fp32, per kind), and
+``--modes eager,compiled`` adds the packed cases with the blocks compiled (inductor;
+``compiled_over_eager``). Each case's useful GFLOP/s is set against the device's peak: a GPU's
+dense bf16 tensor-core figure, or the CPU's nominal peak for the case's precision on the threads
+it uses (``cpu_peak_gflops``).
+
 Each case runs in its own process, which reports its peak resident memory (CPU) or peak CUDA
 memory; the processes take turns step by step (interleaved rounds), so a machine whose load
 changes slows every case alike. The generation-accuracy sampler is timed too: sentences/s of
 sampling (as many steps as the longest of a batch of real sentences, the cost of a batch from a
 trained model) plus parsing.
 
-Options: ``--quick`` (global batch 64, a few rounds: within 3 minutes on 2 CPU cores),
-``--batch``, ``--rounds``, ``--device``, ``--precision bf16``, ``--compile``, ``--out``.
+Options: ``--quick`` (global batch 64, a few rounds), ``--batch``, ``--rounds``, ``--device``,
+``--precisions``, ``--modes``, ``--threads``, ``--out``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +49,8 @@ from oe.training.lm import LanguageModel
 
 KINDS = ("baseline", "oe3")
 LAYOUTS = ("padded", "packed")
+PRECISIONS = ("32", "bf16")
+MODES = ("eager", "compiled")
 MICRO_BATCH_TOKENS = 16384
 
 
@@ -67,11 +77,33 @@ def batches(layout: str, batch_size: int, count: int, device: torch.device,
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 
 
-def peak_tflops(device: torch.device) -> float | None:
+def peak_tflops(device: torch.device, precision: str = "bf16", threads: int = 1) -> float | None:
     if device.type != "cuda":
-        return None
+        peak = cpu_peak_gflops(precision)
+        return None if peak is None else peak * threads / 1e3
     name = torch.cuda.get_device_name(device)
     return next((peak for card, peak in PEAK_BF16_TFLOPS.items() if card in name), None)
+
+
+def cpu_peak_gflops(precision: str) -> float | None:
+    """Nominal peak GFLOP/s of one CPU core: FLOPs per cycle at the clock /proc/cpuinfo reports
+    (no turbo). fp32: two FMA pipes of the widest vectors (AVX-512: 64 per cycle, AVX2: 32);
+    bf16: AMX tiles 1,024, AVX512-BF16 dot products 128, otherwise emulated at the fp32 rate.
+    Cores with a single 512-bit FMA pipe reach half of it. None where the system does not say."""
+    from oe.training.precision import cpu_flags
+
+    flags, cpuinfo = cpu_flags(), Path("/proc/cpuinfo")
+    if not flags or not cpuinfo.is_file():
+        return None
+    mhz = next((float(line.split(":")[1]) for line in cpuinfo.read_text().splitlines()
+                if line.startswith("cpu MHz")), None)
+    if mhz is None:
+        return None
+    fp32 = 64 if "avx512f" in flags else 32 if "fma" in flags else 16
+    per_cycle = fp32
+    if precision == "bf16":
+        per_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else fp32
+    return per_cycle * mhz / 1e3
 
 
 def training_flops(model: LanguageModel, batch: dict) -> float:
@@ -100,11 +132,11 @@ def run_case(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    kind, layout = args.case.split(":")
-    model = build(kind, args.compile).to(device)
+    kind, layout, precision, mode = args.case.split(":")
+    model = build(kind, mode == "compiled").to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
     data = batches(layout, args.batch, 4, device, args.row_tokens or None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     flops = [training_flops(model, batch) for batch in data]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -124,7 +156,7 @@ def run_case(args: argparse.Namespace) -> None:
         ids = batch["input_ids"]
         memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else peak_rss_mib())
-        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": n_tokens, "positions": ids.numel(),
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": int(n_tokens), "positions": ids.numel(),
                           "rows": ids.shape[0], "peak_mib": memory,
                           "flops": flops[step % len(data)]}), flush=True)
 
@@ -153,18 +185,26 @@ def time_sampler(batch: int, device: torch.device, timed_steps: int | None = Non
             "parsing_s": parsing, "sentences_per_s": batch / (sampling + parsing)}
 
 
+def case_names(precisions: list[str], modes: list[str]) -> list[str]:
+    """``kind:layout:precision:mode``: both layouts in the first precision, eager (or the first
+    mode); the packed layout alone in every other precision and mode."""
+    first = (precisions[0], modes[0])
+    return [f"{kind}:{layout}:{precision}:{mode}" for kind in KINDS
+            for mode in modes for precision in precisions for layout in LAYOUTS
+            if layout == "packed" or (precision, mode) == first]
+
+
 def measure(args: argparse.Namespace) -> dict:
-    """Every case of ``KINDS`` x ``LAYOUTS`` in its own worker process, taking turns step by
-    step; prints the table and returns the figures."""
-    cases = [f"{k}:{l}" for k in KINDS for l in LAYOUTS]
+    """Every case of ``case_names`` in its own worker process, taking turns step by step;
+    prints the table and returns the figures."""
+    cases = case_names(args.precisions, args.modes)
     workers = {}
     for case in cases:
         command = [sys.executable, "-m", "oe.bench.train", "--case", case, "--batch",
-                   str(args.batch), "--device", args.device, "--precision", args.precision,
-                   "--row_tokens", str(args.row_tokens)]
+                   str(args.batch), "--device", args.device, "--row_tokens", str(args.row_tokens)]
         command += ["--threads", str(args.threads)] if args.threads else []
-        workers[case] = subprocess.Popen(command + (["--compile"] if args.compile else []),
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        workers[case] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True)
     results: dict[str, list[dict]] = {case: [] for case in cases}
     try:
         for round_index in range(args.warmup + args.rounds):
@@ -185,7 +225,7 @@ def measure(args: argparse.Namespace) -> dict:
             worker.wait()
 
     device = torch.device(args.device)
-    peak = peak_tflops(device)
+    threads = args.threads or torch.get_num_threads()
     memory_key = "peak_rss_mib" if device.type == "cpu" else "peak_cuda_mib"
     figures = {}
     for case, steps in results.items():
@@ -193,36 +233,56 @@ def measure(args: argparse.Namespace) -> dict:
         cpu_seconds = statistics.median(s["cpu_seconds"] for s in steps)
         tokens = steps[0]["tokens"]
         tflops_per_s = statistics.median(s["flops"] / s["seconds"] for s in steps) / 1e12
+        peak = peak_tflops(device, case.split(":")[2], threads)
         figures[case] = {
             "step_s": seconds, "useful_tokens": tokens, "positions": steps[0]["positions"],
             "rows": steps[0]["rows"], "useful_tokens_per_s": tokens / seconds,
             "cpu_s": cpu_seconds, "useful_tokens_per_cpu_s": tokens / cpu_seconds,
             "real_share": tokens / steps[0]["positions"],
             memory_key: max(s["peak_mib"] for s in steps),
-            "useful_tflops_per_s": tflops_per_s,
+            "useful_tflops_per_s": tflops_per_s, "useful_gflops_per_s": 1e3 * tflops_per_s,
+            "peak_gflops_per_s": 1e3 * peak if peak else None,
             "mfu": tflops_per_s / peak if peak else None,
             "step_s_all": [s["seconds"] for s in steps],
         }
-    ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_s"]
-              / figures[f"{kind}:padded"]["useful_tokens_per_s"] for kind in KINDS}
+    first = f"{args.precisions[0]}:{args.modes[0]}"
+
+    def ratio(over: str, under: str, key: str = "useful_tokens_per_s") -> dict[str, float]:
+        return {kind: figures[f"{kind}:{over}"][key] / figures[f"{kind}:{under}"][key]
+                for kind in KINDS if f"{kind}:{over}" in figures and f"{kind}:{under}" in figures}
+
+    ratios = ratio(f"packed:{first}", f"padded:{first}")
     # Process CPU time: the same ratio, less sensitive to other processes on a shared machine.
-    cpu_ratios = {kind: figures[f"{kind}:packed"]["useful_tokens_per_cpu_s"]
-                  / figures[f"{kind}:padded"]["useful_tokens_per_cpu_s"] for kind in KINDS}
+    cpu_ratios = ratio(f"packed:{first}", f"padded:{first}", "useful_tokens_per_cpu_s")
+    bf16_over_fp32 = {mode: ratio(f"packed:bf16:{mode}", f"packed:32:{mode}")
+                      for mode in args.modes}
+    compiled_over_eager = {precision: ratio(f"packed:{precision}:compiled",
+                                            f"packed:{precision}:eager")
+                           for precision in args.precisions}
     table = [{"case": case, "rows x width": f"{f['rows']}x{f['positions'] // f['rows']}",
               "real": f"{f['real_share']:.2f}", "step s": f"{f['step_s']:.3f}",
               "cpu s": f"{f['cpu_s']:.3f}", "useful tok/s": f"{f['useful_tokens_per_s']:,.0f}",
-              "MFU": f"{f['mfu']:.1%}" if f["mfu"] is not None else "-",
+              "GFLOP/s": f"{f['useful_gflops_per_s']:,.1f}",
+              "of peak": f"{f['mfu']:.1%}" if f["mfu"] is not None else "-",
               memory_key: f"{f[memory_key]:,.0f}"} for case, f in figures.items()]
     print_table(table, list(table[0]))
-    for kind, ratio in ratios.items():
-        print(f"packed_over_padded {kind}: {ratio:.2f} (wall), {cpu_ratios[kind]:.2f} (CPU time)")
+    for kind, value in ratios.items():
+        print(f"packed_over_padded {kind}: {value:.2f} (wall), {cpu_ratios[kind]:.2f} (CPU time)")
+    for mode, by_kind in bf16_over_fp32.items():
+        for kind, value in by_kind.items():
+            print(f"bf16_over_fp32 {kind} ({mode}): {value:.2f}")
+    for precision, by_kind in compiled_over_eager.items():
+        for kind, value in by_kind.items():
+            print(f"compiled_over_eager {kind} ({precision}): {value:.2f}")
     return {
         "batch": args.batch, "rounds": args.rounds, "device": device_name(device),
-        "threads": args.threads or torch.get_num_threads(), "precision": args.precision,
-        "compile": args.compile, "row_tokens": args.row_tokens or None, "cases": figures,
+        "threads": threads, "precisions": args.precisions, "modes": args.modes,
+        "row_tokens": args.row_tokens or None, "cases": figures,
         memory_key: {case: f[memory_key] for case, f in figures.items()},
-        "packed_over_padded": ratios["baseline"], "packed_over_padded_by_kind": ratios,
+        "packed_over_padded": ratios.get("baseline"), "packed_over_padded_by_kind": ratios,
         "packed_over_padded_cpu_time_by_kind": cpu_ratios,
+        "bf16_over_fp32": bf16_over_fp32.get("eager", {}).get("baseline"),
+        "bf16_over_fp32_by_kind": bf16_over_fp32, "compiled_over_eager": compiled_over_eager,
     }
 
 
@@ -239,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
+    parser.add_argument("--precisions", default="32,bf16",
+                        help="comma-separated, of 32 and bf16 (autocast); the first also times "
+                             "the padded layout (default: 32,bf16)")
+    parser.add_argument("--modes", default="eager",
+                        help="comma-separated, of eager and compiled (the blocks under "
+                             "torch.compile); the first also times the padded layout")
     parser.add_argument("--sampler_batch", type=int, default=None,
                         help="rows sampled together (the callback's default: 500)")
     parser.add_argument("--threads", type=int, default=None,
@@ -257,14 +321,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         run_case(args)
         return 0
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for name, given, known in (("--precisions", args.precisions, PRECISIONS),
+                               ("--modes", args.modes, MODES)):
+        if not given or set(given) - set(known) or len(set(given)) < len(given):
+            parser.error(f"{name} takes distinct values among {', '.join(known)}; got "
+                         f"{','.join(given) or 'nothing'}")
+    if "compiled" in args.modes:
+        args.warmup = max(args.warmup, 2)  # compiling takes a step
     if args.suite == "gpu":
         if args.device != "cuda":
             raise SystemExit("--suite gpu needs a CUDA device (--device cuda)")
-        args.precision, args.warmup = "bf16", max(args.warmup, 2)  # compiling takes a step
+        args.precisions, args.warmup = ["bf16"], max(args.warmup, 2)  # compiling takes a step
         runs = {}
-        for compiled in (False, True):
-            args.compile = compiled
-            runs["compiled" if compiled else "eager"] = measure(args)
+        for mode in MODES:
+            args.modes = [mode]
+            runs[mode] = measure(args)
         write_json("train_gpu", runs, args.out)
         return 0
 
