@@ -224,6 +224,38 @@ def judge_claims(finals: dict[str, dict[str, Spread]]) -> list[tuple[str, Verdic
     return judged
 
 
+# What the kinds are judged on against a reference kind (``--reference``), and how a verdict reads.
+REFERENCE_METRICS = ["val/loss", "val/gen_viable_frac", "val/gen_acc"]
+AGAINST = {SUPPORTS: "better", CONTRADICTS: "worse", UNDECIDED: "cannot decide"}
+
+
+def judge_against(finals: dict[str, dict[str, Spread]], reference: str,
+                  metrics: list[str] = REFERENCE_METRICS) -> list[tuple[str, str, str, str]]:
+    """(kind, metric, verdict, numbers) of every other kind against ``reference``: ``better``
+    when its mean is better and the seed ranges do not overlap, ``worse`` for the opposite,
+    otherwise ``cannot decide`` (``order_verdict``); a metric that is 0 for both, or that either
+    did not log, cannot decide."""
+    if reference not in finals:
+        raise EvidenceError(f"the reference kind {reference!r} is not among the kinds run "
+                            f"({', '.join(finals)})")
+    judged = []
+    for kind in finals:
+        if kind == reference:
+            continue
+        for metric in metrics:
+            ours, theirs = finals[kind].get(metric), finals[reference].get(metric)
+            if ours is None or theirs is None:
+                judged.append((kind, metric, AGAINST[UNDECIDED], "not logged"))
+            elif ours.high == theirs.high == 0 and ours.low == theirs.low == 0:
+                judged.append((kind, metric, AGAINST[UNDECIDED], "0 for every run of both"))
+            else:
+                verdict = order_verdict(ours, theirs, LOWER_IS_BETTER[metric],
+                                        KIND_LABELS.get(kind, kind),
+                                        KIND_LABELS.get(reference, reference))
+                judged.append((kind, metric, AGAINST[verdict.verdict], verdict.reason))
+    return judged
+
+
 def final_spreads(histories: dict[str, list[History]], metrics: list[str]
                   ) -> tuple[float, dict[str, dict[str, Spread]]]:
     """(tokens, finals): each kind's seed spread of each metric at the largest train/tokens that
@@ -247,8 +279,9 @@ def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: di
                     compared_tokens: float, minutes: float, seeds: list[int],
                     finals: dict[str, dict[str, Spread]], png_name: str,
                     metrics: list[str] = TABLE_METRICS,
-                    schedule_ends: Spread | None = None) -> str:
-    """evidence.md: the set-up, the budget as a share of the paper's, the table, the claims."""
+                    schedule_ends: Spread | None = None, reference: str | None = None) -> str:
+    """evidence.md: the set-up, the budget as a share of the paper's, the table, the claims, and
+    with ``reference`` every other kind judged against it."""
     largest = max(s.high for s in tokens_per_run.values())
     lines = ["# cfg3f: the kinds at equal tokens", "",
              f"Command: `{command}`", "",
@@ -280,6 +313,14 @@ def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: di
               "", "| claim | verdict | numbers |", "|---|---|---|"]
     for claim, verdict in judge_claims(finals):
         lines.append(f"| {claim} | {verdict.verdict} | {verdict.reason} |")
+    if reference is not None:
+        label = KIND_LABELS.get(reference, reference)
+        lines += ["", f"## Each kind against {label}", "",
+                  f"`better`/`worse`: the kind's seed mean is better/worse than {label}'s and "
+                  "the seed ranges do not overlap; otherwise `cannot decide`.", "",
+                  "| kind | metric | verdict | numbers |", "|---|---|---|---|"]
+        for kind, metric, verdict, numbers in judge_against(finals, reference):
+            lines.append(f"| {KIND_LABELS.get(kind, kind)} | {metric} | {verdict} | {numbers} |")
     lines += ["", f"![excess loss, generation accuracy and viable prefix against tokens]({png_name})",
               ""]
     return "\n".join(lines)

@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(validations - 1) must be a multiple, so the last one generates "
                              "(default: 1 with --minutes, else the presets' "
                              "generation.every_n_validations)")
+    parser.add_argument("--reference", default=None, metavar="KIND",
+                        help="judge every other kind against this one (a name from --kinds; a "
+                             "config file by its stem) in evidence.md")
     parser.add_argument("--calibration_steps", type=int, default=10)
     parser.add_argument("--margin", type=float, default=0.85,
                         help="share of each run's time after fixed costs given to training")
@@ -205,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                    k if k.endswith(".yaml") else EXPERIMENTS[args.experiment].format(kind=k)
                    for k in kinds}
         kinds = list(configs)
+        if args.reference is not None and args.reference not in kinds:
+            raise EvidenceError(f"--reference {args.reference} is not one of the kinds "
+                                f"({', '.join(kinds)})")
         args.preset_names = [p for p in args.preset if not p.endswith(".yaml")]
         args.preset = [preset_path(p) for p in args.preset]
         for path in [*configs.values(), *args.preset]:
@@ -321,7 +327,8 @@ def write_outputs(args, kinds: list[str], seeds: list[int], runs_dir: Path, out:
         command=args.command, device=device, steps=steps, tokens_per_run=tokens_per_run,
         compared_tokens=compared, minutes=args.minutes, seeds=seeds, finals=finals,
         png_name="evidence.png",
-        schedule_ends=Spread.of([schedule_end(h) for runs in histories.values() for h in runs])))
+        schedule_ends=Spread.of([schedule_end(h) for runs in histories.values() for h in runs]),
+        reference=args.reference))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import pytest
 
 from oe.analysis.evidence import (CONTRADICTS, PAPER_TARGET_TOKENS, SUPPORTS, UNDECIDED,
                                   Calibration, EvidenceError, Spread, budget_share, chain_verdict,
-                                  common_tokens, curve_against_tokens, final_spreads, judge_claims,
+                                  common_tokens, curve_against_tokens, final_spreads, judge_against,
+                                  judge_claims,
                                   order_verdict, steps_in_budget, render_markdown, value_at_tokens,
                                   warmup_for)
 
@@ -69,6 +70,36 @@ def test_judge_claims_on_constructed_finals():
     assert verdicts["OD-3 hurts the 2.4M model: its loss > baseline"].verdict == CONTRADICTS
     assert verdicts["OT-3 <= OE-3 in loss"].verdict == UNDECIDED
     assert "not run: ot3" in verdicts["OT-3 <= OE-3 in loss"].reason
+
+
+def test_each_kind_against_a_reference_on_seed_ranges():
+    def kind(loss, viable):
+        return {"val/loss": spread(*loss), "val/gen_acc": spread(0.0, 0.0),
+                "val/gen_viable_frac": spread(*viable)}
+    finals = {"ref": kind((1.0, 1.1), (0.2, 0.3)),
+              "apart": kind((0.8, 0.85), (0.1, 0.15)),   # lower loss, lower viable prefix
+              "overlap": kind((1.05, 1.2), (0.25, 0.4))}
+    judged = {(k, m): (v, n) for k, m, v, n in judge_against(finals, "ref")}
+    assert judged["apart", "val/loss"][0] == "better"
+    assert judged["apart", "val/gen_viable_frac"][0] == "worse"
+    assert judged["overlap", "val/loss"][0] == "cannot decide"
+    assert "ranges overlap" in judged["overlap", "val/loss"][1]
+    assert judged["apart", "val/gen_acc"] == ("cannot decide", "0 for every run of both")
+    with pytest.raises(EvidenceError, match="reference kind 'oe3' is not among"):
+        judge_against(finals, "oe3")
+    text = render_markdown(command="c", device="CPU", steps=10, tokens_per_run={
+        k: spread(100.0, 100.0) for k in finals}, compared_tokens=100.0, minutes=1, seeds=[0, 1],
+        finals=finals, png_name="e.png", metrics=["val/loss"], reference="ref")
+    assert "## Each kind against ref" in text
+    assert "| apart | val/loss | better | means ordered, ranges apart" in text
+
+
+def test_a_reference_outside_the_kinds_is_refused_before_anything_runs(capsys):
+    from oe.cli.evidence import main
+
+    assert main(["cfg3f", "--minutes", "5", "--kinds", "baseline,oe3", "--seeds", "0",
+                 "--reference", "oe2"]) == 2
+    assert "--reference oe2 is not one of the kinds (baseline, oe3)" in capsys.readouterr().err
 
 
 # -- sizing, budget share --------------------------------------------------------------------------
