@@ -88,10 +88,15 @@ def probe_logits(model: LanguageModel) -> torch.Tensor:
     return logits
 
 
+# The GPU tier (tests/gpu) runs the same scenarios on CUDA over NCCL.
+ACCELERATOR = os.environ.get("OE_TEST_ACCELERATOR", "cpu")
+
+
 def trainer(world: int, max_epochs: int, callbacks: list, **kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=world,
-        strategy=ShardedTableStrategy(process_group_backend="gloo"),
+        accelerator=ACCELERATOR, devices=world,
+        strategy=ShardedTableStrategy(process_group_backend="nccl" if ACCELERATOR == "cuda"
+                                      else "gloo"),
         max_epochs=max_epochs, logger=False, enable_checkpointing=bool(kwargs.pop("checkpoint", 0)),
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, callbacks=callbacks, **kwargs,
