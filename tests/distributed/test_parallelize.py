@@ -92,7 +92,7 @@ def test_plan_at_the_papers_scale(capsys) -> None:
     # 400,002 x 1024 x 4 bytes = 1.53 GiB; RowWiseAdagrad adds one float per row.
     assert "400,002" in out and "25,600,004" in out
     assert "n-gram table                                    1.53 GiB       97.66 GiB" in out
-    assert "rowwise_adagrad (configured)       1.53 MiB" in out
+    assert "rowwise_adagrad (sharded default)      1.53 MiB" in out
 
 
 def test_plan_refuses_an_unsplittable_world_size(capsys) -> None:
