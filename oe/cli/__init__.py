@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
-    sys.argv = [f"oe {name}", *rest]  # what argparse and LightningCLI show as the program
+    # The program stays runnable: Lightning starts further ranks as ``python sys.argv[0]
+    # sys.argv[1:]``. Parsers name themselves ``oe NAME`` from it (``oe.cli.flags.program_name``).
+    sys.argv = [sys.argv[0], name, *rest]
     if name == "fit" and wants_usage(rest):  # LightningCLI's own help imports the whole stack
         print(FIT_USAGE)
         return 0

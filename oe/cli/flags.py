@@ -9,6 +9,8 @@ the underscore one in ``--help``.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def underscored(option: str) -> str:
@@ -69,8 +71,18 @@ class _ExclusiveGroup(_BothSpellings, argparse._MutuallyExclusiveGroup):
     pass
 
 
+def program_name() -> str | None:
+    """``oe SUBCOMMAND`` when run as ``oe SUBCOMMAND ...`` (its sys.argv keeps the subcommand);
+    None otherwise, for argparse's own default."""
+    if len(sys.argv) > 1 and Path(sys.argv[0]).name == "oe":
+        return f"oe {sys.argv[1]}"
+    return None
+
+
 class Parser(_BothSpellings, argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
+        if not args:
+            kwargs.setdefault("prog", program_name())
         formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
         kwargs["formatter_class"] = _FORMATTERS.get(formatter, formatter)
         super().__init__(*args, **kwargs)
