@@ -227,8 +227,8 @@ def test_a_preset_by_name_sizes_the_runs_without_minutes(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     laptop = preset_path("laptop")
     assert laptop == "configs/presets/laptop_cfg.yaml"
-    # 300 steps, validation every 50 (6), generation at the 1st and every 5th after it
-    assert preset_schedule("configs/cfg_oe3.yaml", [laptop]) == (300, 6, 5)
+    # 200 steps, validation every 40 (5), generation at the 1st and every 4th after it
+    assert preset_schedule("configs/cfg_oe3.yaml", [laptop]) == (200, 5, 4)
     assert main(["cfg3f", "--preset", "nosuchpreset"]) == 2
     assert "--preset nosuchpreset: no configs/presets/nosuchpreset_cfg.yaml" in capsys.readouterr().err
     # at least one run at a time
