@@ -22,6 +22,17 @@ Known harmless, and why:
   smoke runs log less often than asked, which is what they are for.
 - W&B's own start and end banners (``wandb: ...`` lines): the run folder and ``wandb sync`` are
   what matter, and ``oe`` prints where its runs go.
+- Lightning's ``You're resuming from a checkpoint that ended before the epoch ended and your
+  dataloader is not resumable``: the data modules keep their stream position in the checkpoint
+  (their ``state_dict``) and start from it, so a resumed run reads the batches it would have read;
+  ``tests/training/test_faults.py`` checks that resumed losses match bit for bit.
+- torch's ``Please use DTensor instead and we are deprecating ShardedTensor``: TorchRec's
+  row-wise sharded tables are ShardedTensors, and torch.distributed.checkpoint reads and writes
+  them (each resume warns); the type is TorchRec's choice, not one this project can make.
+- torch.distributed.checkpoint's ``torch.distributed is disabled, unavailable or uninitialized,
+  assuming the intent is to load in a single process``: ``oe export``, ``oe evaluate`` and
+  ``oe generate`` read a sharded checkpoint's table folder in one process on purpose (every
+  rank's rows gathered into whole tables).
 """
 
 from __future__ import annotations
@@ -40,6 +51,11 @@ HARMLESS_WARNINGS = [
     (r"It is recommended to use `self\.log\('(val/gen_|downstream/)", "lightning"),
     (r"Your `IterableDataset` has `__len__` defined", "lightning"),
     (r"The number of training batches \(\d+\) is smaller than the logging interval", "lightning"),
+    (r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader "
+     r"is not resumable", "lightning"),
+    (r"Please use DTensor instead and we are deprecating ShardedTensor", "torch"),
+    (r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
+     r"load in a single process", "torch"),
 ]
 HARMLESS_LOG_MESSAGES = ["For seamless cloud logging", "is_fx_tracing will return true"]
 

@@ -49,3 +49,15 @@ def test_every_tool_takes_verbose(command):
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "--summary_step" in result.stdout
+
+
+def test_the_resume_and_single_process_load_notices_are_hidden(monkeypatch):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    for message in [
+        "You're resuming from a checkpoint that ended before the epoch ended and your dataloader "
+        "is not resumable. This can cause unreliable results if further training is done.",
+        "Please use DTensor instead and we are deprecating ShardedTensor.",
+        "torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
+        "load in a single process.",
+    ]:
+        assert not _shown(message), message
