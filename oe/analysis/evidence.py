@@ -1,4 +1,4 @@
-"""What ``python -m oe.evidence`` (``oe.cli.evidence``) computes from the runs it trained.
+"""What ``oe evidence`` (``oe.cli.evidence``) computes from the runs it trained.
 
 - Sizing: the steps per run that fit a wall-clock budget, from a short calibration run
   (``steps_in_budget``), refused with ``EvidenceError`` when too few steps fit.

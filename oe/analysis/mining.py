@@ -1,4 +1,4 @@
-"""Counting the most frequent n-grams of a token stream, for ``python -m oe.mine`` (``oe.cli.mine``).
+"""Counting the most frequent n-grams of a token stream, for ``oe mine`` (``oe.cli.mine``).
 
 One streaming pass over the tokens counts, for every order, the n-grams that lie inside one
 article (``count_ngrams``); ``write_mined`` writes the top ones as the JSONL file that

@@ -1,4 +1,4 @@
-"""What ``python -m oe.report`` (``oe.cli.report``) reads, fits and writes.
+"""What ``oe report`` (``oe.cli.report``) reads, fits and writes.
 
 - Reading (``read_run``): every layout the project writes, as ``Run``: a run folder of ``oe.fit``
   (``csv/version_*/metrics.csv`` with its ``config.yaml``, or its offline W&B runs when there is no

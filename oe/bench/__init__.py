@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m oe.bench NAME [options]``; each prints a table and writes JSON."""
+"""Benchmarks: ``oe bench NAME [options]``; each prints a table and writes JSON."""

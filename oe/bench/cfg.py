@@ -1,4 +1,4 @@
-"""``python -m oe.bench cfg``: speed of the cfg3f sampler, checker and data stream (one core).
+"""``oe bench cfg``: speed of the cfg3f sampler, checker and data stream (one core).
 
 Targets: sampler >= 20,000 sentences/s; checker >= 2,000 sentences/s; producing a batch takes a
 small fraction of a training step of the 2.4M model on the same batch.
@@ -39,7 +39,7 @@ def _mutate(symbols: np.ndarray, lengths: np.ndarray, seed: int) -> tuple[np.nda
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench cfg", description=__doc__)
+    parser = Parser(prog="oe bench cfg", description=__doc__)
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 512])
     parser.add_argument("--max_train_batch", type=int, default=64,

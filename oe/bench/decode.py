@@ -1,4 +1,4 @@
-"""``python -m oe.bench decode``: decoding tokens/s of OE-3 against the baseline.
+"""``oe bench decode``: decoding tokens/s of OE-3 against the baseline.
 
 GPT-2-small shape (12 layers, width 768, 12 heads, vocabulary 50257; ``--shape`` another),
 greedy decoding with the key/value cache (``oe.models.decoding.decode``) of ``--new_tokens``
@@ -42,7 +42,7 @@ def build(shape: str, vocab_size: int, over_encoding: OverEncodingConfig | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench decode", description=__doc__,
+    parser = Parser(prog="oe bench decode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=list(PRESETS), default="gpt2_small")
     parser.add_argument("--vocab_size", type=int, default=50257)

@@ -1,4 +1,4 @@
-"""``python -m oe.bench evaluate``: zero-shot scoring throughput (items/s) of a GPT-2-small shape.
+"""``oe bench evaluate``: zero-shot scoring throughput (items/s) of a GPT-2-small shape.
 
 Random weights (12 layers, width 768, 12 heads, 50,257 ids, 1,024 positions: the shape of GPT-2
 124M; throughput does not depend on the values) and HellaSwag-shaped items made of random token
@@ -36,7 +36,7 @@ def hellaswag_shaped(n_items: int, vocab: int, seed: int = 0) -> list[Request]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench evaluate", description=__doc__)
+    parser = Parser(prog="oe bench evaluate", description=__doc__)
     parser.add_argument("--items", type=int, default=32, help="HellaSwag-shaped items per timing")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--modulus", type=int, default=100_003, help="rows per OE table")

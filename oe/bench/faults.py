@@ -1,4 +1,4 @@
-"""``python -m oe.bench faults``: kill -9 at random moments of a sharded run; exact resumes, mixed steps.
+"""``oe bench faults``: kill -9 at random moments of a sharded run; exact resumes, mixed steps.
 
 A cfg3f OE-2 run (one layer, width 32) with one n-gram table of ``--modulus`` rows (default
 1,000,003) on ``--devices`` CPU ranks (gloo) saves ``last.ckpt`` every ``--every`` steps. First
@@ -152,7 +152,7 @@ def judge(chain_kills: list[dict], run_dir: Path, reference: dict[int, str], fai
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench faults", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="oe bench faults", description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--modulus", type=int, default=1_000_003)

@@ -1,6 +1,6 @@
-"""``python -m oe.bench lm_eval``: items/s of ``oe evaluate`` and of lm-eval's ``--model oe``, side by side.
+"""``oe bench lm_eval``: items/s of ``oe evaluate`` and of lm-eval's ``--model oe``, side by side.
 
-    python -m oe.bench lm_eval --checkpoint CKPT_OR_EXPORT --data_dir D --tasks hellaswag,piqa
+    oe bench lm_eval --checkpoint CKPT_OR_EXPORT --data_dir D --tasks hellaswag,piqa
 
 The same items (``D/<task>.jsonl``, the hub data sets' fields) are scored by
 ``oe.evaluation.scoring.evaluate_task`` (what ``oe evaluate`` runs) and by
@@ -26,7 +26,7 @@ from oe.evaluation.tasks import load_items
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench lm_eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="oe bench lm_eval", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a .ckpt of oe fit or an exported directory")
     parser.add_argument("--data_dir", required=True, help="holds <task>.jsonl for every task")
     parser.add_argument("--tasks", default="hellaswag,piqa")

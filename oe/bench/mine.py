@@ -1,4 +1,4 @@
-"""``python -m oe.bench mine``: n-gram mining speed (tokens/s) of ``oe.analysis.mining``'s pruned counter.
+"""``oe bench mine``: n-gram mining speed (tokens/s) of ``oe.analysis.mining``'s pruned counter.
 
 A synthetic corpus of GPT-2-sized ids (V = 50,257) drawn from a Zipf law (exponent 1.1, close to
 natural text's) in articles of ~3,000 tokens, counted in one pass for orders {2, 3} and
@@ -27,7 +27,7 @@ def zipf_corpus(n_tokens: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, n
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench mine", description=__doc__)
+    parser = Parser(prog="oe bench mine", description=__doc__)
     parser.add_argument("--tokens", type=int, default=4_000_000)
     parser.add_argument("--capacities", type=int, nargs="+", default=[8_000_000, 200_000])
     parser.add_argument("--out", default=None)

@@ -1,4 +1,4 @@
-"""``python -m oe.bench od``: training-step time of OD-3 and OT-3 against the baseline, and peak memory.
+"""``oe bench od``: training-step time of OD-3 and OT-3 against the baseline, and peak memory.
 
 The models are those of the configs (``configs/cfg_{baseline,od3,oe3,ot3}.yaml``, at 85M with
 ``configs/backbones/gpt2_85m.yaml`` layered over them: their ``model`` sections, read by
@@ -103,7 +103,7 @@ def measure_memory(kind: str, size: str, batch_size: int, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench od", description=__doc__)
+    parser = Parser(prog="oe bench od", description=__doc__)
     parser.add_argument("--size", choices=["2m4", "85m"], default="2m4")
     parser.add_argument("--batch", type=int, default=32, help="sentences per step")
     parser.add_argument("--repeats", type=int, default=5)

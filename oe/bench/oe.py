@@ -1,4 +1,4 @@
-"""``python -m oe.bench oe``: training-step time of OE-3 against the baseline, side by side.
+"""``oe bench oe``: training-step time of OE-3 against the baseline, side by side.
 
 For each shape (the 2.4M cfg3f model, and a GPT-2-small-like Wikitext shape), the baseline and
 OE-3 models with m in {1e3, 1e5, 1e6} (+1, so that m is odd) are built in one process and timed
@@ -52,7 +52,7 @@ def table_mib(dim: int, modulus: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.bench oe", description=__doc__)
+    parser = Parser(prog="oe bench oe", description=__doc__)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--moduli", type=int, nargs="+", default=[1_001, 100_001, 1_000_001])
     parser.add_argument("--rounds", type=int, default=5)

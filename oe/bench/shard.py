@@ -1,4 +1,4 @@
-"""``python -m oe.bench shard``: one step of a row-wise sharded n-gram table, 1 rank against 2.
+"""``oe bench shard``: one step of a row-wise sharded n-gram table, 1 rank against 2.
 
 For each world size the ranks run as separate processes over gloo. Each rank builds one table of
 every size m (width 64) on the meta device and draws only its own rows (``oe.distributed.parallelize``),
@@ -105,7 +105,7 @@ def run(world: int, args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = Parser(prog="python -m oe.bench shard",
+    parser = Parser(prog="oe bench shard",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--m", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--width", type=int, default=64)

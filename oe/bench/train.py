@@ -1,4 +1,4 @@
-"""``python -m oe.bench train``: training throughput of padded against packed cfg3f rows.
+"""``oe bench train``: training throughput of padded against packed cfg3f rows.
 
 The 2.4M cfg3f model (12 layers, width 128, 4 heads), baseline and OE-3 (orders {1, 2, 3},
 modulus 1009: every n-gram its own row, tables as ordinary parameters), takes AdamW steps on the
@@ -291,7 +291,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.bench train")
+    parser = argparse.ArgumentParser(prog="oe bench train")
     parser.add_argument("--quick", action="store_true", help="global batch 64, 2 rounds")
     parser.add_argument("--suite", choices=["gpu"], default=None,
                         help="gpu: bf16, eager then compiled, in one call (train_gpu.json)")

@@ -39,6 +39,8 @@ SUBCOMMANDS = {
     "cfg": ("oe.cli.cfg", "sample or check cfg3f sentences"),
     "evidence": ("oe.cli.evidence", "train the cfg3f kinds at equal tokens in a time budget; table, PNG, claims"),
     "generate": ("oe.cli.generate", "continue prompts with a model; n-gram tables on the device or in host memory"),
+    "corpus": ("oe.experiments.corpus", "a local English corpus in Wikitext's format (Python's docstrings), offline"),
+    "table-scaling": ("oe.experiments.table_scaling", "loss against n-gram table size on a frozen small GPT-2, offline"),
 }
 
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    name = name.replace("_", "-") if name.replace("_", "-") in SUBCOMMANDS else name  # oe.lm_eval
     if name not in SUBCOMMANDS:
         print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)

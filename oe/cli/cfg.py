@@ -76,7 +76,7 @@ COMMANDS = {"check": _check, "logprob": _logprob, "prefix": _prefix}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.cfg", description=__doc__)
+    parser = Parser(prog="oe cfg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_sample = sub.add_parser("sample", help="print N sentences, one per line, as digits 1-3")
     p_sample.add_argument("--n", type=int, required=True)

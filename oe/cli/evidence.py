@@ -1,10 +1,10 @@
-"""``python -m oe.evidence cfg3f --minutes M --kinds baseline,oe2,oe3,od3,ot3 --seeds 0,1,2``.
+"""``oe evidence cfg3f --minutes M --kinds baseline,oe2,oe3,od3,ot3 --seeds 0,1,2``.
 
 Trains the cfg3f kinds one after another on this device, each seed of each kind for the same
 number of steps (so the same sentences and tokens per seed), sized to fit M minutes of wall clock:
 a short calibration of the most expensive kind times a step, a validation and the start-up, and
 the steps per run follow (``oe.analysis.evidence.steps_in_budget``); a budget too small for a meaningful
-run is refused before anything trains. Each run is ``python -m oe.fit --config
+run is refused before anything trains. Each run is ``oe fit --config
 configs/cfg_<kind>.yaml --config <presets> ...`` in a subprocess, with a cosine schedule over
 exactly its steps, validation on the same sentences at fixed step intervals and generation at
 each validation. A run folder with ``finished.json`` is not run again, and the steps chosen are
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_steps", type=int, default=20,
                         help="refuse a budget that gives fewer steps per run")
     args = parser.parse_args(argv)
-    args.command = "python -m oe.evidence " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command = "oe evidence " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

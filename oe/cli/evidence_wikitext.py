@@ -1,7 +1,7 @@
 """``oe evidence wikitext --arms baseline,oe3_mean,oe3_sum --seeds 0,1,2``: Over-Encoding's
 recipes on local real text at equal tokens (``oe.analysis.wikitext_study``).
 
-Each arm of ``oe.analysis.wikitext_study.ARMS`` is ``python -m oe.fit --config <its config>
+Each arm of ``oe.analysis.wikitext_study.ARMS`` is ``oe fit --config <its config>
 --config configs/presets/wikitext_quick.yaml <its overrides>`` in a subprocess, one after another,
 one thread each, seeds in the order given (the arms of seed 0 first, so the first results compare
 every arm). A run folder with ``finished.json`` is kept; an unfinished one starts again. Then,
@@ -86,7 +86,7 @@ def train(arms: list[str], seeds: list[int], args) -> None:
         missing = [f for f in ("train.txt", "validation.txt") if not (Path(CORPUS) / f).is_file()]
         if missing:
             raise EvidenceError(f"the preset reads {CORPUS}/train.txt and validation.txt; write "
-                                f"them first: python -m oe.corpus --out {CORPUS}")
+                                f"them first: oe corpus --out {CORPUS}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run, inherited by oe.fit
     order = [(arm, seed) for seed in seeds for arm in arms]
     for index, (arm, seed) in enumerate(order, start=1):

@@ -1,4 +1,4 @@
-"""``python -m oe.fit --config configs/X.yaml [--section.field value ...]``: train a model.
+"""``oe fit --config configs/X.yaml [--section.field value ...]``: train a model.
 
 LightningCLI over ``LanguageModel`` and any LightningDataModule; every field of the config can be
 overridden on the command line. Configs are read by ``oe.cli.config`` (layers, ``base:`` lists,

@@ -1,8 +1,8 @@
-"""``python -m oe.generate``: continue text prompts with a trained model (key/value cache).
+"""``oe generate``: continue text prompts with a trained model (key/value cache).
 
-    python -m oe.generate --ckpt runs/x/checkpoints/last.ckpt --prompts prompts.txt
-    echo "The river" | python -m oe.generate --pretrained gpt2 --max_new_tokens 40 --top_k 50
-    python -m oe.generate --ckpt X.ckpt --prompts p.txt --tables_on cpu --device cuda
+    oe generate --ckpt runs/x/checkpoints/last.ckpt --prompts prompts.txt
+    echo "The river" | oe generate --pretrained gpt2 --max_new_tokens 40 --top_k 50
+    oe generate --ckpt X.ckpt --prompts p.txt --tables_on cpu --device cuda
 
 Prompts are the lines of ``--prompts`` (``-`` or none: standard input), blank lines skipped.
 Prompts of one token length are decoded together, ``--batch_size`` at a time; each result is
@@ -60,7 +60,7 @@ def place_model(model, device: torch.device, tables_on: str) -> HostTables | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.generate", description=__doc__,
+    parser = Parser(prog="oe generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a checkpoint of oe.fit (plain or exported tables)")

@@ -1,8 +1,8 @@
-"""``python -m oe.mine``: the most frequent n-grams of a tokenised corpus, for frequent-n-gram rows.
+"""``oe mine``: the most frequent n-grams of a tokenised corpus, for frequent-n-gram rows.
 
-    python -m oe.mine --config configs/wikitext_gpt2_frequent.yaml --orders 2,3,4,5 \
+    oe mine --config configs/wikitext_gpt2_frequent.yaml --orders 2,3,4,5 \
         --top_k 100000 --out runs/mined/wikitext103_gpt2.jsonl
-    python -m oe.mine --train_file data/docstrings/train.txt --tokenizer bpe --top_k 1000 ...
+    oe mine --train_file data/docstrings/train.txt --tokenizer bpe --top_k 1000 ...
 
 The corpus is the training split of a ``WikitextDataModule`` (the ``data`` section of a config,
 read as ``oe fit`` reads it, layers and overrides included; or a text file), tokenised and cached exactly as training reads it. One streaming pass over its
@@ -50,7 +50,7 @@ def _datamodule(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oe.mine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="oe mine", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append",
                         help="a config whose data section is a WikitextDataModule (repeatable: "
                              "later ones override, as in oe.fit)")

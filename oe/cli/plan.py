@@ -1,4 +1,4 @@
-"""``python -m oe.plan --config X.yaml --world_size W``: memory per rank of a sharded OE model.
+"""``oe plan --config X.yaml --world_size W``: memory per rank of a sharded OE model.
 
 Builds the config's model on the meta device (no memory, any table size), splits every n-gram
 table row-wise over W ranks as ``oe.distributed.parallelize`` does, and prints per rank: the table rows, the
@@ -6,7 +6,7 @@ fused optimiser's state for each choice, and the dense model (replicated by DDP:
 gradients and AdamW's two moments). fp32 throughout. ``--modulus``, ``--n_embd`` and ``--n_head``
 override the config, e.g. the paper's scale:
 
-    python -m oe.plan --config configs/cfg_oe3.yaml --world_size 64 \
+    oe plan --config configs/cfg_oe3.yaml --world_size 64 \
         --modulus 12800001 --n_embd 2048 --n_head 16 --vocab_size 50257
 """
 
@@ -21,7 +21,7 @@ OVERRIDES = {"modulus": "model.over_encoding.modulus", "n_embd": "model.backbone
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.plan", description=__doc__.split("\n")[0])
+    parser = Parser(prog="oe plan", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", required=True,
                         help="config(s) as for oe.cli.fit, read the same way; later ones override")
     parser.add_argument("--world_size", type=int, required=True, help="number of ranks")

@@ -1,4 +1,4 @@
-"""``python -m oe.plot RUN ... --out FIG.png``: ``oe report``'s curves of some runs, in one PNG.
+"""``oe plot RUN ... --out FIG.png``: ``oe report``'s curves of some runs, in one PNG.
 
 The same reading, series, bands, smoothing, y-range and flags as ``oe report`` (``oe.cli.report``),
 without its report: the seeds of one configuration form a series (the run's name without its
@@ -19,7 +19,7 @@ from oe.cli.flags import Parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.plot", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="oe plot", description=__doc__.split("\n\n")[0])
     add_curve_arguments(parser)
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one series label per run (default: the run's name without its seed)")

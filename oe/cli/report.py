@@ -1,4 +1,4 @@
-"""``python -m oe.report [RUN ...] [--wandb PROJECT/GROUP] --out DIR``: plots and a summary.
+"""``oe report [RUN ...] [--wandb PROJECT/GROUP] --out DIR``: plots and a summary.
 
 Reads every run layout the project writes (``oe.analysis.report.read_run``): run folders of
 ``oe.fit`` (their CSV, or their offline W&B runs), folders holding a ``metrics.csv`` and lone CSV
@@ -55,7 +55,7 @@ def add_curve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.report", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="oe report", description=__doc__.split("\n\n")[0])
     add_curve_arguments(parser)
     parser.add_argument("--wandb", action="append", default=[], metavar="PROJECT/GROUP",
                         help="also read every run of this W&B group (online; repeatable)")

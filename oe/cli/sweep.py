@@ -1,4 +1,4 @@
-"""``python -m oe.sweep --sweep configs/sweeps/X.yaml [--submit | --local]``: grid sweeps of oe.cli.fit.
+"""``oe sweep --sweep configs/sweeps/X.yaml [--submit | --local]``: grid sweeps of oe.cli.fit.
 
 A sweep file is plain YAML::
 

@@ -425,6 +425,6 @@ def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
         raise ValueError(
             f"{path} does not load into its model (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); a checkpoint with row-wise sharded tables needs "
-            "`python -m oe.export` first"
+            "`oe export` first"
         )
     return model, checkpoint.get(TOKENIZER_KEY)

@@ -1,6 +1,6 @@
 """The ``oe`` model of lm-evaluation-harness: any task of the harness on an ``oe`` checkpoint.
 
-    python -m oe.lm_eval --model oe --model_args checkpoint=PATH --tasks piqa --batch_size 32
+    oe lm-eval --model oe --model_args checkpoint=PATH --tasks piqa --batch_size 32
 
 lm-eval 0.4.13 finds models in its own registry only (no entry points), so ``python -m
 oe.lm_eval`` (``oe lm-eval``) is lm-eval's own command line with this model registered; in Python,

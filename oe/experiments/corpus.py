@@ -1,4 +1,4 @@
-"""``python -m oe.corpus --out DIR``: a local English corpus in Wikitext's format, offline.
+"""``oe corpus --out DIR``: a local English corpus in Wikitext's format, offline.
 
 The docstrings of Python's standard library (modules, classes, functions; read with ``ast``,
 nothing is imported) are the only sizeable English prose every machine with Python has. Each
@@ -69,7 +69,7 @@ def write_corpus(out: str | Path, validation_every: int = 10,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.corpus", description=__doc__.split("\n")[0])
+    parser = Parser(prog="oe corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/docstrings", help="folder for train.txt, validation.txt")
     parser.add_argument("--validation_every", type=int, default=10)
     parser.add_argument("--max_articles", type=int, default=None)

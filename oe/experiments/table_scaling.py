@@ -1,4 +1,4 @@
-"""``python -m oe.table_scaling``: the frozen-GPT-2 + n-gram pipeline in miniature, offline.
+"""``oe table-scaling``: the frozen-GPT-2 + n-gram pipeline in miniature, offline.
 
 Loss against log(table size) for a frozen backbone widened with n-gram tables, on a local corpus,
 in a few minutes on 2 CPU cores. Every step is the real pipeline:
@@ -104,7 +104,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m oe.table_scaling", description=__doc__.split("\n")[0])
+    parser = Parser(prog="oe table-scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="runs/table_scaling")
     parser.add_argument("--png", default="docs/frozen_gpt2_table_scaling.png")
     parser.add_argument("--json", default="docs/frozen_gpt2_table_scaling.json")

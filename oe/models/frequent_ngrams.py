@@ -1,6 +1,6 @@
 """The "frequent n-gram" embedding: mined n-grams, each with a row of its own.
 
-``python -m oe.mine`` writes the most frequent n-grams of a corpus. The top ``top_k`` of each
+``oe mine`` writes the most frequent n-grams of a corpus. The top ``top_k`` of each
 order get one row each, initialised to the mean of their tokens' (1-gram) embeddings. At every
 position where one of them ends, its row is added to the 1-gram embedding:
 
@@ -34,7 +34,7 @@ from oe.models.ngram import KEY_MODULUS, ngram_ids, ngram_windows
 
 @dataclass
 class FrequentNgramConfig:
-    """Rows for mined n-grams (a file written by ``python -m oe.mine``).
+    """Rows for mined n-grams (a file written by ``oe mine``).
 
     Args:
         path: the mined JSONL file.
@@ -57,7 +57,7 @@ def read_mined(path: str | Path, orders: list[int], top_k: int, vocab_size: int)
     """The ``top_k`` most frequent n-grams [top_k, n] of each order in ``orders`` from ``path``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mined n-gram file {path} not found; write it with `python -m oe.mine`")
+        raise FileNotFoundError(f"mined n-gram file {path} not found; write it with `oe mine`")
     found: dict[int, list[list[int]]] = {n: [] for n in orders}
     with path.open() as f:
         header = json.loads(f.readline() or "{}")

@@ -130,7 +130,7 @@ def test_bad_mined_file_is_named(mined, tmp_path):
     bad.write_text(out.read_text().splitlines()[0] + '\n{"order": 2, "tokens": [1]}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: 2-gram \[1\] must hold 2 token ids"):
         FrequentNgramEmbedding(dm.vocab_size, 8, FrequentNgramConfig(str(bad), [2], top_k=1))
-    with pytest.raises(FileNotFoundError, match="python -m oe.mine"):
+    with pytest.raises(FileNotFoundError, match="oe mine"):
         FrequentNgramEmbedding(dm.vocab_size, 8, FrequentNgramConfig(str(tmp_path / "no.jsonl")))
 
 
