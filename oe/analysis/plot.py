@@ -17,11 +17,9 @@ import csv
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# matplotlib is imported where a figure is drawn: the tools that read runs start at once.
 
 
 History = dict[str, list[tuple[int, float]]]  # metric -> sorted (step, value)
@@ -204,6 +202,11 @@ def draw_panel(ax, by_series: dict[str, list[Curve]], smoothing: float = 0.0) ->
 def plot_curves(curves: dict[str, dict[str, list[Curve]]], out: Path, title: str | None = None,
                 xlabel: str = "step", smoothing: float = 0.0) -> Path:
     """One panel per metric of ``curves[metric][series]`` (a series' runs: mean line, min-max band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     metrics = list(curves)
     if not any(c for by_series in curves.values() for cs in by_series.values() for c in cs
                if len(c[0])):

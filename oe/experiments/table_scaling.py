@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from oe.analysis.report import fit_log_linear
@@ -61,6 +60,8 @@ def _overlay(path: Path, data: dict, run_root: Path) -> Path:
 
 def frozen_loss(source: str, datamodule) -> float:
     """Validation loss of the frozen backbone alone (what every table run starts from)."""
+    import torch
+
     from oe.models.build import build_model
     from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frequent_table_lr", type=float, default=3e-3,
                         help="frequent rows' AdamW learning rate")
     args = parser.parse_args(argv)
+    import torch  # after parsing: --help answers at once
+
     torch.set_num_threads(args.threads)
     moduli = [int(m) for m in args.moduli.split(",") if m]
     top_ks = [int(k) for k in args.top_k.split(",") if k]
