@@ -16,9 +16,11 @@ import importlib
 import sys
 from argparse import ArgumentError
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from jsonargparse import ActionConfigFile, Namespace
+from lightning.pytorch.cli import LightningArgumentParser
 
 from oe.training.rundir import place_run
 
@@ -123,6 +125,39 @@ def _take_print_config(args: list[str]) -> tuple[list[str], dict | None]:
     return rest, flags
 
 
+UNION_FAILURE = "Does not validate against any of the Union subtypes"
+
+
+def error_line(message: str) -> str:
+    """A parser's error as the one line that says what is wrong.
+
+    jsonargparse explains a value that fits no alternative of a ``X | None`` field with a list of
+    every alternative's error, the value and its type; the reason is the first alternative's.
+    """
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith(UNION_FAILURE):
+        reasons = [line[2:] for line in lines
+                   if line.startswith("- ") and not line.startswith("- Expected a <class 'NoneType'>")]
+        if reasons:
+            return error_line(reasons[0])
+    if len(lines) > 3:
+        return lines[0]
+    joined = lines[0] if lines else str(message)
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """oe.fit's parser: an error is one line and exit status 2; usage only on ``--help``."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        sys.stderr.write(f"error: {error_line(message)}\n")
+        self.exit(2)
+
+
 def parse_with(parser, args: list[str]) -> Namespace:
     """Parse ``args`` with oe.fit's ``parser``: layers, then the run's folder, then validation.
 
@@ -219,7 +254,7 @@ def parse_fit_config(args: list[str], parser=None) -> Namespace:
     try:
         return parse_with(parser, args)
     except ArgumentError as err:
-        raise ConfigError(str(err).strip()) from err
+        raise ConfigError(error_line(str(err))) from err
 
 
 def class_of(spec: Namespace, field: str) -> type:

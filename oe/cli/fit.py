@@ -35,7 +35,7 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.downstream import DownstreamEvaluation
 from callbacks.generation import GenerationAccuracy
 from callbacks.ngram_stats import NgramTableStats
-from oe.cli.config import ComposedConfigFile, parse_with
+from oe.cli.config import ComposedConfigFile, OneLineErrorParser, error_line, parse_with
 from oe.cli.flags import program_name
 from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointError,
                                       CheckpointWriteError, check_table_files, check_tables,
@@ -228,7 +228,8 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
 
 
 CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,
-                  subclass_mode_data=True, save_config_kwargs={"overwrite": True})
+                  subclass_mode_data=True, save_config_kwargs={"overwrite": True},
+                  parser_class=OneLineErrorParser)
 
 
 def _damage(path: Path) -> str:
@@ -277,7 +278,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(str(err))}", file=sys.stderr)
         return 2
     finally:
         _finish_wandb(succeeded)

@@ -214,3 +214,30 @@ def test_every_over_encoding_config_names_its_combine(parser, name):
     named = [path for path, content in config_layers(CONFIGS / name)
              if "combine" in ((content.get("model") or {}).get("over_encoding") or {})]
     assert named, f"{name}: no layer sets model.over_encoding.combine"
+
+
+def test_oe_fit_names_a_bad_config_in_one_line_without_the_usage(tmp_path, capsys):
+    from oe.cli.fit import main as fit_main
+
+    bad_yaml = write(tmp_path, "bad.yaml", "trainer:\n  max_steps: [3\n")
+    misspelt = write(tmp_path, "misspelt.yaml", "trainer:\n  max_stepz: 3\n")
+    cases = {
+        ("--trainer.max_stepz", "3"): "error: unrecognized arguments: --trainer.max_stepz 3",
+        ("--trainer.max_steps", "many"): 'error: Parser key "trainer.max_steps": Expected a '
+                                         "<class 'int'>. Got value: many",
+        ("--config", str(misspelt)): f"error: --config {misspelt}: Group 'trainer' does not "
+                                     f"accept option 'max_stepz'",
+        ("--config", str(bad_yaml)): f"error: --config {bad_yaml}: not valid YAML",
+        ("--config", str(tmp_path / "none.yaml")): f"error: --config {tmp_path / 'none.yaml'}: "
+                                                   f"no such file",
+        ("--data.init_args.batch_size", "0"): "error: data.batch_size must be >= 1, got 0",
+    }
+    for extra, start in cases.items():
+        args = ["--config", "configs/cfg_oe3.yaml", *extra, "--run_dir", str(tmp_path / "run")]
+        try:
+            code = fit_main(args)
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err.strip().splitlines()
+        lines = [line for line in err if not line.startswith("Seed set")]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(start), (extra, err)
