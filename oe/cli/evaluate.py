@@ -71,13 +71,12 @@ def checkpoint_step(path: str | Path) -> int | None:
     """The global step a checkpoint of ``oe.cli.fit`` was saved at (None if it records none)."""
     import torch
 
+    from oe.distributed.checkpoint import read_checkpoint
+
     if Path(path).is_dir():  # an exported directory keeps no step
         return None
-    try:  # memory-mapped: only the small entries are read
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # an old, non-zip file cannot be mapped
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path, mmap=True)  # memory-mapped: only the small entries are read
+    step = checkpoint.get("global_step")
     return None if step is None else int(step)
 
 

@@ -23,11 +23,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
-from oe.models.decoding import Sampling, decode
-from oe.models.embedding import HostTables, OverEncoding
 from oe.cli.flags import Parser
+
+# torch and the model code are imported after the command line is parsed: --help answers at once.
 
 
 def read_prompts(source: str | None) -> list[str]:
@@ -47,6 +45,8 @@ def read_prompts(source: str | None) -> list[str]:
 
 def place_model(model, device: torch.device, tables_on: str) -> HostTables | None:
     """Move ``model`` to ``device``; with ``tables_on`` cpu, its n-gram tables to host memory."""
+    from oe.models.embedding import HostTables, OverEncoding
+
     model.eval()
     if tables_on == "device":
         model.to(device)
@@ -60,6 +60,7 @@ def place_model(model, device: torch.device, tables_on: str) -> HostTables | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 written, 2 bad input (one ``error:`` line naming the flag or file)."""
     parser = Parser(prog="oe generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -76,21 +77,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument("--tables_on", choices=["device", "cpu"], default="device")
     args = parser.parse_args(argv)
+    import torch
+
+    from oe.models.decoding import Sampling, decode
+
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    sampling = Sampling(args.temperature, args.top_k, args.top_p)
-    sampling.check()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
-    prompts = read_prompts(args.prompts)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                              if args.device == "auto" else args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device}: {str(err).splitlines()[0]}")
+    try:
+        sampling = Sampling(args.temperature, args.top_k, args.top_p)
+        sampling.check()
+        prompts = read_prompts(args.prompts)
 
-    from oe.cli.evaluate import load_checkpoint, load_pretrained
-    from oe.evaluation.scoring import eot_id_of
+        from oe.cli.evaluate import load_checkpoint, load_pretrained
+        from oe.evaluation.scoring import eot_id_of
 
-    model, tokenizer = (load_checkpoint(args.ckpt, args.tokenizer) if args.ckpt
-                        else load_pretrained(args.pretrained, args.tokenizer))
-    host_tables = place_model(model, device, args.tables_on)
-    eos_id = eot_id_of(tokenizer)
+        model, tokenizer = (load_checkpoint(args.ckpt, args.tokenizer) if args.ckpt
+                            else load_pretrained(args.pretrained, args.tokenizer))
+        host_tables = place_model(model, device, args.tables_on)
+        eos_id = eot_id_of(tokenizer)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     encoded = [tokenizer.encode(p).ids for p in prompts]
     by_length: dict[int, list[int]] = defaultdict(list)
     for index, ids in enumerate(encoded):

@@ -247,6 +247,7 @@ def table_signature(module: nn.Module) -> dict[str, dict]:
             "k": owner.config.k,
             "modulus": owner.config.modulus,
             "hash": owner.config.hash,
+            "signed": owner.config.signed,  # the same rows mean other things with the sign trick
             "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
             "table_optimizer": table_optimizer(owner.config),
         }
@@ -317,13 +318,15 @@ def check_tables(checkpoint: Mapping[str, Any], module: nn.Module, path: str | P
         saved = theirs.get(prefix)
         if saved is None:
             raise ValueError(f"checkpoint {path} has no tables for {prefix}")
-        saved = {"hash": "polynomial", **saved}  # written before there were other hash families
+        # written before there were other hash families, or the sign trick
+        saved = {"hash": "polynomial", "signed": False, **saved}
         diff = [f"{key}: checkpoint {saved.get(key)!r}, model {value!r}"
                 for key, value in mine.items() if saved.get(key) != value]
         if diff:
             raise ValueError(
                 f"checkpoint {path} was written for other n-gram tables ({'; '.join(diff)}); "
-                "model.over_encoding (orders, k, modulus, hash, table_optimizer) and data.vocab_size "
+                "model.over_encoding (orders, k, modulus, hash, signed, table_optimizer) and "
+                "data.vocab_size "
                 "must match the checkpoint"
             )
     if TABLE_KEY in checkpoint and not any(
@@ -404,17 +407,23 @@ def record_special_tokens(checkpoint: dict[str, Any], datamodule: object | None)
 
 
 def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
-    """The network of a checkpoint of ``oe.cli.fit`` (plain tables) and its tokenizer record.
+    """The network of a checkpoint of ``oe.cli.fit`` and its tokenizer record.
 
     The shape comes from the recorded hyper-parameters (a pretrained backbone's own shape, so
-    the pretrained source is not read again); the weights from the checkpoint.
+    the pretrained source is not read again); the weights from the checkpoint: a training
+    checkpoint with sharded tables is read with its table folder, every row, in this process.
+    A file that is no such checkpoint is one CheckpointError naming it.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint of oe.cli.fit (no hyper_parameters or state_dict)")
+    checkpoint = read_checkpoint(path)
+    if "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
+                              f"checkpoint written by oe fit")
+    tables = tuple(f"{prefix}." for prefix in checkpoint.get(TABLE_KEY) or {})
+    if tables and not any(k.startswith(tables) for k in checkpoint["state_dict"]):
+        checkpoint = single_device_checkpoint(path)  # the rows live in the table folder
     arguments = build_arguments(checkpoint["hyper_parameters"], where=f"{path}: model")
     arguments.update(pretrained=None, freeze_backbone=False, heads=None)  # weights follow
     model = build_model(**arguments).gpt
@@ -423,8 +432,7 @@ def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{path} does not load into its model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); a checkpoint with row-wise sharded tables needs "
-            "`oe export` first"
+            f"checkpoint {path} does not load into the model its hyper-parameters describe "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model, checkpoint.get(TOKENIZER_KEY)

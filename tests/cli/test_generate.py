@@ -59,8 +59,38 @@ def test_prompts_come_from_stdin(checkpoint, monkeypatch, capsys):
     assert len(rows) == 1 and rows[0]["prompt"] == "the river"
 
 
-def test_an_empty_prompt_file_is_named(checkpoint, tmp_path):
+def test_bad_input_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    truncated, text = tmp_path / "cut.ckpt", tmp_path / "notes.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    text.write_text("not a checkpoint\n")
     empty = tmp_path / "empty.txt"
-    empty.write_text("\n \n")
-    with pytest.raises(ValueError, match="holds no prompt"):
-        main(["--ckpt", str(checkpoint), "--prompts", str(empty)])
+    empty.write_text("\n  \n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the river\n")
+    no_tokenizer = tmp_path / "cfg.ckpt"
+    saved = torch.load(checkpoint, weights_only=False)
+    del saved[TOKENIZER_KEY]
+    torch.save(saved, no_tokenizer)
+    run = ["--device", "cpu", "--max_new_tokens", "2"]
+    cases = {
+        "truncated": (["--ckpt", str(truncated), "--prompts", str(prompts)],
+                      f"error: checkpoint {truncated} "),
+        "text": (["--ckpt", str(text), "--prompts", str(prompts)],
+                 f"error: checkpoint {text} is not a PyTorch checkpoint"),
+        "empty prompts": (["--ckpt", str(checkpoint), "--prompts", str(empty)],
+                          f"error: --prompts {empty} holds no prompt"),
+        "missing prompts": (["--ckpt", str(checkpoint), "--prompts", str(tmp_path / "no.txt")],
+                            f"error: --prompts {tmp_path / 'no.txt'} not found"),
+        "temperature": (["--ckpt", str(checkpoint), "--prompts", str(prompts), "--temperature",
+                         "-1"], "error: --temperature must be >= 0, got -1.0"),
+        "no tokenizer": (["--ckpt", str(no_tokenizer), "--prompts", str(prompts)],
+                         f"error: checkpoint {no_tokenizer} has no tokenizer"),
+    }
+    for case, (argv, start) in cases.items():
+        assert main([*argv, *run]) == 2, case
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, (case, captured)
+        assert captured.err.startswith(start), (case, captured.err)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["--ckpt", str(checkpoint), *run]) == 2
+    assert capsys.readouterr().err == "error: --prompts stdin holds no prompt (no non-blank line)\n"

@@ -115,8 +115,7 @@ def test_export_gives_a_single_device_checkpoint_with_identical_logits(two_rank_
     from tests.distributed.sharding_worker import probe_tokens
 
     runs = two_rank_step
-    with pytest.raises(ValueError, match="needs `python -m oe.export` first"):
-        load_for_evaluation(runs / "step_w2.ckpt")
+    direct, _ = load_for_evaluation(runs / "step_w2.ckpt")  # the table folder, read in one process
     out = runs / "exported.ckpt"
     assert export_main([str(runs / "step_w2.ckpt"), str(out)]) == 0
     written = out.read_bytes()
@@ -131,3 +130,4 @@ def test_export_gives_a_single_device_checkpoint_with_identical_logits(two_rank_
     with torch.no_grad():
         assert torch.equal(model(probe_tokens()), expected)
         assert torch.equal(network.eval()(probe_tokens()), expected)
+        assert torch.equal(direct.eval()(probe_tokens()), expected)
