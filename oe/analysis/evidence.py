@@ -34,7 +34,7 @@ LOWER_IS_BETTER = {"val/loss": True, "val/excess_loss": True, "val/loss_floor": 
                    "val/gen_first_error": False}
 TABLE_METRICS = ["val/loss", "val/loss_floor", "val/excess_loss", "val/gen_acc",
                  "val/gen_viable_frac", "val/gen_first_error"]
-PLOT_METRICS = ["val/excess_loss", "val/gen_acc", "val/gen_viable_frac"]
+PLOT_METRICS = ["val/loss", "val/excess_loss", "val/gen_acc", "val/gen_viable_frac"]
 KIND_LABELS = {"baseline": "baseline", "oe2": "OE-2", "oe3": "OE-3", "od3": "OD-3", "ot3": "OT-3"}
 
 
@@ -276,17 +276,22 @@ def final_spreads(histories: dict[str, list[History]], metrics: list[str]
 # -- writing ---------------------------------------------------------------------------------------
 
 def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: dict[str, Spread],
-                    compared_tokens: float, minutes: float, seeds: list[int],
+                    compared_tokens: float, minutes: float | None, seeds: list[int],
                     finals: dict[str, dict[str, Spread]], png_name: str,
                     metrics: list[str] = TABLE_METRICS,
-                    schedule_ends: Spread | None = None, reference: str | None = None) -> str:
+                    schedule_ends: Spread | None = None, reference: str | None = None,
+                    parallel: int = 1) -> str:
     """evidence.md: the set-up, the budget as a share of the paper's, the table, the claims, and
-    with ``reference`` every other kind judged against it."""
+    with ``reference`` every other kind judged against it. ``minutes``: the wall-clock budget
+    the runs were sized to, or None when the presets sized them; ``parallel``: runs at a time."""
     largest = max(s.high for s in tokens_per_run.values())
+    budget = (f"{minutes:g} minutes" if minutes is not None
+              else f"{steps} steps per run, as the presets set")
+    order = "one after another" if parallel == 1 else f"{parallel} at a time"
     lines = ["# cfg3f: the kinds at equal tokens", "",
              f"Command: `{command}`", "",
-             f"Device: {device}. Budget: {minutes:g} minutes for {len(tokens_per_run)} kind(s) x "
-             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), run one after another.", "",
+             f"Device: {device}. Budget: {budget} for {len(tokens_per_run)} kind(s) x "
+             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), run {order}.", "",
              f"Every run: {steps} steps on the same sentences per seed (same batch, same data "
              f"seed), a cosine schedule over exactly those steps, validation on the same "
              f"sentences. Target tokens per run: up to {largest:,.0f}, "
@@ -327,7 +332,8 @@ def render_markdown(*, command: str, device: str, steps: int, tokens_per_run: di
 
 
 def plot_evidence(histories: dict[str, list[History]], out: Path) -> Path:
-    """Three panels against train/tokens: each kind's seed mean as a line, min..max as a band."""
+    """A panel per metric of ``PLOT_METRICS`` against train/tokens: each kind's seed mean as a
+    line, min..max as a band."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -328,7 +328,7 @@ def write_outputs(args, kinds: list[str], seeds: list[int], runs_dir: Path, out:
         compared_tokens=compared, minutes=args.minutes, seeds=seeds, finals=finals,
         png_name="evidence.png",
         schedule_ends=Spread.of([schedule_end(h) for runs in histories.values() for h in runs]),
-        reference=args.reference))
+        reference=args.reference, parallel=args.parallel))
 
 
 if __name__ == "__main__":
