@@ -390,8 +390,13 @@ def choose_metrics(runs: list[Run], asked: list[str] | None) -> list[str]:
     return list(asked)
 
 
+def runs_without(runs: list[Run], fit_metric: str) -> list[str]:
+    """The Over-Encoding runs (those the fit uses) that never logged ``fit_metric``."""
+    return [r.name for r in runs if r.modulus is not None and not r.history.get(fit_metric)]
+
+
 def check_fit_metric(runs: list[Run], fit_metric: str) -> None:
-    missing = [r.name for r in runs if r.modulus is not None and not r.history.get(fit_metric)]
+    missing = runs_without(runs, fit_metric)
     if missing:
         raise ReportError(f"the fit's metric {fit_metric!r} is missing from: {', '.join(missing)}")
 
@@ -574,11 +579,15 @@ def fit_section(runs: list[Run], fit_metric: str, window: int, out: Path) -> lis
 
 def render(runs: list[Run], out: Path, metrics: list[str] | None = None,
            fit_metric: str = "val/loss", window: int = 1, x: str = STEP,
-           smoothing: float = 0.0) -> Path:
+           smoothing: float = 0.0, require_fit_metric: bool = True) -> Path:
     """``report.md`` and its PNGs in ``out``. ``metrics``: required of every run; None: those of
-    ``DEFAULT_METRICS`` that some run logged."""
+    ``DEFAULT_METRICS`` that some run logged. ``require_fit_metric``: False when the fit's metric
+    was not asked for: runs that never logged it (never validated) get no fit, and the report
+    says so."""
     metrics = choose_metrics(runs, metrics)
-    check_fit_metric(runs, fit_metric)
+    unfitted = runs_without(runs, fit_metric)
+    if require_fit_metric:
+        check_fit_metric(runs, fit_metric)
     runs = sorted(runs, key=lambda r: (r.group, r.modulus or 0, r.name))
     out.mkdir(parents=True, exist_ok=True)
     curve_files = plot_group_curves(runs, metrics, out, x, smoothing)
@@ -600,7 +609,10 @@ def render(runs: list[Run], out: Path, metrics: list[str] | None = None,
     for group, path in curve_files.items():
         md += [f"Group `{group}`:", "", f"![curves of {group}]({path.name})", ""]
     md += ["## At equal tokens", "", *equal_tokens_table(runs, metrics), ""]
-    md += ["## Loss against log10(m)", "", *fit_section(runs, fit_metric, window, out)]
+    md += ["## Loss against log10(m)", ""]
+    md += ([f"Not fitted: `{fit_metric}` was never logged by {', '.join(unfitted)} (a run that "
+            f"never validated); `--fit_metric train/loss` fits the training loss.", ""]
+           if unfitted else fit_section(runs, fit_metric, window, out))
     md += ["## Downstream", "", *downstream_table(runs), ""]
     report = out / "report.md"
     report.write_text("\n".join(md))

@@ -223,8 +223,10 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {"global_step": trainer.global_step, "seconds": time.time() - started,
                "metrics": metrics, "interrupted": trainer.interrupted}
-    if not trainer.interrupted:
-        (root / "finished.json").write_text(json.dumps(summary, indent=2))
+    if not trainer.interrupted:  # whole or not at all: oe report and oe sweep read it
+        writing = root / f".finished.json.{os.getpid()}.tmp"
+        writing.write_text(json.dumps(summary, indent=2))
+        os.replace(writing, root / "finished.json")
 
 
 CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,

@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     add_curve_arguments(parser)
     parser.add_argument("--wandb", action="append", default=[], metavar="PROJECT/GROUP",
                         help="also read every run of this W&B group (online; repeatable)")
-    parser.add_argument("--fit_metric", default="val/loss",
-                        help="the loss fitted against log10(m) (default: val/loss)")
+    parser.add_argument("--fit_metric", default=None,
+                        help="the loss fitted against log10(m) (default: val/loss, where every "
+                             "run logged it)")
     parser.add_argument("--final_window", type=int, default=1,
                         help="final value = mean of this many last logged values (default: 1)")
     args = parser.parse_args(argv)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [read_run(p) for p in expand_run_dirs(args.runs)]
         for spec in args.wandb:
             runs += read_wandb_group(spec)
-        report = render(runs, args.out, metrics, args.fit_metric, args.final_window, x, args.smooth)
+        report = render(runs, args.out, metrics, args.fit_metric or "val/loss", args.final_window,
+                        x, args.smooth, require_fit_metric=args.fit_metric is not None)
     except ValueError as err:  # ReportError and the output check
         print(f"error: {err}", file=sys.stderr)
         return 2

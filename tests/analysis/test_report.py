@@ -118,6 +118,19 @@ def test_a_metric_some_run_lacks_is_one_error_before_rendering(tmp_path, capsys)
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
 
 
+def test_runs_that_never_validated_report_without_the_fit_unless_it_is_asked_for(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for m in (7, 37):
+        make_run(runs, f"m={m}", "g", m, [[(s, {"train/loss": 2.0 - s / 100}) for s in (0, 10)]])
+    out = tmp_path / "out"
+    assert main([str(runs), "--out", str(out)]) == 0
+    assert ("Not fitted: `val/loss` was never logged by m=37, m=7 (a run that never validated)"
+            in (out / "report.md").read_text())
+    assert main([str(runs), "--out", str(tmp_path / "asked"), "--fit_metric", "val/loss"]) == 2
+    assert "the fit's metric 'val/loss' is missing from" in capsys.readouterr().err
+    assert main([str(runs), "--out", str(tmp_path / "train"), "--fit_metric", "train/loss"]) == 0
+
+
 def test_default_report_shows_excess_loss_and_viable_fraction_and_wikitext_runs_without_them(tmp_path):
     runs = tmp_path / "runs"
     make_run(runs, "cfg", "g", 7, [[(s, {"train/loss": 1.0, "train/tokens": 100.0 * (s + 1)})
