@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import socket
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from oe.hub import reachable
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,11 @@ def _has_key() -> bool:
         return False
 
 
-def _reachable(host: str = "api.wandb.ai", port: int = 443, timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def choose_mode() -> str:
     """``offline`` unless a key is set and the server answers (WANDB_MODE, if set, wins)."""
     if os.environ.get("WANDB_MODE") in ("offline", "online", "disabled"):
         return os.environ["WANDB_MODE"]
-    return "online" if _has_key() and _reachable() else "offline"
+    return "online" if _has_key() and reachable("api.wandb.ai") else "offline"
 
 
 # Keys of the whole resolved config of oe.fit, which it logs as the run's W&B config.
