@@ -15,6 +15,7 @@ import torch
 from oe.models.build import build_model
 from oe.models.embedding import (OverEncoding, OverEncodingConfig, deferred_ngram_tables,
                                  plan_tables, table_size_warnings)
+from oe.distributed.checkpoint import TABLE_KEY, check_tables, table_signature
 from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.gpt import BackboneConfig
 from oe.models.ngram import KEY_MODULUS, SIGN_PRIME, ngram_ids, ngram_signs, sign_key
@@ -163,6 +164,18 @@ def test_recipe_sharded_tables_equal_plain_tables(fields):
     shard_embedding(gpt.embedding, sharding, torch.device("cpu"))
     with torch.no_grad():
         torch.testing.assert_close(gpt(TOKENS, docs), before)
+
+
+def test_a_checkpoint_of_signed_tables_is_refused_by_unsigned_ones(tmp_path):
+    written = {TABLE_KEY: table_signature(_gpt(signed=True)), "state_dict": {}}
+    with pytest.raises(ValueError, match="signed: checkpoint True, model False"):
+        check_tables(written, _gpt(), tmp_path / "x.ckpt")
+    older = table_signature(_gpt())
+    del older["embedding.ngram"]["signed"]  # written before the sign trick: unsigned
+    with pytest.raises(ValueError, match="table folder"):  # the signature agrees; files next
+        check_tables({TABLE_KEY: older, "state_dict": {}}, _gpt(), tmp_path / "x.ckpt")
+    with pytest.raises(ValueError, match="signed: checkpoint False, model True"):
+        check_tables({TABLE_KEY: older, "state_dict": {}}, _gpt(signed=True), tmp_path / "x.ckpt")
 
 
 # -- table init ----------------------------------------------------------------------------------
