@@ -156,9 +156,13 @@ def run_case(args: argparse.Namespace) -> None:
         ids = batch["input_ids"]
         memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else peak_rss_mib())
-        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": int(n_tokens), "positions": ids.numel(),
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
+                          "tokens": int(n_tokens), "positions": ids.numel(),
                           "rows": ids.shape[0], "peak_mib": memory,
-                          "flops": flops[step % len(data)]}), flush=True)
+                          "flops": flops[step % len(data)],
+                          # graphs the compiled blocks have needed so far (oe.models.compile)
+                          "compilations": getattr(model.model.__dict__.get("compiled_blocks"),
+                                                  "compilations", 0)}), flush=True)
 
 
 def time_sampler(batch: int, device: torch.device, timed_steps: int | None = None) -> dict:
@@ -244,6 +248,7 @@ def measure(args: argparse.Namespace) -> dict:
             "peak_gflops_per_s": 1e3 * peak if peak else None,
             "mfu": tflops_per_s / peak if peak else None,
             "step_s_all": [s["seconds"] for s in steps],
+            "compilations": max(s.get("compilations", 0) for s in steps),
         }
     first = f"{args.precisions[0]}:{args.modes[0]}"
 
