@@ -146,8 +146,8 @@ def plain_ticks(ax) -> None:
 
 def compact_number(value: float) -> str:
     """``2500000`` as ``2.5M``, ``12000`` as ``12k``; smaller values as they are (``%g``)."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
-        if abs(value) >= scale:
+    for least, scale, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(value) >= least:
             return f"{value / scale:g}{suffix}"
     return f"{value:g}"
 

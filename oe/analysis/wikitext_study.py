@@ -33,6 +33,7 @@ LAW_MODULI = [1_009, 10_007, 100_003, 1_000_003]   # primes, about 1e3 .. 1e6
 PAPER_SLOPE = -0.0256            # loss per decade of m, OLMoE-1.3B (Huang et al. 2025)
 # The paper's OLMoE-1.3B budget for the log-linear law: 500B tokens.
 PAPER_LAW_TOKENS = 500e9
+FAR = 1000  # a gap that would close only beyond this many times the run's tokens: out of reach
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,18 @@ def render_study(*, command: str, device: str, steps: int, seeds_per_arm: dict[s
         lines += ["", "## The gap to the baseline against tokens", "",
                   "val/loss of the arm minus the baseline's at each validation (seed means; "
                   "negative: the arm leads). `closes at` extrapolates a line in log10(tokens) "
-                  "through the last three gaps: a hint of the budget, not a measurement.", "",
+                  "through the last three gaps: a hint of the budget, not a measurement (inside one "
+                  "cosine schedule the late gaps are shaped by the decaying rate; a longer run has "
+                  "its own schedule).", "",
                   "| arm | " + " | ".join(f"{t / 1e3:,.0f}k" for t in next(iter(gaps.values())).tokens)
                   + " | trend | closes at |",
                   "|---|" + "---|" * (len(next(iter(gaps.values())).tokens) + 2)]
         for arm, gap in gaps.items():
-            closes = f"~{gap.closes_at / 1e6:,.1f}M tokens" if gap.closes_at else "–"
+            closes = "–"
+            if gap.closes_at and gap.closes_at > FAR * gap.tokens[-1]:
+                closes = f"beyond {FAR:,}x this budget (~{gap.closes_at:.0e} tokens)"
+            elif gap.closes_at:
+                closes = f"~{gap.closes_at / 1e6:,.1f}M tokens"
             lines.append(f"| `{arm}` | " + " | ".join(f"{g:+.3f}" for g in gap.gap)
                          + f" | {gap.trend} | {closes} |")
     lines += [""] + law + ["", "![val/loss against tokens per arm](wikitext_curves.png)", ""]
@@ -221,7 +228,7 @@ def plot_study(histories: dict[str, list[History]], out: Path) -> Path:
         return {arm: [tuple(np.asarray(v) for v in zip(*curve_against_tokens(h, METRIC)))
                       for h in histories[arm]] for arm in arms if arm in histories}
 
-    recipe = [a for a in histories if "_m" not in a]
+    recipe = [a for a in histories if ARMS[a].modulus in (None, QUICK_MODULUS)]
     law = [a for r in LAW_RECIPES for a in law_arms(r)
            if a in histories and sum(x in histories for x in law_arms(r)) > 1]
     panels = {f"{METRIC} (recipes)": curves(recipe)}

@@ -123,7 +123,7 @@ def write_outputs(runs_dir: Path, out: Path, command: str) -> None:
     plot_study(histories, out / "wikitext_curves.png")
     steps = max(s for h in histories.values() for run in h for s, _ in run[METRIC])
     (out / "evidence.md").write_text(render_study(
-        command=command, device=f"{device_name()}, each run on one thread", steps=steps + 1,
+        command=command, device=device_name(), steps=steps + 1,
         seeds_per_arm={a: len(h) for a, h in histories.items()}, compared_tokens=tokens,
         finals=finals, gaps=gaps, law=law_section(fits, {}) if fits else [], corpus=CORPUS))
     print(f"wrote {out / 'evidence.md'}, {out / 'wikitext_curves.png'} and the runs' CSVs", flush=True)

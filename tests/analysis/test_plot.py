@@ -90,3 +90,10 @@ def test_the_first_point_is_on_the_scale_and_spikes_are_counted_once():
     other[20] = 2.0
     _, _, notes = _panel({"seeds": [(steps, loss), (steps, other)]})
     assert notes == ["1 point off the scale"]  # one step of one series
+
+
+def test_compact_number_reads_as_the_value():
+    from oe.analysis.plot import compact_number
+
+    assert [compact_number(v) for v in (613_594, 12_000, 2_500_000, 1.2e9, 5_000, 0.5)] == \
+        ["613.594k", "12k", "2.5M", "1.2G", "5000", "0.5"]
