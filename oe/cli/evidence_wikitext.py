@@ -23,7 +23,8 @@ from pathlib import Path
 from oe.analysis.evidence import EvidenceError
 from oe.analysis.plot import read_csv_history
 from oe.analysis.wikitext_study import (ARMS, CORPUS, LAW_RECIPES, METRIC, PRESET, QUICK_MODULUS,
-                                        arm_finals, catch_up, law_arms, law_section, plot_study, render_study)
+                                        arm_finals, catch_up, law_arms, law_section, paired_differences,
+                                        plot_study, render_study)
 from oe.cli.evidence import CSV_ONLY, device_name, run_fit
 from oe.cli.flags import Parser
 
@@ -105,11 +106,11 @@ def write_outputs(runs_dir: Path, out: Path, command: str) -> None:
     if not runs:
         raise EvidenceError(f"no finished run under {runs_dir} (folders <arm>_s<seed>)")
     out.mkdir(parents=True, exist_ok=True)
-    histories = {}
+    histories, seeds = {}, {}
     for arm in ARMS:  # the study's order
         if arm not in runs:
             continue
-        histories[arm] = []
+        histories[arm], seeds[arm] = [], [seed for seed, _ in runs[arm]]
         for seed, folder in runs[arm]:
             csvs = sorted((folder / "csv").glob("version_*/metrics.csv"))
             shutil.copyfile(csvs[-1], out / f"{arm}_s{seed}.csv")
@@ -124,8 +125,10 @@ def write_outputs(runs_dir: Path, out: Path, command: str) -> None:
     steps = max(s for h in histories.values() for run in h for s, _ in run[METRIC])
     (out / "evidence.md").write_text(render_study(
         command=command, device=device_name(), steps=steps + 1,
-        seeds_per_arm={a: len(h) for a, h in histories.items()}, compared_tokens=tokens,
-        finals=finals, gaps=gaps, law=law_section(fits, {}) if fits else [], corpus=CORPUS))
+        paired={arm: paired_differences(histories, seeds, tokens, arm)
+                for arm in histories if arm != "baseline" and "baseline" in histories},
+        compared_tokens=tokens, finals=finals, gaps=gaps, law=law_section(fits) if fits else [],
+        corpus=CORPUS))
     print(f"wrote {out / 'evidence.md'}, {out / 'wikitext_curves.png'} and the runs' CSVs", flush=True)
 
 

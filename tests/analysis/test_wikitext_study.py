@@ -110,3 +110,13 @@ def test_bad_requests_are_one_clear_error(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
     with pytest.raises(EvidenceError, match="two or more validations"):
         catch_up([{"train/tokens": [(0, 1.0)], "val/loss": [(0, 1.0)]}], [history([1, 1, 1, 1])])
+
+
+def test_paired_differences_pair_runs_of_one_seed():
+    from oe.analysis.wikitext_study import paired_differences
+
+    histories = {"baseline": [history([6, 5.6, 5.4, 5.3]), history([6, 5.7, 5.5, 5.4])],
+                 "oe3_sum": [history([6, 5.6, 5.4, 5.35])]}
+    seeds = {"baseline": [0, 1], "oe3_sum": [1]}
+    paired = paired_differences(histories, seeds, 200 * TOKENS_PER_STEP, "oe3_sum")
+    assert list(paired) == [1] and paired[1] == pytest.approx(-0.05)
