@@ -12,8 +12,18 @@ new folder.
 Per kill it records whether a save was under way (a temporary table folder or file left), whether
 the newest checkpoint is complete and its pair self-consistent (the main file's step equals its
 table folder's ``pair.json``; otherwise a *mixed step*), and whether the resumed segment starts at
-that checkpoint's step and logs the reference's losses bit for bit (*exact*). Prints a table and
-writes the figures as JSON (default ``bench_results/faults.json``).
+that checkpoint's step and logs the reference's losses bit for bit (*exact*).
+
+``--early_stops N``: N runs that save only at the end get SIGTERM at a random moment before
+their first save and are resumed with ``--resume true``: each must stop with exit 143 and one
+``last.ckpt``, and the resume must reach the last step with the reference's losses.
+``--full_disks N``: N runs write to a tmpfs of a random size that holds their first checkpoint
+but not the second beside it, so a later save fails part-way (tables or file); each must exit 1
+with one line, keep its previous checkpoint complete and leave no temporary; the tmpfs is then
+grown and the run resumed to the end with the reference's losses. Mounting needs root; without
+it the trial is skipped and says so.
+
+Prints a table and writes the figures as JSON (default ``bench_results/faults.json``).
 """
 
 from __future__ import annotations
@@ -151,9 +161,102 @@ def judge(chain_kills: list[dict], run_dir: Path, reference: dict[int, str], fai
         chain_kills[-1]["resume_failed"] = True
 
 
+def checkpoint_names(run_dir: Path) -> list[str]:
+    folder = run_dir / "checkpoints"
+    return sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+
+
+def exact_to_the_end(run_dir: Path, reference: dict[int, str]) -> bool:
+    """Whether the run finished at the reference's last step with its losses, every step logged."""
+    finished = run_dir / "finished.json"
+    if not finished.exists() or json.loads(finished.read_text())["global_step"] != len(reference):
+        return False
+    logged: dict[int, set[str]] = {}
+    for segment in segments(run_dir):
+        for step, loss in segment.items():
+            logged.setdefault(step, set()).add(loss)
+    return sorted(logged) == sorted(reference) and all(
+        values == {reference[step]} for step, values in logged.items())
+
+
+def early_stops(args: argparse.Namespace, overlay: Path, work: Path, reference: dict[int, str],
+                rng: random.Random) -> list[dict]:
+    """SIGTERM before the first save (the run saves only at its end), then ``--resume true``."""
+    quiet = ["--checkpoint.every_n_train_steps", str(10 * args.steps)]
+    trials = []
+    for index in range(args.early_stops):
+        run_dir, log = work / f"stop{index}", work / f"stop{index}.log"
+        process = start([*fit_args(overlay, run_dir), *quiet], log)
+        while process.poll() is None and not (segments(run_dir) and segments(run_dir)[0]):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, args.window))
+        signalled = time.time()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait()
+        trial = {"stop_exit": code, "stop_seconds": round(time.time() - signalled, 2),
+                 "after_stop": checkpoint_names(run_dir),
+                 "stopped_at": max(segments(run_dir)[0], default=-1) + 1 if segments(run_dir) else 0}
+        resumed = start([*fit_args(overlay, run_dir), *quiet, "--resume", "true"], log).wait()
+        trial.update(resume_exit=resumed, exact=exact_to_the_end(run_dir, reference),
+                     temporaries=sorted(partial_saves(run_dir)), at_end=checkpoint_names(run_dir))
+        trial["late"] = code == 0  # the run ended before the signal came: no stop to judge
+        trial["held"] = (code == 128 + signal.SIGTERM and trial["after_stop"] == ["last.ckpt"]
+                         and resumed == 0 and trial["exact"] and not trial["temporaries"]
+                         and trial["at_end"] == ["last.ckpt"])
+        trials.append(trial)
+        print(f"early stop {index + 1}: {json.dumps(trial)}", flush=True)
+    return trials
+
+
+def _mount(folder: Path, size: int, remount: bool = False) -> str | None:
+    options = f"remount,size={size}" if remount else f"size={size}"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else (done.stderr.strip() or "mount failed")
+
+
+def full_disks(args: argparse.Namespace, overlay: Path, work: Path, reference: dict[int, str],
+               rng: random.Random) -> list[dict] | str:
+    """Runs on a tmpfs that holds one checkpoint but not two; then grown, and resumed."""
+    pair = sum(p.stat().st_size for p in (work / "reference" / "checkpoints").rglob("*")
+               if p.is_file())
+    trials = []
+    for index in range(args.full_disks):
+        disk = work / f"disk{index}"
+        disk.mkdir()
+        # room for the run's small files and one checkpoint, and for part of a second
+        size = int(pair * rng.uniform(1.1, 1.9)) + 200_000
+        why = _mount(disk, size)
+        if why is not None:
+            return f"skipped: a tmpfs cannot be mounted here ({why})"
+        try:
+            run_dir, log = disk / "run", work / f"disk{index}.log"
+            code = start(fit_args(overlay, run_dir), log).wait()
+            last = log.read_text().strip().splitlines()[-1] if log.exists() else ""
+            trial = {"disk_bytes": size, "exit": code, "line": last,
+                     "temporaries": sorted(partial_saves(run_dir)),
+                     "kept": inspect(run_dir, set())}
+            _mount(disk, 4 * size + pair, remount=True)  # space freed: resume
+            trial["resume_exit"] = start([*fit_args(overlay, run_dir), "--resume", "true"],
+                                         log).wait()
+            trial["exact"] = exact_to_the_end(run_dir, reference)
+            trial["held"] = (code == 1 and last.startswith("error: could not write")
+                             and not trial["temporaries"] and trial["kept"]["complete"]
+                             and trial["resume_exit"] == 0 and trial["exact"])
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        trials.append(trial)
+        print(f"full disk {index + 1}: {json.dumps(trial)}", flush=True)
+    return trials
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oe bench faults", description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--early_stops", type=int, default=0,
+                        help="runs stopped by SIGTERM before their first save, then resumed")
+    parser.add_argument("--full_disks", type=int, default=0,
+                        help="runs whose disk fills during a save (a tmpfs; needs root)")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--modulus", type=int, default=1_000_003)
     parser.add_argument("--steps", type=int, default=60)
@@ -217,24 +320,51 @@ def main(argv: list[str] | None = None) -> int:
         judge([k for k in kills if k["chain"] == chain], run_dir, reference, failed)
         chain += 1
 
-    return summarize(kills, args, chain, time.time() - started)
+    stops = early_stops(args, overlay, work, reference, rng)
+    disks = full_disks(args, overlay, work, reference, rng)
+    return summarize(kills, args, chain, time.time() - started, stops, disks)
 
 
-def summarize(kills: list[dict], args: argparse.Namespace, chains: int, seconds: float) -> int:
+def summarize(kills: list[dict], args: argparse.Namespace, chains: int, seconds: float,
+              stops: list[dict] | None = None, disks: list[dict] | str | None = None) -> int:
     exact = sum(bool(k.get("exact")) for k in kills)
     mixed = sum(k["mixed"] for k in kills)
     saving = sum(k["saving"] for k in kills)
     complete = sum(k["complete"] for k in kills)
     rows = [{"what": what, "count": count} for what, count in [
         ("kills", len(kills)), ("during a save", saving), ("newest checkpoint complete", complete),
-        ("mixed steps", mixed), ("resumed exactly", exact), ("seconds", round(seconds))]]
+        ("mixed steps", mixed), ("resumed exactly", exact)]]
+    stops, disks = stops or [], disks if disks is not None else []
+    if stops:
+        rows += [{"what": what, "count": count} for what, count in [
+            ("stops before the first save", sum(not t["late"] for t in stops)),
+            ("  signal after the run ended", sum(t["late"] for t in stops)),
+            ("  resumed exactly to the end", sum(t["exact"] for t in stops if not t["late"])),
+            ("  lost (not exact)", sum(not t["exact"] for t in stops if not t["late"])),
+            ("  left temporaries", sum(bool(t["temporaries"]) for t in stops if not t["late"])),
+            ("  held (all checks)", sum(t["held"] for t in stops if not t["late"]))]]
+    if isinstance(disks, str):
+        rows.append({"what": "full disks", "count": disks})
+    elif disks:
+        rows += [{"what": what, "count": count} for what, count in [
+            ("full disks", len(disks)),
+            ("  one line, exit 1", sum(t["exit"] == 1 and t["line"].startswith("error: could not write")
+                                       for t in disks)),
+            ("  previous checkpoint kept", sum(t["kept"]["complete"] for t in disks)),
+            ("  left temporaries", sum(bool(t["temporaries"]) for t in disks)),
+            ("  resumed exactly to the end", sum(t["exact"] for t in disks)),
+            ("  held (all checks)", sum(t["held"] for t in disks))]]
+    rows.append({"what": "seconds", "count": round(seconds)})
     print_table(rows, ["what", "count"])
     write_json("faults", {"kills": len(kills), "during_save": saving, "complete": complete,
                           "mixed_steps": mixed, "resumed_exactly": exact, "devices": args.devices,
                           "modulus": args.modulus, "steps": args.steps, "every": args.every,
                           "window_s": args.window, "seed": args.seed, "chains": chains,
-                          "per_kill": kills}, args.out)
-    return 0 if exact == len(kills) and mixed == 0 else 1
+                          "per_kill": kills, "early_stops": stops, "full_disks": disks},
+               args.out)
+    held = all(t["held"] or t["late"] for t in stops) and all(
+        t["held"] for t in (disks if isinstance(disks, list) else []))
+    return 0 if exact == len(kills) and mixed == 0 and held else 1
 
 
 def summarize_stopped(args: argparse.Namespace, work: Path) -> int:
