@@ -66,7 +66,7 @@ class _FirstGradients(L.Callback):
 
 
 def _train(kind: str, micro_batch_tokens: int, packed: bool, tmp_path, strategy="auto",
-           model: LanguageModel | None = None) -> tuple[dict, dict]:
+           model: LanguageModel | None = None, precision: str = "32-true") -> tuple[dict, dict]:
     model = model or _model(kind)
     data = CFGDataModule(batch_size=12, train_sentences=48, epochs=1, val_sentences=12,
                          num_workers=0, packed=packed, micro_batch_tokens=micro_batch_tokens)
@@ -77,7 +77,7 @@ def _train(kind: str, micro_batch_tokens: int, packed: bool, tmp_path, strategy=
     trainer = L.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False, accelerator="cpu",
                         devices=1, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[grads], enable_checkpointing=False,
-                        gradient_clip_val=1.0, strategy=strategy)
+                        gradient_clip_val=1.0, strategy=strategy, precision=precision)
     trainer.fit(model, datamodule=data)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     for index, table in enumerate(model.table_parameters()):

@@ -136,3 +136,35 @@ def test_oe_fit_refuses_float16_on_the_cpu_before_training(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "trainer.precision is 16-mixed" in error
     assert not (run / "finished.json").exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "sharded"])
+def test_bf16_micro_batches_with_every_memory_option_give_fp32s_first_gradients(sharded,
+                                                                               tmp_path):
+    """Packed micro-batches, inner-layer memory, per-layer tables, gate, plain or sharded tables:
+    the first step's gradients under bf16-mixed point where fp32's do, and the tables stay fp32."""
+    from oe.distributed.strategy import ShardedTableStrategy
+    from oe.models.embedding import OverEncodingConfig
+    from tests.training.test_lm import MEMORY_OPTIONS, _train
+
+    def model() -> LanguageModel:
+        torch.manual_seed(0)
+        tables = OverEncodingConfig(orders=[2, 3], modulus=1009, shard_tables=sharded,
+                                    table_lr=0.5, **MEMORY_OPTIONS["all_options"])
+        return LanguageModel(backbone=BACKBONE, over_encoding=tables,
+                             optimizer=OptimizerConfig(warmup_steps=0))
+
+    def train(precision: str) -> tuple[dict, dict]:
+        strategy = ShardedTableStrategy() if sharded else "auto"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmulatedBF16Warning)
+            return _train("oe3", 1024, True, tmp_path / precision, strategy, model(), precision)
+
+    (full_grads, full_params), (half_grads, half_params) = train("32-true"), train("bf16-mixed")
+    assert half_grads.keys() == full_grads.keys() and full_grads
+    whole = torch.cat([g.flatten() for g in full_grads.values()])
+    assert torch.cosine_similarity(torch.cat([half_grads[k].flatten() for k in full_grads]),
+                                   whole, dim=0) > GRAD_COSINE
+    tables = [k for k in half_params if k.startswith("table")]
+    assert tables and all(half_params[k].dtype == torch.float32 for k in tables)
+    assert all(torch.isfinite(p).all() for p in half_params.values())
