@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
-from oe.cfg.checker import accepts, parse_line
-from oe.cfg.inside import logprob, viable_prefix_length
-from oe.cfg.sampler import sample
 from oe.cli.flags import Parser
+
+# numpy and the grammar's code are imported where they are used: --help answers at once.
 
 _CHUNK = 10_000
 
 
 def _sample(n: int, seed: int, first: int) -> None:
+    import numpy as np
+
+    from oe.cfg.sampler import sample
+
     for start in range(first, first + n, _CHUNK):
         count = min(_CHUNK, first + n - start)
         symbols, lengths = sample(seed, np.arange(start, start + count))
@@ -35,7 +36,9 @@ def _per_line(lines, score, bad: str, fmt) -> tuple[int, int]:
 
     Returns (lines read, lines that scored true): the valid ones, for ``check``.
     """
-    batch: list[np.ndarray | None] = []
+    from oe.cfg.checker import parse_line
+
+    batch: list = []  # parsed sentences (None: unreadable)
     n_lines = n_true = 0
 
     def flush() -> None:
@@ -56,6 +59,8 @@ def _per_line(lines, score, bad: str, fmt) -> tuple[int, int]:
 
 
 def _check(lines) -> int:
+    from oe.cfg.checker import accepts
+
     n_lines, n_valid = _per_line(lines, accepts, "invalid", lambda ok: "valid" if ok else "invalid")
     share = n_valid / n_lines if n_lines else 0.0
     print(f"{n_valid}/{n_lines} valid ({share:.2%})", file=sys.stderr)
@@ -63,11 +68,15 @@ def _check(lines) -> int:
 
 
 def _logprob(lines) -> int:
+    from oe.cfg.inside import logprob
+
     _per_line(lines, logprob, "-inf", lambda v: f"{v:.10g}")
     return 0
 
 
 def _prefix(lines) -> int:
+    from oe.cfg.inside import viable_prefix_length
+
     _per_line(lines, viable_prefix_length, "0", str)
     return 0
 
