@@ -132,19 +132,35 @@ def error_line(message: str) -> str:
     """A parser's error as the one line that says what is wrong.
 
     jsonargparse explains a value that fits no alternative of a ``X | None`` field with a list of
-    every alternative's error, the value and its type; the reason is the first alternative's.
+    every alternative's error, the value and its type; the reason is the first alternative's
+    (itself perhaps such a list), after the keys that lead to it.
     """
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-    if lines and lines[0].startswith(UNION_FAILURE):
-        reasons = [line[2:] for line in lines
-                   if line.startswith("- ") and not line.startswith("- Expected a <class 'NoneType'>")]
-        if reasons:
-            return error_line(reasons[0])
-    if len(lines) > 3:
-        return lines[0]
-    joined = lines[0] if lines else str(message)
-    for line in lines[1:]:
-        joined += (" " if joined.endswith(":") else "; ") + line
+    return _reduce([line.rstrip() for line in str(message).strip().splitlines() if line.strip()])
+
+
+def _reduce(lines: list[str]) -> str:
+    text = [line.strip() for line in lines]
+    for index, line in enumerate(text):
+        if not line.startswith(UNION_FAILURE):
+            continue
+        for bullet in range(index + 1, len(lines)):
+            if not text[bullet].startswith("- ") or "<class 'NoneType'>" in text[bullet]:
+                continue
+            depth = len(lines[bullet]) - len(lines[bullet].lstrip())
+            block = [text[bullet][2:]]
+            for following in lines[bullet + 1:]:
+                if len(following) - len(following.lstrip()) <= depth:
+                    break
+                block.append(following)
+            return _joined([*text[:index], _reduce(block)])
+        break
+    return _joined(text[:5])
+
+
+def _joined(parts: list[str]) -> str:
+    joined = ""
+    for part in parts:
+        joined = part if not joined else joined + (" " if joined.endswith(":") else "; ") + part
     return joined
 
 

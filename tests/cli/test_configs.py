@@ -231,6 +231,10 @@ def test_oe_fit_names_a_bad_config_in_one_line_without_the_usage(tmp_path, capsy
         ("--config", str(tmp_path / "none.yaml")): f"error: --config {tmp_path / 'none.yaml'}: "
                                                    f"no such file",
         ("--data.init_args.batch_size", "0"): "error: data.batch_size must be >= 1, got 0",
+        ("--data.init_args.batch_size", "many"): 'error: Parser key "data": Problem with given '
+                                                 "class_path 'datamodules.cfg.CFGDataModule': "
+                                                 'Parser key "batch_size": Expected a <class '
+                                                 "'int'>. Got value: many",
     }
     for extra, start in cases.items():
         args = ["--config", "configs/cfg_oe3.yaml", *extra, "--run_dir", str(tmp_path / "run")]
