@@ -67,6 +67,14 @@ def _reason(err: BaseException) -> str:
     return first_line(err)
 
 
+def _free_space(folder: Path) -> str:
+    """``; N bytes free there``: what a reader needs where DCP's writer hides the OSError."""
+    try:
+        return f" ({shutil.disk_usage(folder).free:,} bytes free in {folder})"
+    except OSError:
+        return ""
+
+
 def _holds_meta_tensors(module: torch.nn.Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
@@ -116,7 +124,7 @@ class ShardedTableStrategy(DDPStrategy):
             kept = f"; the previous {filepath.name} is kept" if filepath.exists() else ""
             raise CheckpointWriteError(
                 f"could not write the tables of checkpoint {filepath} into {writing}: "
-                f"{_reason(err)}{kept}"
+                f"{_reason(err)}{_free_space(filepath.parent)}{kept}"
             ) from err
         checkpoint[TABLE_KEY] = table_signature(module)
         checkpoint[TABLE_DIR_KEY] = name
