@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oe.analysis.plot import History
+from oe.analysis.plot import History, plain_ticks
 
 # The paper's cfg3f budget: 10 epochs over 20M sentences; a sentence is about 251 tokens with BOS
 # and EOS, so about 50B target tokens in all.
@@ -352,6 +352,11 @@ def plot_evidence(histories: dict[str, list[History]], out: Path) -> Path:
             ax.plot(tokens, values.mean(axis=0), color=color, marker="o", markersize=3,
                     label=f"{KIND_LABELS.get(kind, kind)} (n={len(curves)})")
             ax.fill_between(tokens, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
+        plain_ticks(ax)  # the values themselves: no "+1.081" offset, no power of ten
+        if metric != "val/excess_loss":  # (its log scale has formatters of its own, below)
+            drawn = [line.get_ydata() for line in ax.get_lines()]
+            if drawn and not np.any(np.concatenate(drawn)):
+                ax.set_ylim(-0.05, 1.05)  # 0 throughout: drawn on 0..1, not magnified
         if metric == "val/excess_loss":
             from matplotlib.ticker import FuncFormatter
 
