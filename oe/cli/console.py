@@ -29,6 +29,8 @@ Known harmless, and why:
 - torch's ``Please use DTensor instead and we are deprecating ShardedTensor``: TorchRec's
   row-wise sharded tables are ShardedTensors, and torch.distributed.checkpoint reads and writes
   them (each resume warns); the type is TorchRec's choice, not one this project can make.
+- Lightning's ``weights_only was not set, defaulting to False`` on each save: a checkpoint here
+  is whole on purpose (optimiser, schedule, loops and data position, for exact resumes).
 - torch.distributed.checkpoint's ``torch.distributed is disabled, unavailable or uninitialized,
   assuming the intent is to load in a single process``: ``oe export``, ``oe evaluate`` and
   ``oe generate`` read a sharded checkpoint's table folder in one process on purpose (every
@@ -57,7 +59,8 @@ HARMLESS_WARNINGS = [
     (r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
      r"load in a single process", "torch"),
 ]
-HARMLESS_LOG_MESSAGES = ["For seamless cloud logging", "is_fx_tracing will return true"]
+HARMLESS_LOG_MESSAGES = ["For seamless cloud logging", "is_fx_tracing will return true",
+                         "`weights_only` was not set, defaulting to `False`"]
 
 
 def verbose() -> bool:
@@ -80,7 +83,7 @@ class _DropHarmless(logging.Filter):
 
 _DROP = _DropHarmless()
 _LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-            "torch.fx._symbolic_trace")
+            "torch.fx._symbolic_trace", "lightning.pytorch.trainer.connectors.checkpoint_connector")
 
 
 def quiet_known_warnings() -> None:

@@ -61,3 +61,16 @@ def test_the_resume_and_single_process_load_notices_are_hidden(monkeypatch):
         "load in a single process.",
     ]:
         assert not _shown(message), message
+
+
+def test_lightnings_note_on_each_full_save_is_hidden(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    console.quiet_known_warnings()
+    name = "lightning.pytorch.trainer.connectors.checkpoint_connector"
+    with caplog.at_level(logging.INFO, logger=name):
+        logging.getLogger(name).info("`weights_only` was not set, defaulting to `False`.")
+        logging.getLogger(name).info("Restoring states from the checkpoint path at x.ckpt")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Restoring states from the checkpoint path at x.ckpt"]
