@@ -219,9 +219,10 @@ def render_study(*, command: str, device: str, steps: int, paired: dict[str, dic
 
 
 def law_section(fits) -> list[str]:
-    """The m-law's lines from ``oe.analysis.report.fit_groups``' fits of one recipe's runs."""
+    """The m-law's lines from ``oe.analysis.report.fit_groups``' group of each recipe's runs."""
     lines = ["## The m-law", ""]
-    for recipe, fit in fits.items():
+    for recipe, group in fits.items():
+        fit, ms = group.fit, sorted({run.modulus for run in group.runs})
         if fit is None:
             lines.append(f"`{recipe}`: fewer than two values of m finished; no fit.")
             continue
@@ -229,7 +230,7 @@ def law_section(fits) -> list[str]:
         sign = ("negative" if high < 0 else "positive" if low > 0
                 else "cannot be told from zero")
         paper = ("inside" if low <= PAPER_SLOPE <= high else "outside")
-        lines.append(f"`{recipe}` (m = {', '.join(f'{m:,}' for m in LAW_MODULI)}; "
+        lines.append(f"`{recipe}` (m = {', '.join(f'{m:,}' for m in ms)}; "
                      f"{fit.n} runs): val/loss = {fit.intercept:.4f} {fit.slope:+.4f} log10(m), "
                      f"95% interval of the slope {low:+.4f}..{high:+.4f} per decade: "
                      f"{sign}; the paper's {PAPER_SLOPE} per decade lies {paper} it.")

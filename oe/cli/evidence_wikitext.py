@@ -134,7 +134,7 @@ def write_outputs(runs_dir: Path, out: Path, command: str) -> None:
 
 def law_fit(recipe: str, runs: dict[str, list[tuple[int, Path]]], out: Path):
     """``oe report`` over the recipe's m-law runs (its own folder of curves, fit and report.md);
-    the fit it reports."""
+    the group it fitted (its runs and fit)."""
     from oe.analysis.report import fit_groups, read_run
     from oe.cli.report import main as report
 
@@ -147,4 +147,4 @@ def law_fit(recipe: str, runs: dict[str, list[tuple[int, Path]]], out: Path):
     groups = fit_groups([read_run(f) for f in folders], METRIC, 1)
     if len(groups) != 1:
         raise EvidenceError(f"the m-law runs of {recipe} fall into {len(groups)} fit groups")
-    return groups[0].fit
+    return groups[0]
