@@ -162,6 +162,11 @@ def load_or_make_sizing(path: Path, request: dict, make) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["wikitext"]:  # its own study and flags: oe.cli.evidence_wikitext
+        from oe.cli.evidence_wikitext import main as wikitext
+
+        return wikitext(given[1:])
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--minutes", type=float, default=None,
