@@ -24,6 +24,7 @@ OVERLAYS = {
     "presets/quick_cfg.yaml": ["cfg_baseline.yaml", "cfg_oe3.yaml"],
     "presets/tiny_cfg.yaml": ["cfg_oe3.yaml", "presets/quick_cfg.yaml"],
     "presets/evidence_gpu.yaml": ["cfg_ot3.yaml"],
+    "presets/laptop_cfg.yaml": ["cfg_oe3.yaml"],
     "presets/wikitext_quick.yaml": ["wikitext_oe3.yaml"],
     **{f"ablations/{p.name}": ["cfg_oe3.yaml"] for p in (CONFIGS / "ablations").glob("*.yaml")},
 }

@@ -37,12 +37,24 @@ def _model():
                                                              shard_tables=True))
 
 
-def _fit(root: Path, steps: int, ckpt_path: str | None = None) -> L.Trainer:
+class _StopAt(L.Callback):
+    """Ends a run after ``step`` steps of its schedule, as a stop would (resumes keep the schedule)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _fit(root: Path, steps: int, ckpt_path: str | None = None,
+         stop_at: int | None = None) -> L.Trainer:
+    callbacks = [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=2)] + ([_StopAt(stop_at)] if stop_at else [])
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
                         strategy=ShardedTableStrategy(), enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root,
-                        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True,
-                                                   save_top_k=0, every_n_train_steps=2)])
+                        enable_model_summary=False, default_root_dir=root, callbacks=callbacks)
     trainer.fit(_model(), datamodule=_Tokens(), ckpt_path=ckpt_path)
     return trainer
 
@@ -88,7 +100,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(what: str, tmp_path, monkey
     assert _step(last) == 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", table_dir(last).name]
     check_table_files(last, read_checkpoint(last))
-    _fit(tmp_path / "resumed", 4, ckpt_path=str(last))  # and it resumes
+    _fit(tmp_path / "resumed", 6, ckpt_path=str(last))  # and it resumes
 
 
 def test_bad_pairs_and_files_are_one_clear_error(tmp_path) -> None:
@@ -132,7 +144,7 @@ def test_bad_pairs_and_files_are_one_clear_error(tmp_path) -> None:
 
 
 def test_what_a_kill_during_a_save_leaves_is_passed_over_and_cleared(tmp_path) -> None:
-    _fit(tmp_path, 2)
+    _fit(tmp_path, 4, stop_at=2)
     folder = tmp_path / "checkpoints"
     # A kill in the middle of the next save: its table folder unfinished, its file half written.
     partial = folder / "last.ckpt.tables.4.0123abcd.tmp"
