@@ -14,6 +14,7 @@ import signal
 import subprocess
 
 import pytest
+import lightning as L
 import torch
 import torch.distributed as dist
 
@@ -51,6 +52,18 @@ def tiny_language_model(vocab_size: int = 11, over_encoding: OverEncodingConfig 
     fields.setdefault("backbone", tiny_backbone())
     fields.setdefault("optimizer", OptimizerConfig())
     return LanguageModel(vocab_size=vocab_size, over_encoding=over_encoding, **fields)
+
+
+class FirstGradients(L.Callback):
+    """The gradients the optimiser sees at the first step (before clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.grads:
+            self.grads = {k: p.grad.clone() for k, p in pl_module.named_parameters()
+                          if p.grad is not None}
 
 
 def assert_steps_equal_forward(gpt, tokens: torch.Tensor, window: int = 3) -> None:

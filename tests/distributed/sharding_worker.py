@@ -23,7 +23,7 @@ from oe.models.embedding import OverEncodingConfig  # noqa: E402
 from oe.training.lm import LanguageModel, OptimizerConfig  # noqa: E402
 from oe.distributed.parallelize import local_shard, row_split  # noqa: E402
 from oe.distributed.strategy import ShardedTableStrategy  # noqa: E402
-from tests.conftest import tiny_language_model  # noqa: E402
+from tests.conftest import FirstGradients, tiny_language_model  # noqa: E402
 
 VOCAB = 11
 GLOBAL_BATCH = 8
@@ -115,22 +115,10 @@ def micro(out: Path, world: int) -> None:
     t.save_checkpoint(out / f"micro_w{world}.ckpt")
 
 
-class DenseGradients(L.Callback):
-    """The dense gradients the optimiser sees at the first step (DDP-averaged over the ranks)."""
-
-    def __init__(self) -> None:
-        self.grads: dict[str, torch.Tensor] = {}
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self.grads:
-            self.grads = {k: p.grad.clone() for k, p in pl_module.named_parameters()
-                          if p.grad is not None}
-
-
 def sgd(out: Path, world: int) -> None:
     """One step with fused SGD tables (an update linear in the gradient, so a wrong scale of
     the tables' gradient shows) and the dense gradients, micro-batches of one row each."""
-    gradients = DenseGradients()
+    gradients = FirstGradients()  # DDP-averaged over the ranks
     t = trainer(world, max_epochs=1, callbacks=[gradients], max_steps=1)
     t.fit(make_model(optimizer="sgd"), loader(world, micro_batch_rows=1))
     t.save_checkpoint(out / f"sgd_w{world}.ckpt")

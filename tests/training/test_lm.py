@@ -13,6 +13,7 @@ from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 from oe.models.heads import OutputHeadsConfig
 from oe.training.lm import LanguageModel, OptimizerConfig
+from tests.conftest import FirstGradients
 
 BACKBONE = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=1024)
 KINDS = {
@@ -53,18 +54,6 @@ def test_packed_step_equals_padded_step(kind):
         torch.testing.assert_close(packed[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-class _FirstGradients(L.Callback):
-    """The gradients the optimiser sees at the first step (before clipping)."""
-
-    def __init__(self) -> None:
-        self.grads: dict[str, torch.Tensor] = {}
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self.grads:
-            self.grads = {k: p.grad.clone() for k, p in pl_module.named_parameters()
-                          if p.grad is not None}
-
-
 def _train(kind: str, micro_batch_tokens: int, packed: bool, tmp_path, strategy="auto",
            model: LanguageModel | None = None, precision: str = "32-true") -> tuple[dict, dict]:
     model = model or _model(kind)
@@ -73,7 +62,7 @@ def _train(kind: str, micro_batch_tokens: int, packed: bool, tmp_path, strategy=
     first = next(iter(data.train_stream(0, 1)))
     if micro_batch_tokens < 1 << 20:  # the budget really splits the batch
         assert first["micro_batch_rows"] < first["input_ids"].shape[0]
-    grads = _FirstGradients()
+    grads = FirstGradients()
     trainer = L.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False, accelerator="cpu",
                         devices=1, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[grads], enable_checkpointing=False,
