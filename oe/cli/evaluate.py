@@ -17,8 +17,9 @@ it finishes. At the end: a table, and the tasks not run (exit status 1 if any).
 Where results go. A checkpoint inside a run folder (``RUN/checkpoints/X.ckpt``) writes
 ``RUN/eval/X.json`` (``--out`` elsewhere), where ``oe.report`` reads it, and logs
 ``downstream/<task>/<metric>`` at the checkpoint's step into the training run's own W&B run (same
-id, the keys of ``callbacks.downstream``). Other sources log to a new W&B run of
-``--wandb_project``; ``--no_wandb`` logs nothing.
+id, the keys of ``callbacks.downstream``), or, for a run trained without W&B, into a new run
+kept in ``RUN/wandb/``. Other sources log to a new W&B run of ``--wandb_project``;
+``--no_wandb`` logs nothing.
 
 Earlier results are never lost: the results file is first written once a task has a result (an
 evaluation that fails before, with bad data or a bad checkpoint, leaves it as it was), and the
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         wandb_run = None
         if not args.no_wandb and items:
             target = training_wandb_run(run_dir) if run_dir is not None else None
-            target = target or WandbTarget(args.wandb_project, name=args.wandb_name)
+            target = target or WandbTarget(args.wandb_project, name=args.wandb_name,
+                                            directory=run_dir)
             wandb_run = start_wandb(target, {k: str(v) for k, v in vars(args).items()})
         if items:
             if args.ckpt:  # loaded first: a bad checkpoint is named by its loader

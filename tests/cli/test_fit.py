@@ -163,7 +163,6 @@ data:
 """
 
 
-@pytest.mark.xfail(reason="a fresh clone showed a second offline W&B id ('1') beside the stored one; open", strict=False)
 def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_path, monkeypatch,
                                                                         capsys):
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
@@ -183,8 +182,8 @@ def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_pat
             and "--trainer.max_steps 4" in error and "learning rate would jump" in error), error
     assert fit_main([*args, "--resume", "true"]) == 0
     stored = (run / "wandb_id").read_text().strip()
-    runs = sorted(run.glob("wandb/offline-run-*"))
-    assert len(runs) >= 2  # one folder per process, all the same W&B run
-    assert {path.name.rpartition("-")[2] for path in runs} == {stored}
-    assert {path.name for path in run.glob("wandb/offline-run-*/run-*.wandb")} == {
-        f"run-{stored}.wandb"}
+    # One folder per process, all the same W&B run. Two processes that start within one second
+    # share a folder name, so wandb adds "-1" to the second: the id is read from the run file.
+    runs = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) >= 2
+    assert {path.name for path in runs} == {f"run-{stored}.wandb"}
