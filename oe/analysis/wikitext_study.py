@@ -60,6 +60,7 @@ TABLE_LR_X10 = ("--model.over_encoding.table_lr", "3.0e-2")   # 10 x the preset'
 PLAIN_ADAMW = ("--model.over_encoding.shard_tables", "false",
                "--model.over_encoding.table_optimizer", "adamw")
 ZERO_INIT = ("--model.over_encoding.init_std", "0.0")
+SQRT_D_SCALE = ("--model.over_encoding.ngram_scale", "sqrt_d")
 
 OE3 = "configs/wikitext_oe3.yaml"
 _arms = [
@@ -74,6 +75,10 @@ _arms = [
         "sum, plain tables in the dense AdamW instead of sharded row-wise Adagrad"),
     Arm("oe3_sum_init0", OE3, _oe3("sum", QUICK_MODULUS, *ZERO_INIT),
         "sum, tables start at zero (step 0 is the baseline's embedding)"),
+    Arm("oe3_rmsnorm_sum", OE3, _oe3("rmsnorm_sum"),
+        "RMSNorm of the token embedding plus RMSNorm of the n-gram memory, over sqrt(2)"),
+    Arm("oe3_sum_sqrtd", OE3, _oe3("sum", QUICK_MODULUS, *SQRT_D_SCALE),
+        "sum, the n-gram memory scaled up by sqrt(width)"),
 ]
 # The m-law: the recipes' arms at each m of LAW_MODULI (the preset's m is the recipe's own arm).
 LAW_RECIPES = {"oe3_sum": (), "oe3_sum_tlr10": TABLE_LR_X10}
@@ -95,6 +100,9 @@ ARM_COMPARISONS = [
     ("oe3_mean_tlr10", "baseline", "OE-3 mean, tables at 10x lr, beats the baseline"),
     ("oe3_sum_adamw", "oe3_sum", "plain AdamW tables beat row-wise Adagrad (sum)"),
     ("oe3_sum_init0", "oe3_sum", "zero-initialised tables beat N(0, 0.02) (sum)"),
+    ("oe3_rmsnorm_sum", "oe3_sum", "rmsnorm_sum beats sum"),
+    ("oe3_rmsnorm_sum", "baseline", "OE-3 with rmsnorm_sum beats the baseline"),
+    ("oe3_sum_sqrtd", "oe3_sum", "scaling the memory by sqrt(width) helps sum"),
 ]
 
 
