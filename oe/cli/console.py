@@ -35,12 +35,18 @@ Known harmless, and why:
   assuming the intent is to load in a single process``: ``oe export``, ``oe evaluate`` and
   ``oe generate`` read a sharded checkpoint's table folder in one process on purpose (every
   rank's rows gathered into whole tables).
+- Lightning's banner when a one-process group starts (``Initializing distributed: GLOBAL_RANK: 0,
+  MEMBER: 1/1`` and ``distributed_backend=gloo ... Starting with 1 processes`` between two
+  rules): every run with sharded tables uses the DDP-based ``ShardedTableStrategy``, so a run on
+  one device starts a one-rank gloo group that has no other rank to wait for. With two or more
+  processes the banner stays: it says that every rank has joined.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 VERBOSE_FLAG = "--verbose"
@@ -61,6 +67,10 @@ HARMLESS_WARNINGS = [
 ]
 HARMLESS_LOG_MESSAGES = ["For seamless cloud logging", "is_fx_tracing will return true",
                          "`weights_only` was not set, defaulting to `False`"]
+# Lightning's banner of a process group, hidden for a group of one process only
+HARMLESS_LOG_PATTERNS = [re.compile(r"^Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/1$"),
+                         re.compile(r"All distributed processes registered\. Starting with 1 "
+                                    r"processes\n")]
 
 
 def verbose() -> bool:
@@ -78,12 +88,14 @@ def take_verbose_flag(argv: list[str]) -> list[str]:
 class _DropHarmless(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(known in message for known in HARMLESS_LOG_MESSAGES)
+        return not (any(known in message for known in HARMLESS_LOG_MESSAGES)
+                    or any(pattern.search(message) for pattern in HARMLESS_LOG_PATTERNS))
 
 
 _DROP = _DropHarmless()
 _LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-            "torch.fx._symbolic_trace", "lightning.pytorch.trainer.connectors.checkpoint_connector")
+            "torch.fx._symbolic_trace", "lightning.pytorch.trainer.connectors.checkpoint_connector",
+            "lightning.fabric.utilities.distributed")
 
 
 def quiet_known_warnings() -> None:

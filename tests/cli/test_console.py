@@ -74,3 +74,37 @@ def test_lightnings_note_on_each_full_save_is_hidden(monkeypatch, caplog):
         logging.getLogger(name).info("Restoring states from the checkpoint path at x.ckpt")
     assert [r.getMessage() for r in caplog.records] == [
         "Restoring states from the checkpoint path at x.ckpt"]
+
+
+def test_the_banner_of_a_one_process_group_is_hidden_and_a_larger_groups_is_kept(monkeypatch,
+                                                                                   caplog):
+    """A run with sharded tables on one device starts a one-rank gloo group (the DDP-based
+    strategy); Lightning's banner for it says nothing. A larger group's banner stays."""
+    import logging
+
+    import torch.distributed as dist
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.fabric.utilities.distributed import _init_dist_connection
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    console.quiet_known_warnings()
+    loggers = ["lightning.fabric.utilities.distributed", "lightning.fabric.utilities.rank_zero",
+               "lightning.pytorch.utilities.rank_zero"]
+    with caplog.at_level(logging.INFO):
+        for name in loggers:
+            caplog.set_level(logging.INFO, logger=name)
+        assert not dist.is_initialized()
+        try:
+            _init_dist_connection(LightningEnvironment(), "gloo", global_rank=0, world_size=1)
+        finally:
+            dist.destroy_process_group()
+        shown_for_one = caplog.text
+        caplog.clear()
+        logging.getLogger(loggers[0]).info(
+            "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/16")
+        logging.getLogger(loggers[1]).info(
+            f"{'-' * 100}\ndistributed_backend=gloo\n"
+            f"All distributed processes registered. Starting with 16 processes\n{'-' * 100}\n")
+    assert "Initializing distributed" not in shown_for_one
+    assert "distributed_backend" not in shown_for_one
+    assert "MEMBER: 1/16" in caplog.text and "Starting with 16 processes" in caplog.text
