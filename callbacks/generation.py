@@ -13,7 +13,7 @@ from callbacks.schedule import EveryNValidations
 from datamodules.cfg import BOS_ID, EOS_ID
 from oe.cfg import MAX_LENGTH, accepts_padded
 from oe.cfg.inside import viable_prefix_length
-from oe.models.gpt import generate
+from oe.models.decoding import sample_from_bos
 from oe.training.stops import stop_requested
 
 
@@ -111,7 +111,7 @@ def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.
     Returns ``(accepted [N] bool, lengths [N], viable [N], texts)``: ``viable`` is the length of
     the longest prefix of each sample that some cfg3f sentence begins with. A sample that
     reaches 729 symbols without EOS, or that holds a non-terminal token, is rejected.
-    ``all_done``: as in ``oe.models.gpt.generate``. ``stop``: asked before each batch; True
+    ``all_done``: as in ``oe.models.decoding.decode``. ``stop``: asked before each batch; True
     ends the sampling with the batches done so far.
     """
     was_training = model.training
@@ -122,8 +122,8 @@ def sample_and_check(model, num_samples: int, batch_size: int, generator: torch.
             if stop():
                 break
             rows = min(batch_size, num_samples - start)
-            tokens, length = generate(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1, generator,
-                                      all_done=all_done)
+            tokens, length = sample_from_bos(model, rows, BOS_ID, EOS_ID, MAX_LENGTH + 1,
+                                             generator, all_done=all_done)
             tokens, length = tokens.cpu().numpy(), length.cpu().numpy()
             ended = length <= MAX_LENGTH
             ok = accepts_padded(tokens, np.minimum(length, MAX_LENGTH)) & ended

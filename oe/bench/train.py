@@ -44,7 +44,8 @@ from oe.bench.common import peak_rss_mib, write_json
 from oe.cli.table import print_table
 from oe.models.attention import positions_in_documents
 from oe.models.embedding import OverEncodingConfig
-from oe.models.gpt import BackboneConfig, generate
+from oe.models.decoding import sample_from_bos
+from oe.models.gpt import BackboneConfig
 from oe.training.lm import LanguageModel
 
 KINDS = ("baseline", "oe3")
@@ -179,8 +180,8 @@ def time_sampler(batch: int, device: torch.device, timed_steps: int | None = Non
     timed = min(steps, timed_steps or steps)
     generator = torch.Generator(device=device).manual_seed(0)
     start = time.perf_counter()
-    # An end token that is never sampled: exactly `timed` steps, as for real sentences.
-    generate(model, batch, BOS_ID, -1, timed, generator)
+    # No end token: exactly `timed` steps, as for real sentences.
+    sample_from_bos(model, batch, BOS_ID, None, timed, generator)
     sampling = (time.perf_counter() - start) * steps / timed
     start = time.perf_counter()
     accepts_padded(symbols, lengths)

@@ -8,7 +8,7 @@ network is built by ``oe.models.build.build_model`` from the model section kept 
 Generation with a key/value cache: ``generate`` hands the model a transformers ``Cache``, which
 the backbone fills through ``_CacheView``; a cached step embeds its new token from the last few
 tokens of the row (``ngram_context``, taken from the whole ``input_ids`` in
-``prepare_inputs_for_generation``), exactly as ``oe.models.gpt.generate`` does. Rows with padding
+``prepare_inputs_for_generation``), exactly as ``oe.models.decoding.decode`` does. Rows with padding
 (an ``attention_mask`` holding zeros) are refused: the backbone attends over whole rows.
 """
 

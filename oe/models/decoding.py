@@ -1,13 +1,16 @@
 """Decoding prompts with the key/value cache, the n-gram tables on the device or in host memory.
 
-``decode`` continues a batch of prompts of one length: one pass over the prompts fills the cache,
-then each step embeds the newest token from the last few (``forward_last``) and attends to the
-cache. With ``HostTables`` the n-gram rows of the newest token are gathered on the host and moved
-to the device as soon as that token is sampled, before the step that needs them.
+``decode`` is the one decoding loop: ``oe generate``, the lm-eval adapter's generation, the
+generation-accuracy callback (``sample_from_bos``) and the benchmarks all run it. It continues a
+batch of prompts of one length: one pass over the prompts fills the cache, then each step embeds
+the newest token from the last few (``forward_last``) and attends to the cache. With
+``HostTables`` the n-gram rows of the newest token are gathered on the host and moved to the
+device as soon as that token is sampled, before the step that needs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,19 +59,24 @@ def sample_next(logits: torch.Tensor, sampling: Sampling,
 @torch.no_grad()
 def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),
            generator: torch.Generator | None = None, eos_id: int | None = None,
-           host_tables: HostTables | None = None) -> torch.Tensor:
+           host_tables: HostTables | None = None,
+           all_done: Callable[[bool], bool] = bool) -> torch.Tensor:
     """The tokens [B, <= max_new_tokens] sampled after ``prompts`` [B, P] (equal lengths).
 
     Stops early once every row has sampled ``eos_id``; rows that ended earlier repeat it.
     ``host_tables``: the model's n-gram tables in host memory (``HostTables``).
+    ``all_done`` turns this process's "every row ended" into the stopping decision, asked after
+    each step but the last: with sharded n-gram tables every rank must take as many steps, so
+    it agrees over the ranks.
     """
     sampling.check()
     batch, length = prompts.shape
     if length < 1 or max_new_tokens < 1:
         raise ValueError(f"need a prompt of >= 1 token and max_new_tokens >= 1, got {length} and "
                          f"{max_new_tokens}")
-    if length + max_new_tokens > model.config.block_size:
-        raise ValueError(f"prompt ({length}) + max_new_tokens ({max_new_tokens}) exceed "
+    # The last token sampled is never read back: the pass reads length + max_new_tokens - 1.
+    if length + max_new_tokens - 1 > model.config.block_size:
+        raise ValueError(f"prompt ({length}) + max_new_tokens ({max_new_tokens}) - 1 exceed "
                          f"model.backbone.block_size ({model.config.block_size})")
     device = model.position.weight.device
     prompts = prompts.to(device)
@@ -96,7 +104,29 @@ def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sam
         rows = None if host_tables is None else host_tables.last_rows(recent)
         if eos_id is not None:
             done |= nxt == eos_id
-            if bool(done.all()):
-                return out[:, : t + 1]
+        if all_done(bool(done.all()) if eos_id is not None else False):
+            return out[:, : t + 1]
         logits = model.step(recent, cache, rows)
     return out
+
+
+def sample_from_bos(model: GPT, batch: int, bos_id: int, eos_id: int | None, max_new_tokens: int,
+                    generator: torch.Generator | None = None, temperature: float = 1.0,
+                    all_done: Callable[[bool], bool] = bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``batch`` sequences from BOS with the next-token distribution at ``temperature``.
+
+    Returns ``(tokens [B, max_new_tokens], lengths [B])``: the tokens sampled after BOS (EOS
+    after a row's first one), and for each row the number of tokens before its first EOS
+    (``max_new_tokens`` where none came). ``all_done``: as in ``decode``.
+    """
+    device = model.position.weight.device
+    prompts = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    sampled = decode(model, prompts, max_new_tokens, Sampling(temperature), generator, eos_id,
+                     all_done=all_done)
+    tokens = torch.full((batch, max_new_tokens), -1 if eos_id is None else eos_id,
+                        dtype=torch.long, device=device)
+    tokens[:, : sampled.shape[1]] = sampled
+    ended = tokens == eos_id if eos_id is not None else torch.zeros_like(tokens, dtype=torch.bool)
+    lengths = torch.where(ended.any(dim=1), ended.long().argmax(dim=1),
+                          torch.full_like(ended[:, 0], max_new_tokens, dtype=torch.long))
+    return tokens, lengths

@@ -16,7 +16,6 @@ batch's rows (micro-batches) slices the input and its memory together.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -305,46 +304,3 @@ class GPT(nn.Module):
         if not include_ngram_tables and hasattr(self.embedding, "table_parameters"):
             tables = {id(p) for p in self.embedding.table_parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in tables)
-
-
-@torch.no_grad()
-def generate(
-    model: GPT,
-    batch: int,
-    bos_id: int,
-    eos_id: int,
-    max_new_tokens: int,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    all_done: Callable[[bool], bool] = bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``batch`` sequences from BOS with the raw next-token distribution.
-
-    Returns ``(tokens [B, max_new_tokens], lengths [B])``: the tokens sampled after BOS, and for
-    each row the number of tokens before its first EOS (``max_new_tokens`` where none came).
-    ``all_done`` turns this process's "every row ended" into the stopping decision; with
-    sharded n-gram tables every rank must take as many steps, so it agrees over the ranks.
-    """
-    device = model.position.weight.device
-    context = model.embedding.context_size + 1
-    # The last `context` tokens of each row; pad (0) before BOS reads as the start of the row.
-    recent = torch.zeros(batch, context, dtype=torch.long, device=device)
-    recent[:, -1] = bos_id
-    cache = model.new_cache(batch, max_new_tokens + 1, device)
-    out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
-    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        logits = model.step(recent, cache).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        probs = torch.softmax(logits, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        out[:, t] = nxt
-        newly_done = (nxt == eos_id) & ~done
-        lengths[newly_done] = t
-        done |= newly_done
-        if all_done(bool(done.all())):
-            break
-        recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
-    return out, lengths

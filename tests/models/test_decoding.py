@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from oe.models.build import build_model
-from oe.models.decoding import Sampling, decode, sample_next
+from oe.models.decoding import Sampling, decode, sample_from_bos, sample_next
 from oe.models.embedding import HostTables, OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 
@@ -80,5 +80,29 @@ def test_bad_sampling_options_are_named(sampling, flag):
 
 
 def test_a_prompt_past_the_block_size_is_refused():
+    """Prompt and new tokens but the last (never read back) fill the positions exactly."""
+    assert decode(_gpt(None), PROMPTS, 44, Sampling(temperature=0)).shape == (3, 44)
     with pytest.raises(ValueError, match="block_size"):
-        decode(_gpt(None), PROMPTS, 44)
+        decode(_gpt(None), PROMPTS, 45)
+
+
+def test_sampling_from_bos_counts_each_rows_tokens_before_its_first_eos():
+    gpt = _gpt(CONFIGS[1])
+    generator = torch.Generator().manual_seed(3)
+    tokens, lengths = sample_from_bos(gpt, 16, 4, 5, 12, generator)
+    expected = decode(gpt, torch.full((16, 1), 4), 12, Sampling(), torch.Generator().manual_seed(3),
+                      eos_id=5)
+    assert torch.equal(tokens[:, :expected.shape[1]], expected)
+    for row, length in zip(tokens.tolist(), lengths.tolist()):
+        assert length == (row.index(5) if 5 in row else 12)
+        assert set(row[length:]) <= {5}  # a row that ended repeats EOS
+    assert 0 < int((lengths < 12).sum()) < 16  # some rows ended, some ran to the budget
+
+
+def test_all_done_decides_when_decoding_stops():
+    """The stopping decision is ``all_done``'s (ranks agree through it), asked after each step."""
+    gpt = _gpt(None)
+    asked = []
+    out = decode(gpt, PROMPTS, 6, Sampling(), torch.Generator().manual_seed(0), eos_id=None,
+                 all_done=lambda done: asked.append(done) or len(asked) == 2)
+    assert out.shape == (3, 2) and asked == [False, False]

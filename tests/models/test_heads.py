@@ -15,7 +15,8 @@ from oe.models.embedding import OverEncodingConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 from oe.training.lm import LanguageModel
-from oe.models.gpt import BackboneConfig, generate
+from oe.models.decoding import sample_from_bos
+from oe.models.gpt import BackboneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=64)
@@ -196,7 +197,7 @@ def test_generation_is_unchanged_by_the_heads(over_encoding):
     outputs = []
     for model in (plain, with_heads):
         generator = torch.Generator().manual_seed(11)
-        outputs.append(generate(model.model, 8, BOS, EOS, 40, generator))
+        outputs.append(sample_from_bos(model.model, 8, BOS, EOS, 40, generator))
     assert torch.equal(outputs[0][0], outputs[1][0])
     assert torch.equal(outputs[0][1], outputs[1][1])
 
