@@ -11,7 +11,7 @@ from callbacks.schedule import EveryNValidations
 from lightning.pytorch.utilities import rank_zero_warn
 
 from oe.evaluation.scoring import (build_requests, empty_choices, eot_id_of, item_correct,
-                                   loglikelihoods)
+                                   loglikelihoods, share_stderr)
 from oe.evaluation.tasks import TASKS, load_items
 from oe.training.stops import stop_requested
 
@@ -91,8 +91,6 @@ class DownstreamEvaluation(EveryNValidations):
                 totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0)
             n = float(totals[2])
             for name, hits in (("acc", float(totals[0])), ("acc_norm", float(totals[1]))):
-                p = hits / n
-                # Standard error of the mean of 0/1 values (sample standard deviation / sqrt(n)).
-                stderr = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
-                pl_module.log(f"downstream/{task}/{name}", p, rank_zero_only=True)
-                pl_module.log(f"downstream/{task}/{name}_stderr", stderr, rank_zero_only=True)
+                pl_module.log(f"downstream/{task}/{name}", hits / n, rank_zero_only=True)
+                pl_module.log(f"downstream/{task}/{name}_stderr", share_stderr(hits, n),
+                              rank_zero_only=True)

@@ -2,7 +2,7 @@
 
 import sys
 
-from oe.cli.mine import main
+from oe.cli import run_module
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module("mine"))

@@ -52,5 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     return importlib.import_module(f"oe.bench.{argv[0]}").main(argv[1:])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as ``oe bench``: --verbose taken off, known warnings quiet
+    from oe.cli import run_module
+
+    sys.exit(run_module("bench"))

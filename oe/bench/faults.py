@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from oe.bench.common import write_json
+from oe.cli import fit_command
 from oe.cli.table import print_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def fit_args(overlay: Path, run_dir: Path) -> list[str]:
 def start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     with open(log, "a") as handle:
-        return subprocess.Popen([sys.executable, "-m", "oe.cli.fit", *args], cwd=ROOT, env=env,
+        return subprocess.Popen(fit_command(*args), cwd=ROOT, env=env,
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -4,25 +4,18 @@ Only this layer (with the benchmarks and the experiments) may import ``datamodul
 ``callbacks``; the library below it never does.
 
 Every tool is quiet by default (``oe.cli.console``: known harmless warnings hidden); ``--verbose``
-anywhere on its command line shows them.
+anywhere on its command line shows them. Importing this package changes nothing: the entries
+below (``main`` for ``oe``, ``run_module`` for ``python -m oe.X``) take ``--verbose`` off the
+command line and quiet the warnings when a tool starts.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
 from oe.cli import console
 from oe.cli.fit_usage import USAGE as FIT_USAGE, wants_usage
-
-# ``python -m oe.X`` runs oe/X.py, which imports this package first: take --verbose off its
-# command line here, before the tool's own parser (LightningCLI's included) sees it.
-_program = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path()
-if _program.name == "oe" or _program.parent in (Path(__file__).resolve().parent,
-                                                 Path(__file__).resolve().parent.parent):
-    sys.argv = [sys.argv[0], *console.take_verbose_flag(sys.argv[1:])]
-console.quiet_known_warnings()
 
 # subcommand -> (module whose main(argv) runs it, one line of help)
 SUBCOMMANDS = {
@@ -54,8 +47,8 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``oe SUBCOMMAND [options]`` (the ``oe`` command and ``python -m oe``)."""
     argv = console.take_verbose_flag(sys.argv[1:] if argv is None else argv)
-    console.quiet_known_warnings()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -65,10 +58,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
-    # The program stays runnable: Lightning starts further ranks as ``python sys.argv[0]
-    # sys.argv[1:]``. Parsers name themselves ``oe NAME`` from it (``oe.cli.flags.program_name``).
-    sys.argv = [sys.argv[0], name, *rest]
-    if name == "fit" and wants_usage(rest):  # LightningCLI's own help imports the whole stack
+    # Parsers name themselves ``oe NAME`` from sys.argv (``oe.cli.flags.program_name``).
+    return _run(name, rest, [sys.argv[0], name, *rest])
+
+
+def run_module(name: str) -> int:
+    """``python -m oe.NAME [options]``: the subcommand ``name`` with this process's arguments."""
+    rest = console.take_verbose_flag(sys.argv[1:])
+    return _run(name, rest, [sys.argv[0], *rest])
+
+
+def fit_command(*args: str) -> list[str]:
+    """The command that starts a training run in a new process, ``python -m oe.fit ARGS``: the
+    one every tool, benchmark and test launches training with."""
+    return [sys.executable, "-m", "oe.fit", *args]
+
+
+def _run(name: str, args: list[str], process_argv: list[str]) -> int:
+    """Run tool ``name`` on ``args``; ``process_argv``: this process's command line without
+    ``--verbose``, which it becomes (Lightning starts further ranks as ``python PROGRAM
+    sys.argv[1:]`` or ``python -m MODULE sys.argv[1:]``: they run the same command)."""
+    console.quiet_known_warnings()
+    sys.argv = process_argv
+    if name == "fit" and wants_usage(args):  # LightningCLI's own help imports the whole stack
         print(FIT_USAGE)
         return 0
-    return importlib.import_module(SUBCOMMANDS[name][0]).main(rest)
+    return importlib.import_module(SUBCOMMANDS[name][0]).main(args)

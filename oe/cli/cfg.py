@@ -113,7 +113,3 @@ def main(argv: list[str] | None = None) -> int:
         what = "is a directory" if isinstance(err, IsADirectoryError) else "no such file"
         print(f"error: {args.file}: {what}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,10 +18,17 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import NoReturn
 
+import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, Namespace
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.downstream import DownstreamEvaluation
+from callbacks.generation import GenerationAccuracy
+from callbacks.ngram_stats import NgramTableStats
+from oe.cli.flags import program_name
+from oe.training.lm import LanguageModel
 from oe.training.rundir import place_run
 
 BASE_KEY = "base"
@@ -242,22 +249,69 @@ def check_model_values(config: Namespace) -> None:
         raise ConfigError(f"model.{err}") from err
 
 
+# Callbacks as named config fields: a layer sets the fields of one and keeps the others.
+NAMED_CALLBACKS = {"checkpoint": ModelCheckpoint, "ngram_stats": NgramTableStats,
+                   "generation": GenerationAccuracy, "downstream": DownstreamEvaluation}
+
+
+class FitArguments(LightningCLI):
+    """What ``oe fit`` reads: LightningCLI's parser over ``LanguageModel`` and a data module,
+    with layered ``--config`` files, the run's folder and the named callbacks.
+    ``oe.cli.fit.FitCLI`` builds and runs what it reads."""
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        kwargs.setdefault("prog", program_name())
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ComposedConfigFile,
+                            help="a config file (YAML); its 'base' files are applied first")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        self.config = parse_with(parser, sys.argv[1:] if args is None else list(args))
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="checkpoint to resume from")
+        parser.add_argument("--resume", type=bool, default=False,
+                            help="resume from the run folder's newest complete checkpoint")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="one folder for all this run writes: default_root_dir, the "
+                                 "loggers' save_dir and <run_dir>/checkpoints")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="W&B run name (default: run_dir's folder name)")
+        parser.add_argument("--run_group", type=str | None, default=None,
+                            help="W&B group (a sweep's name)")
+        parser.add_argument("--run_project", type=str | None, default=None, help="W&B project")
+        for key, callback in NAMED_CALLBACKS.items():
+            parser.add_argument(f"--{key}", type=callback | None, default=None,
+                                help=f"the {callback.__name__} callback; null: none")
+
+
+CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,
+                  subclass_mode_data=True, save_config_kwargs={"overwrite": True},
+                  parser_class=OneLineErrorParser)
+
+
+class _ParserBuilt(Exception):
+    pass
+
+
+class _ParserOnly(FitArguments):
+    def parse_arguments(self, parser, args) -> None:
+        raise _ParserBuilt(parser)  # stop before anything is seeded or built
+
+
 def fit_parser():
-    """oe.fit's parser, built by FitCLI itself (LightningCLI builds it in its constructor)."""
-    from oe.cli.fit import CLI_KWARGS, FitCLI
-
-    class ParserBuilt(Exception):
-        pass
-
-    class ParserOnly(FitCLI):
-        def parse_arguments(self, parser, args) -> None:
-            raise ParserBuilt(parser)  # stop before anything is seeded or built
-
+    """oe.fit's parser; LightningCLI builds it in its constructor, so one is started and
+    stopped as soon as the parser is built."""
     try:
-        ParserOnly(**CLI_KWARGS, args=[], run=False)
-    except ParserBuilt as built:
+        _ParserOnly(**CLI_KWARGS, args=[], run=False)
+    except _ParserBuilt as built:
         return built.args[0]
-    raise RuntimeError("FitCLI built no parser")
+    raise RuntimeError("FitArguments built no parser")
 
 
 def parse_fit_config(args: list[str], parser=None) -> Namespace:

@@ -334,7 +334,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {task}: {why}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,11 +18,9 @@ seeds) and ``evidence.md`` (set-up, budget as a share of the paper's, the table,
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,18 +33,10 @@ from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METR
                                   schedule_end, warmup_for)
 from oe.analysis.plot import read_csv_history
 from oe.cli.flags import Parser
+from oe.cli.fit_runs import CSV_ONLY, device_name, run_fit
 
 EXPERIMENTS = {"cfg3f": "configs/cfg_{kind}.yaml"}
 COST_ORDER = ["ot3", "od3", "oe3", "oe2", "baseline"]  # most expensive first: extra heads, tables
-CSV_ONLY = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {name: csv}}]"
-
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (1 GPU)"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: int,
@@ -71,21 +61,6 @@ def fit_args(config: str, presets: list[str], seed: int, run_dir: Path, steps: i
         args += ["--generation.num_samples", str(gen_samples),
                  "--generation.batch_size", str(gen_samples)]
     return args
-
-
-def run_fit(args: list[str], log: Path, threads: int | None = None) -> float:
-    """One oe.fit subprocess, its output into ``log``; its wall seconds. Fails loudly.
-    ``threads``: its CPU threads (OMP_NUM_THREADS), when several runs share the cores."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    started = time.time()
-    with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, "-m", "oe.fit", *args], stdout=handle,
-                               stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise EvidenceError(f"oe.fit exited with {code} (log: {log}):\n{tail}")
-    return time.time() - started
 
 
 def composed(config: str, presets: list[str]) -> tuple[int, int]:
@@ -334,7 +309,3 @@ def write_outputs(args, kinds: list[str], seeds: list[int], runs_dir: Path, out:
         png_name="evidence.png",
         schedule_ends=Spread.of([schedule_end(h) for runs in histories.values() for h in runs]),
         reference=args.reference, parallel=args.parallel))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

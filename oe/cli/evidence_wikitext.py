@@ -25,8 +25,8 @@ from oe.analysis.plot import read_csv_history
 from oe.analysis.wikitext_study import (ARMS, CORPUS, LAW_RECIPES, METRIC, PRESET, QUICK_MODULUS,
                                         arm_finals, catch_up, law_arms, law_section, paired_differences,
                                         plot_study, render_study)
-from oe.cli.evidence import CSV_ONLY, device_name, run_fit
 from oe.cli.flags import Parser
+from oe.cli.fit_runs import CSV_ONLY, device_name, run_fit
 
 
 def fit_args(arm: str, seed: int, run_dir: Path, validate_every: int, preset: str) -> list[str]:

@@ -116,7 +116,3 @@ def export_hf(args: argparse.Namespace, out: Path) -> str:
     how = "AutoModelForCausalLM.from_pretrained(OUT)" if model_type == "gpt2" else \
         "AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True) (needs oe installed)"
     return f"wrote {out}: {kind} model as {model_type}; load it with {how}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,16 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.downstream import DownstreamEvaluation
-from callbacks.generation import GenerationAccuracy
-from callbacks.ngram_stats import NgramTableStats
-from oe.cli.config import ComposedConfigFile, OneLineErrorParser, error_line, parse_with
-from oe.cli.flags import program_name
+from oe.cli.config import CLI_KWARGS, NAMED_CALLBACKS, FitArguments, error_line
 from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointError,
                                       CheckpointWriteError, check_table_files, check_tables,
                                       read_checkpoint)
@@ -47,10 +41,6 @@ from oe.training.rundir import (RunFolderError, checkpoint_files, keep_wandb_run
                                 launching_process, lock_run_folder, newest_checkpoint,
                                 refuse_used_folder, requeue_resume_path)
 from oe.training.stops import CleanStop, stop_message
-
-# Callbacks as named config fields: a layer sets the fields of one and keeps the others.
-NAMED_CALLBACKS = {"checkpoint": ModelCheckpoint, "ngram_stats": NgramTableStats,
-                   "generation": GenerationAccuracy, "downstream": DownstreamEvaluation}
 
 
 def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
@@ -66,17 +56,8 @@ def run_tags(model: LanguageModel, seed: int | None) -> list[str]:
     return tags
 
 
-class FitCLI(LightningCLI):
-    def init_parser(self, **kwargs):
-        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
-        kwargs.setdefault("prog", program_name())
-        parser = self.parser_class(**kwargs)
-        parser.add_argument("-c", "--config", action=ComposedConfigFile,
-                            help="a config file (YAML); its 'base' files are applied first")
-        return parser
-
-    def parse_arguments(self, parser, args) -> None:
-        self.config = parse_with(parser, sys.argv[1:] if args is None else list(args))
+class FitCLI(FitArguments):
+    """``oe fit``: reads its config as ``FitArguments`` does, then builds and runs it."""
 
     def instantiate_classes(self) -> None:
         self._lock = None
@@ -163,25 +144,6 @@ class FitCLI(LightningCLI):
                 f"--run_dir"
             )
 
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="checkpoint to resume from")
-        parser.add_argument("--resume", type=bool, default=False,
-                            help="resume from the run folder's newest complete checkpoint")
-        parser.add_argument("--run_dir", type=str | None, default=None,
-                            help="one folder for all this run writes: default_root_dir, the "
-                                 "loggers' save_dir and <run_dir>/checkpoints")
-        parser.add_argument("--run_name", type=str | None, default=None,
-                            help="W&B run name (default: run_dir's folder name)")
-        parser.add_argument("--run_group", type=str | None, default=None,
-                            help="W&B group (a sweep's name)")
-        parser.add_argument("--run_project", type=str | None, default=None, help="W&B project")
-        for key, callback in NAMED_CALLBACKS.items():
-            parser.add_argument(f"--{key}", type=callback | None, default=None,
-                                help=f"the {callback.__name__} callback; null: none")
-
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         check_precision(self.config_init.trainer.get("precision"),
                         self.config_init.trainer.get("accelerator"))
@@ -227,11 +189,6 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
         writing = root / f".finished.json.{os.getpid()}.tmp"
         writing.write_text(json.dumps(summary, indent=2))
         os.replace(writing, root / "finished.json")
-
-
-CLI_KWARGS = dict(model_class=LanguageModel, datamodule_class=L.LightningDataModule,
-                  subclass_mode_data=True, save_config_kwargs={"overwrite": True},
-                  parser_class=OneLineErrorParser)
 
 
 def _damage(path: Path) -> str:
@@ -309,7 +266,3 @@ def _finish_wandb(succeeded: bool) -> None:
 
         if wandb.run is not None:
             wandb.finish(exit_code=0 if succeeded else 1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -105,7 +105,3 @@ def main(argv: list[str] | None = None) -> int:
               if best else f"{n}-grams: none")
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,7 +50,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_plan(figures, figures["table_optimizer"])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -54,7 +54,3 @@ def main(argv: list[str] | None = None) -> int:
             run.name = label  # the table's rows are the series
         print("\n".join(values_at_step(runs, metrics, args.summary_step)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -84,7 +84,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {report} and its PNGs for {len(runs)} run(s)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from oe.cli import fit_command
 from oe.cli.flags import Parser
 
 KEYS = {"name", "base_configs", "grid", "overrides", "description"}
@@ -196,7 +198,7 @@ def run_local(sweep: Sweep, points: list[Point], runs_dir: Path) -> int:
             print(f"[{i + 1}/{len(points)}] {point.name} -> {run_dir} (resumed)", flush=True)
         else:
             print(f"[{i + 1}/{len(points)}] {point.name} -> {run_dir}", flush=True)
-        if subprocess.run([sys.executable, "-m", "oe.cli.fit", *args]).returncode != 0:
+        if subprocess.run(fit_command(*args)).returncode != 0:
             failed.append(point.name)
     if failed:
         print(f"error: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
@@ -257,7 +259,3 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(["sbatch", *args.sbatch_arg, SINGLE_TEMPLATE, str(run_dir),
                           *point.fit_args, "--run_group", sweep.name]))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import this module and call ``lm_eval.simple_evaluate(model="oe", ...)``.
 directory of ``oe export --format hf``), ``tokenizer`` (default: the one the checkpoint records
 or the directory holds). ``--batch_size`` and ``--device`` as for any lm-eval model.
 
-Log-likelihoods follow ``oe.evaluation.scoring``'s rules: a request reads context +
+Log-likelihoods are ``oe.evaluation.scoring.score_pairs``'s: a request reads context +
 continuation cut from the left to the block size, right-padded in batches sorted by length, and
 an Over-Encoding model computes its n-gram ids over the whole context and continuation in the
 same forward pass. Generation (``oe.models.decoding.decode``) is greedy unless ``do_sample``, with the backbone's
@@ -32,7 +32,7 @@ from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from oe.evaluation.scoring import eot_id_of, score_batch
+from oe.evaluation.scoring import eot_id_of, score_pairs
 from oe.huggingface.load import load_model
 from oe.models.decoding import Sampling, decode
 
@@ -112,22 +112,15 @@ class OELM(TemplateLM):
                               disable_tqdm: bool = False, override_bs: int | None = None,
                               **kwargs: Any) -> list[tuple[float, bool]]:
         """(summed log-probability, whether every token is the argmax) per request."""
-        out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
-        batch_size = override_bs or self.batch_size
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            scored = self._score_batch([(requests[i][1], requests[i][2]) for i in chosen])
-            for i, result in zip(chosen, scored):
-                out[i] = result
-                self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
+        sums, greedy = score_pairs(self.model, [(context, continuation)
+                                                for _, context, continuation in requests],
+                                   override_bs or self.batch_size, self._eot)
+        out = []
+        for request, total, is_greedy in zip(requests, sums, greedy):
+            result = (float(total), bool(is_greedy))
+            self.cache_hook.add_partial("loglikelihood", request[0], result)
+            out.append(result)
         return out
-
-    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        if any(not continuation for _, continuation in pairs):
-            raise ValueError("a loglikelihood request has no continuation tokens to score")
-        sums, greedy = score_batch(self.model, pairs, self._eot)
-        return [(float(total), bool(g)) for total, g in zip(sums, greedy)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Whole-text log-likelihoods: disjoint windows of the block size, each read after as much

@@ -6,7 +6,7 @@ end-of-text token; the longest sequences are cut from the left to the model's bl
 score is the summed log-probability of the choice's tokens only, each predicted from the
 position before it. acc: the argmax score is the gold choice; acc_norm: the same with each
 score divided by the choice's length in characters. Both come with the standard error of the
-mean (sample standard deviation / sqrt(n)). An empty choice (no characters) follows the harness's
+mean (sample standard deviation / sqrt(n), ``share_stderr``). An empty choice (no characters) follows the harness's
 rule, made explicit here: its normalised score is -inf, so it is never the acc_norm prediction;
 ``empty_choices`` names such items so that the caller can say so.
 
@@ -100,26 +100,29 @@ def score_batch(model: GPT, pairs: list[tuple[list[int], list[int]]],
 
 
 @torch.no_grad()
-def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
-                   pad_id: int = 0, min_batches: int = 0,
-                   on_batch: Callable[[list[int]], None] | None = None) -> np.ndarray:
-    """Summed log-probability of each request's continuation tokens, batched (longest first).
+def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32,
+                pad_id: int = 0, min_batches: int = 0,
+                on_batch: Callable[[list[int]], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The scoring loop: for each (context, continuation), the summed log-probability of the
+    continuation's tokens and whether each of them is the argmax, batched longest first.
 
+    ``oe evaluate``, the downstream callback and the lm-eval adapter all score through it.
     ``min_batches``: run at least this many forward passes (one-token ones after the real
     batches), so that ranks sharing row-wise sharded tables make equally many collective calls.
-    ``on_batch``: called with the indices of the requests each batch scored (progress).
+    ``on_batch``: called with the indices of the pairs each batch scored (progress).
     """
+    if any(not continuation for _, continuation in pairs):
+        raise ValueError("a loglikelihood request has no continuation tokens to score")
     device = model.position.weight.device
     was_training = model.training
     model.eval()
-    scores = np.zeros(len(requests), dtype=np.float64)
-    order = sorted(range(len(requests)),
-                   key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
+    sums = np.zeros(len(pairs), dtype=np.float64)
+    greedy = np.zeros(len(pairs), dtype=bool)
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     try:
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
-            pairs = [(requests[i].context, requests[i].continuation) for i in chosen]
-            scores[chosen] = score_batch(model, pairs, pad_id)[0]
+            sums[chosen], greedy[chosen] = score_batch(model, [pairs[i] for i in chosen], pad_id)
             if on_batch is not None:
                 on_batch(chosen)
         for _ in range(min_batches - math.ceil(len(order) / batch_size)):
@@ -127,7 +130,15 @@ def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
             model.hidden(x, memory=memory)
     finally:
         model.train(was_training)
-    return scores
+    return sums, greedy
+
+
+def loglikelihoods(model: GPT, requests: list[Request], batch_size: int = 32,
+                   pad_id: int = 0, min_batches: int = 0,
+                   on_batch: Callable[[list[int]], None] | None = None) -> np.ndarray:
+    """Summed log-probability of each request's continuation tokens (``score_pairs``)."""
+    pairs = [(request.context, request.continuation) for request in requests]
+    return score_pairs(model, pairs, batch_size, pad_id, min_batches, on_batch)[0]
 
 
 def item_correct(items: list[Item], requests: list[Request], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,14 +165,19 @@ def empty_choices(items: list[Item]) -> list[str]:
             for i, item in enumerate(items) for c, choice in enumerate(item.choices) if not choice]
 
 
-def mean_stderr(values: np.ndarray) -> float:
-    n = len(values)
-    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+def share_stderr(hits: float, n: float) -> float:
+    """Standard error of a share ``hits / n`` of 0/1 outcomes: the sample standard deviation
+    over sqrt(n), in closed form from the counts (so ranks can sum their counts first)."""
+    if n <= 1:
+        return float("nan")
+    p = hits / n
+    return math.sqrt(p * (1 - p) / (n - 1))
 
 
 def summarise(acc: np.ndarray, acc_norm: np.ndarray) -> dict:
-    return {"acc": float(acc.mean()), "acc_stderr": mean_stderr(acc),
-            "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": mean_stderr(acc_norm),
+    return {"acc": float(acc.mean()), "acc_stderr": share_stderr(float(acc.sum()), len(acc)),
+            "acc_norm": float(acc_norm.mean()),
+            "acc_norm_stderr": share_stderr(float(acc_norm.sum()), len(acc_norm)),
             "n": int(len(acc))}
 
 

@@ -10,7 +10,6 @@ module becomes one article `` = module.name = `` with one line per docstring par
 from __future__ import annotations
 
 import ast
-import sys
 import sysconfig
 from pathlib import Path
 from oe.cli.flags import Parser
@@ -79,7 +78,3 @@ def main(argv: list[str] | None = None) -> int:
     for split, path in write_corpus(args.out, args.validation_every, args.max_articles).items():
         print(f"{split}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -211,7 +210,3 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, Path(args.png))
     print(f"wrote {args.png} and {args.json} ({results['seconds']:.0f} s)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -80,7 +80,7 @@ def test_checker_rejects_foreign_symbols_and_lengths():
 
 
 def _run(args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "oe.cfg", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "oe", "cfg", *args], input=stdin,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

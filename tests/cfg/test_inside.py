@@ -83,7 +83,7 @@ def test_bad_symbols_and_lengths_are_never_sentences():
 
 
 def _cli(*args: str, stdin: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "oe.cfg", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "oe", "cfg", *args], input=stdin,
                           capture_output=True, text=True, check=False)
 
 

@@ -8,12 +8,12 @@ one error naming the file or the field.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from oe.cli import fit_command
 from oe.cli.config import ConfigError, config_layers, fit_parser, parse_fit_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,8 +133,8 @@ def test_run_dir_on_the_command_line_moves_every_output(parser):
 
 
 def test_print_config_shows_the_composed_config_and_reads_back(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "oe.fit", "--config", "configs/cfg_ot3.yaml",
-                             "--config", "configs/presets/quick_cfg.yaml", "--print_config"],
+    result = subprocess.run(fit_command("--config", "configs/cfg_ot3.yaml",
+                                        "--config", "configs/presets/quick_cfg.yaml", "--print_config"),
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oe.cli import console
+from oe.cli import SUBCOMMANDS, console, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SRUN_HINT = "The `srun` command is available on your system but is not used. HINT: ..."
@@ -41,11 +41,28 @@ def test_verbose_flag_shows_everything_and_reaches_child_processes(monkeypatch):
     console.quiet_known_warnings()
 
 
-@pytest.mark.parametrize("command", [["-m", "oe.plot"], ["-m", "oe.cli", "plot"]])
-def test_every_tool_takes_verbose(command):
-    if command[1] == "oe.cli":  # the `oe` console script's entry point
-        command = ["-c", "import sys; from oe.cli import main; sys.exit(main(sys.argv[1:]))", "plot"]
-    result = subprocess.run([sys.executable, *command, "--verbose", "--help"], cwd=ROOT,
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_tool_takes_verbose(name, monkeypatch, capsys):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["oe"])
+    try:
+        code = main([name, "--verbose", "--help"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 0, capsys.readouterr().err
+    assert os.environ[console.VERBOSE_ENV] == "1"
+    assert "--verbose" not in sys.argv  # nor does the tool's own parser see it
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_every_python_m_module_runs_its_tool():
+    """``python -m oe.X`` is ``oe X``: each oe/X.py hands its command line to ``run_module``."""
+    shims = {path.stem: path.read_text() for path in (ROOT / "oe").glob("*.py")
+             if "run_module(" in path.read_text()}
+    assert {name.replace("_", "-") for name in shims} <= set(SUBCOMMANDS)
+    for name, text in shims.items():
+        assert f'run_module("{name.replace("_", "-")}")' in text, name
+    result = subprocess.run([sys.executable, "-m", "oe.plot", "--verbose", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "--summary_step" in result.stdout

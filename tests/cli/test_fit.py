@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ import torch
 
 from datamodules.cfg import CFGDataModule
 from oe.analysis.report import read_wandb_run
+from oe.cli import fit_command
 from oe.cli.fit import FitCLI
 from oe.cli.fit import main as fit_main
 from oe.distributed.checkpoint import TABLE_KEY, table_signature
@@ -33,7 +33,7 @@ SMALL = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15",
 def _fit(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["NETRC"] = str(tmp_path / "no-netrc")  # no W&B key: the logger must go offline itself
-    return subprocess.run([sys.executable, "-m", "oe.cli.fit", *args], cwd=ROOT, env=env,
+    return subprocess.run(fit_command(*args), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

@@ -6,11 +6,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from oe.cli import fit_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def test_cfg_ot3_runs_20_steps(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     # Batch 4 instead of the preset's 32 keeps the run short on two shared cores.
-    cmd = [sys.executable, "-m", "oe.cli.fit",
+    cmd = [*fit_command(),
            "--config", str(ROOT / "configs/cfg_ot3.yaml"),
            "--config", str(ROOT / "configs/presets/quick_cfg.yaml"),
            "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",

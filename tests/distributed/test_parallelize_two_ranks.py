@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from oe.cli import fit_command
 from oe.distributed.checkpoint import read_tables, table_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,7 +202,7 @@ def test_oe3_quick_preset_trains_and_resumes_on_two_ranks(tmp_path: Path) -> Non
     small = tmp_path / "small.yaml"
     small.write_text(TINY_RUN.format(root=root))
     env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    base = [sys.executable, "-m", "oe.cli.fit", "--config", "configs/cfg_oe3.yaml",
+    base = [*fit_command(), "--config", "configs/cfg_oe3.yaml",
             "--config", "configs/presets/quick_cfg.yaml", "--config", str(small)]
     # The second run resumes the first's checkpoint on the same schedule (a changed
     # max_steps is refused on resume) and finishes it.

@@ -13,7 +13,8 @@ import torch
 from datamodules.wikitext import train_bpe
 from tests.conftest import sentence, tiny_gpt2_dir, write_task_files
 from oe.models.embedding import OverEncodingConfig
-from oe.evaluation.scoring import build_requests, evaluate_task, item_correct, loglikelihoods
+from oe.evaluation.scoring import (build_requests, evaluate_task, item_correct, loglikelihoods,
+                                   share_stderr)
 from oe.cli.evaluate import load_pretrained, main
 from oe.models.build import build_model
 from oe.models.gpt import BackboneConfig
@@ -91,6 +92,30 @@ def test_padding_never_changes_a_score(setup):
     alone = np.array([loglikelihoods(model, [r], batch_size=1)[0] for r in requests[:8]])
     batched = loglikelihoods(model, requests[:8], batch_size=8)
     np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+
+
+def test_ranks_with_fewer_requests_make_as_many_passes(setup):
+    """``min_batches`` pads a rank's forward passes (sharded lookups are collective calls);
+    the scores are those of the real batches alone."""
+    root, _, _, model, tokenizer = setup
+    requests = build_requests(load_items("piqa", root / "tasks")[:2], tokenizer, 0)
+    passes = []
+    hidden = model.hidden
+    model.hidden = lambda *args, **kwargs: passes.append(1) or hidden(*args, **kwargs)
+    try:
+        padded = loglikelihoods(model, requests, batch_size=2, min_batches=5)
+    finally:
+        del model.hidden
+    assert len(passes) == 5
+    np.testing.assert_array_equal(padded, loglikelihoods(model, requests, batch_size=2))
+
+
+def test_standard_error_is_the_sample_deviation_over_root_n():
+    for outcomes in ([1, 0, 0, 1, 1], [1] * 3 + [0] * 9, [0, 0]):
+        values = np.array(outcomes, dtype=float)
+        expected = np.std(values, ddof=1) / np.sqrt(len(values))
+        assert share_stderr(values.sum(), len(values)) == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(share_stderr(1.0, 1))  # one item: no spread to measure
 
 
 def test_gold_labels_come_from_the_data(setup, tmp_path):

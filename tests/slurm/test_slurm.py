@@ -120,7 +120,7 @@ def jobs(cluster):
         "grid": {"model.over_encoding.modulus": [7, 37]}, "overrides": {"seed_everything": 3}}))
     runs = root / "runs"
     out = subprocess.run(
-        [sys.executable, "-m", "oe.cli.sweep", "--sweep", str(sweep), "--submit", "--runs-dir",
+        [sys.executable, "-m", "oe.sweep", "--sweep", str(sweep), "--submit", "--runs-dir",
          str(runs), "--no-check", *[f"--sbatch-arg={a}" for a in CPU_JOB]],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import oe.distributed.strategy as strategy_module
+from oe.cli import fit_command
 from oe.cli.fit import main as fit_main
 from oe.training.rundir import is_complete
 from tests.conftest import file_size_limit, full_disk
@@ -77,7 +78,7 @@ def _args(tmp_path: Path, run_dir: Path, devices: int = 1, steps: int = STEPS) -
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "oe.cli.fit", *args], cwd=ROOT, env=env,
+        return subprocess.Popen(fit_command(*args), cwd=ROOT, env=env,
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
