@@ -31,9 +31,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 
 from oe.cli.config import CLI_KWARGS, NAMED_CALLBACKS, FitArguments, error_line
-from oe.distributed.checkpoint import (TABLE_KEY, AtomicCheckpointIO, CheckpointError,
-                                      CheckpointWriteError, check_table_files, check_tables,
-                                      read_checkpoint)
+from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError,
+                                      check_tables, checkpoint_problem, read_checkpoint)
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
 from oe.training.precision import check_precision
@@ -103,7 +102,8 @@ class FitCLI(FitArguments):
             newest = newest_checkpoint(root, dirs)
             if newest is None:
                 files = checkpoint_files(root, dirs)
-                why = f" ({_damage(files[0])})" if files else ""
+                why = (f" ({checkpoint_problem(files[0]) or f'{files[0]} looks complete'})"
+                       if files else "")
                 raise RunFolderError(f"--resume: run folder {root} holds no complete checkpoint"
                                      f"{why}; start the run without --resume, or in another "
                                      f"--run_dir")
@@ -189,17 +189,6 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
         writing = root / f".finished.json.{os.getpid()}.tmp"
         writing.write_text(json.dumps(summary, indent=2))
         os.replace(writing, root / "finished.json")
-
-
-def _damage(path: Path) -> str:
-    """Why checkpoint ``path`` cannot be resumed from (its first problem)."""
-    try:
-        checkpoint = read_checkpoint(path, mmap=True)
-        if TABLE_KEY in checkpoint:
-            check_table_files(path, checkpoint)
-    except CheckpointError as err:
-        return str(err)
-    return f"{path} looks complete"
 
 
 def _config_defaults(model_class: type) -> dict[str, Any]:

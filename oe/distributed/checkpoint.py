@@ -1,4 +1,4 @@
-"""Checkpoints of a model with n-gram tables: the format, its checks, export, and loading for evaluation.
+"""Checkpoints of a model with n-gram tables: the format, its checks and export to one process.
 
 A training checkpoint ``X.ckpt`` is Lightning's dense state (written by rank 0) plus, when the
 tables are sharded, a table folder beside it: every rank's rows and their fused-optimiser state,
@@ -13,8 +13,9 @@ the step it was written at (``PAIR_FILE``), so a load never pairs the rows of on
 weights of another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
 
 ``single_device_checkpoint`` turns such a checkpoint into one plain state dict (every table row,
-no optimiser state) that loads in one process; ``load_for_evaluation`` builds the network of any
-checkpoint of ``oe.cli.fit`` (plain or exported) with ``oe.models.build.build_model``.
+no optimiser state) that loads in one process; ``oe.huggingface.load`` builds the network of
+any checkpoint of ``oe.cli.fit`` (plain or exported) from it. ``checkpoint_problem`` says
+whether a checkpoint is complete (a run resumes only from one that is).
 
 The tokenizer a model was trained with is recorded under ``TOKENIZER_KEY`` by the data module
 that offers it (``TokenizerRecord``), so that evaluation reads text the same way.
@@ -39,8 +40,6 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.distributed.embedding import ShardedEmbeddingCollection
 
 from oe.distributed.parallelize import local_shard, row_split, table_optimizer, table_owners
-from oe.models.build import build_arguments, build_model
-from oe.models.gpt import GPT
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
@@ -184,6 +183,18 @@ def check_table_files(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
             raise CheckpointError(f"checkpoint {path}: table shard {shard} is truncated "
                                   f"({shard.stat().st_size} bytes, {size} expected)")
     return directory
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from (its first problem), or None when it is
+    complete: readable and, with sharded tables, its table folder whole and its own."""
+    try:
+        checkpoint = read_checkpoint(path, mmap=True)
+        if TABLE_KEY in checkpoint:
+            check_table_files(path, checkpoint)
+    except CheckpointError as err:
+        return str(err)
+    return None
 
 
 def load_table_files(state: dict[str, Any], path: str | Path, checkpoint: Mapping[str, Any]) -> None:
@@ -365,7 +376,7 @@ def single_device_checkpoint(path: str | Path) -> dict[str, Any]:
     """The exported checkpoint: dense state and every table row in one state dict.
 
     Optimiser and loop states are left out; ``LanguageModel.load_from_checkpoint`` and
-    ``load_for_evaluation`` read it in one process.
+    ``oe.huggingface.load.load_for_evaluation`` read it in one process.
     """
     checkpoint, tensors = read_tables(path)
     state = dict(checkpoint["state_dict"])
@@ -379,7 +390,7 @@ def single_device_checkpoint(path: str | Path) -> dict[str, Any]:
     return out
 
 
-# -- the tokenizer record and loading for evaluation ------------------------------------------
+# -- the tokenizer record ----------------------------------------------------------------------
 
 @runtime_checkable
 class TokenizerRecord(Protocol):
@@ -404,35 +415,3 @@ def record_special_tokens(checkpoint: dict[str, Any], datamodule: object | None)
     ids = {name: int(value) for name, value in ids.items() if isinstance(value, int)}
     if ids:
         checkpoint[SPECIAL_TOKENS_KEY] = ids
-
-
-def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
-    """The network of a checkpoint of ``oe.cli.fit`` and its tokenizer record.
-
-    The shape comes from the recorded hyper-parameters (a pretrained backbone's own shape, so
-    the pretrained source is not read again); the weights from the checkpoint: a training
-    checkpoint with sharded tables is read with its table folder, every row, in this process.
-    A file that is no such checkpoint is one CheckpointError naming it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = read_checkpoint(path)
-    if "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
-                              f"checkpoint written by oe fit")
-    tables = tuple(f"{prefix}." for prefix in checkpoint.get(TABLE_KEY) or {})
-    if tables and not any(k.startswith(tables) for k in checkpoint["state_dict"]):
-        checkpoint = single_device_checkpoint(path)  # the rows live in the table folder
-    arguments = build_arguments(checkpoint["hyper_parameters"], where=f"{path}: model")
-    arguments.update(pretrained=None, freeze_backbone=False, heads=None)  # weights follow
-    model = build_model(**arguments).gpt
-    state = {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
-             if k.startswith(MODEL_PREFIX)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not load into the model its hyper-parameters describe "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model, checkpoint.get(TOKENIZER_KEY)

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.wikitext import WikitextDataModule
     from oe.experiments.corpus import write_corpus
     from oe.cli.mine import main as mine_main
-    from oe.distributed.checkpoint import load_for_evaluation
+    from oe.huggingface.load import load_for_evaluation
     from oe.models.pretrained import save_gpt2
 
     corpus = write_corpus(work / "corpus")

@@ -1,19 +1,26 @@
-"""An exported Hugging Face directory, or a checkpoint of ``oe fit``, as (network, tokenizer).
+"""The one model loader: an exported Hugging Face directory, or a checkpoint of ``oe fit``, as
+(network, tokenizer).
 
-A GPT-2 directory loads through ``oe.models.pretrained`` (as any pretrained GPT-2); an ``oe_gpt``
-directory is rebuilt by ``build_model`` from its config's model section, its safetensors shards
-read straight into the network (no transformers, no remote code). Checkpoint files load through
-``oe.distributed.checkpoint.load_for_evaluation`` and the tokenizer they record.
+A GPT-2 directory loads through ``oe.models.pretrained`` (as any pretrained GPT-2). An ``oe_gpt``
+directory and a checkpoint file are both rebuilt by ``build_model`` from the model section they
+keep (the config's ``oe_model``, the checkpoint's hyper-parameters) and their weights read
+straight into the network (``network_of``): no transformers, no remote code, and for a
+checkpoint with sharded tables every row of its table folder, in this process
+(``load_for_evaluation``). The tokenizer is the one recorded or held, unless given.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import load_file
 
-from oe.distributed.checkpoint import MODEL_PREFIX, load_for_evaluation
+from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, CheckpointError,
+                                       read_checkpoint, single_device_checkpoint)
 from oe.huggingface.export import INDEX_FILE
 from oe.models.build import build_arguments, build_model
 from oe.models.gpt import GPT
@@ -40,10 +47,26 @@ def load_exported(directory: str | Path) -> tuple[GPT, str | None]:
     return model, str(tokenizer) if tokenizer.is_file() else None
 
 
-def _load_oe(directory: Path, config: dict) -> GPT:
-    arguments = build_arguments(config.get("oe_model") or {}, where=f"{directory / CONFIG_FILE}: oe_model")
+def network_of(section: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str,
+               source: str, described_by: str) -> GPT:
+    """The network a ``model`` section describes, with the weights of ``state`` (a
+    LightningModule's keys: ``model.`` + the network's); the training-only heads are left out.
+
+    Errors name the section as ``where`` and the weights as ``source`` ("``source`` does not
+    load into the model ``described_by``").
+    """
+    arguments = build_arguments(section, where=where)
     arguments.update(pretrained=None, freeze_backbone=False, heads=None)  # weights follow
     model = build_model(**arguments).gpt
+    own = {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source} does not load into the model {described_by} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def _load_oe(directory: Path, config: dict) -> GPT:
     index = directory / INDEX_FILE
     files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
              else [WEIGHTS_FILE])
@@ -52,12 +75,31 @@ def _load_oe(directory: Path, config: dict) -> GPT:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found (listed by {index.name})")
         state.update(load_file(str(directory / name)))
-    own = {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
-    missing, unexpected = model.load_state_dict(own, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{directory} does not load into the model its config describes "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model
+    return network_of(config.get("oe_model") or {}, state, f"{directory / CONFIG_FILE}: oe_model",
+                      str(directory), "its config describes")
+
+
+def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
+    """The network of a checkpoint of ``oe.cli.fit`` and its tokenizer record.
+
+    The shape comes from the recorded hyper-parameters (a pretrained backbone's own shape, so
+    the pretrained source is not read again); the weights from the checkpoint: a training
+    checkpoint with sharded tables is read with its table folder, every row, in this process.
+    A file that is no such checkpoint is one CheckpointError naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    checkpoint = read_checkpoint(path)
+    if "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
+                              f"checkpoint written by oe fit")
+    tables = tuple(f"{prefix}." for prefix in checkpoint.get(TABLE_KEY) or {})
+    if tables and not any(k.startswith(tables) for k in checkpoint["state_dict"]):
+        checkpoint = single_device_checkpoint(path)  # the rows live in the table folder
+    model = network_of(checkpoint["hyper_parameters"], checkpoint["state_dict"],
+                       f"{path}: model", f"checkpoint {path}", "its hyper-parameters describe")
+    return model, checkpoint.get(TOKENIZER_KEY)
 
 
 def load_model(path: str | Path, tokenizer: str | None = None) -> tuple[GPT, object]:

@@ -30,8 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
-from oe.distributed.checkpoint import (TABLE_KEY, CheckpointError, check_table_files,
-                                      read_checkpoint)
+from oe.distributed.checkpoint import checkpoint_problem
 
 LOCK_FILE = ".lock"
 WANDB_ID_FILE = "wandb_id"  # the run's W&B id: a resumed run logs to the same W&B run
@@ -157,13 +156,7 @@ def checkpoint_files(default_root_dir: str | Path, checkpoint_dirs: list[str]) -
 
 def is_complete(path: Path) -> bool:
     """Whether checkpoint ``path`` can be read and, with sharded tables, its table folder too."""
-    try:
-        checkpoint = read_checkpoint(path, mmap=True)
-        if TABLE_KEY in checkpoint:
-            check_table_files(path, checkpoint)
-    except CheckpointError:
-        return False
-    return True
+    return checkpoint_problem(path) is None
 
 
 def newest_checkpoint(default_root_dir: str | Path, checkpoint_dirs: list[str]) -> Path | None:

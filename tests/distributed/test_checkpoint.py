@@ -1,18 +1,15 @@
-"""oe.distributed.checkpoint: table signatures, the tokenizer record, export, loading for evaluation."""
+"""oe.distributed.checkpoint: table signatures and the export of a two-rank checkpoint."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from oe.cli.evaluate import load_checkpoint
 from oe.cli.export import main as export_main
-from oe.distributed.checkpoint import (TABLE_KEY, TOKENIZER_KEY, check_tables, load_for_evaluation,
-                                       table_signature)
+from oe.distributed.checkpoint import TABLE_KEY, check_tables, checkpoint_problem, table_signature
+from oe.huggingface.load import load_for_evaluation
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig
 from oe.training.lm import LanguageModel, OptimizerConfig
@@ -46,57 +43,16 @@ def test_a_checkpoint_of_other_tables_is_refused(other: dict, field: str, tmp_pa
         check_tables(ours, model, path)
 
 
-class _Tokens(L.LightningDataModule):
-    """Random token rows."""
-
-    def train_dataloader(self) -> DataLoader:
-        rows = torch.randint(1, VOCAB, (4, 2, 13), generator=torch.Generator().manual_seed(2))
-        return DataLoader([{"input_ids": r} for r in rows], batch_size=None)
-
-
-class _NamedTokens(_Tokens):
-    """The same rows; names its tokenizer as a text data module does (TokenizerRecord)."""
-
-    def __init__(self, record: dict[str, str]) -> None:
-        super().__init__()
-        self.record = record
-
-    def tokenizer_record(self) -> dict[str, str]:
-        return dict(self.record)
-
-
-def _fit(model: LanguageModel, record: dict[str, str] | None, tmp_path: Path) -> Path:
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=_Tokens() if record is None else _NamedTokens(record))
-    path = tmp_path / "run.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.mark.parametrize("kind", ["baseline", "plain tables"])
-def test_evaluation_loads_the_trained_network_and_tokenizer_record(kind: str, tmp_path) -> None:
-    model = (LanguageModel(vocab_size=VOCAB, backbone=TINY) if kind == "baseline"
-             else _model(shard_tables=False))
-    record = {"tokenizer_file": "some/tokenizer.json", "tokenizer_fingerprint": "abc"}
-    path = _fit(model, record, tmp_path)
-    assert torch.load(path, weights_only=False)[TOKENIZER_KEY] == record
-    loaded, loaded_record = load_for_evaluation(path)
-    assert loaded_record == record
-    tokens = torch.randint(1, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        assert torch.equal(loaded.eval()(tokens), model.model.eval()(tokens))
-
-
-def test_a_checkpoint_without_a_tokenizer_record_needs_one_given(tmp_path) -> None:
-    path = _fit(LanguageModel(vocab_size=VOCAB, backbone=TINY), None, tmp_path)
-    assert TOKENIZER_KEY not in torch.load(path, weights_only=False)
-    assert load_for_evaluation(path)[1] is None
-    with pytest.raises(ValueError, match="records no tokenizer .*pass --tokenizer"):
-        load_checkpoint(str(path))
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_for_evaluation(tmp_path / "none.ckpt")
+def test_a_checkpoint_is_complete_only_with_its_table_folder(tmp_path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    assert "is empty (0 bytes)" in checkpoint_problem(empty)
+    dense = tmp_path / "dense.ckpt"
+    torch.save({"state_dict": {}}, dense)
+    assert checkpoint_problem(dense) is None
+    sharded = tmp_path / "sharded.ckpt"
+    torch.save({"state_dict": {}, TABLE_KEY: table_signature(_model())}, sharded)
+    assert "table folder" in checkpoint_problem(sharded) and "is missing" in checkpoint_problem(sharded)
 
 
 # -- export of a checkpoint written by two ranks ------------------------------------------------
