@@ -30,9 +30,9 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from datamodules.stream import ResumableStreamDataModule
+from datamodules.stream import NumberedBatches, ResumableStreamDataModule
 from oe.cfg import MAX_LENGTH, sample, sample_range
 from oe.cfg.inside import loss_floor
 
@@ -97,7 +97,7 @@ def collate(symbols: np.ndarray, lengths: np.ndarray, multiple: int = 8) -> torc
     return torch.from_numpy(rows)
 
 
-class CFGStream(IterableDataset):
+class CFGStream(NumberedBatches):
     """Global batches ``first_position .. total_positions-1`` of one rank, split over workers."""
 
     def __init__(self, seed: int, batch_size: int, batches_per_epoch: int, epochs: int,
@@ -148,15 +148,6 @@ class CFGStream(IterableDataset):
             width += step
         return min(width, budget)
 
-    @property
-    def total_positions(self) -> int:
-        return self.batches_per_epoch * self.epochs
-
-    def __len__(self) -> int:
-        # The whole stream, also when resumed: Lightning counts the epoch's batches on from its
-        # restored progress, and sizes the schedule (estimated_stepping_batches) by this length.
-        return self.total_positions
-
     def batch_of(self, position: int) -> int:
         epoch, offset = divmod(position, self.batches_per_epoch)
         if not self.shuffle_epochs:
@@ -168,13 +159,9 @@ class CFGStream(IterableDataset):
         first = (self.batch_of(position) * self.world_size + self.rank) * self.batch_size
         return np.arange(first, first + self.batch_size)
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        # The DataLoader takes batches from its workers in turn, so this keeps stream order.
-        for position in range(self.first_position + worker, self.total_positions, n_workers):
-            symbols, lengths = sample(self.seed, self.sentence_indices(position))
-            yield {**self.make_batch(symbols, lengths), "position": position}
+    def batch(self, position: int) -> dict:
+        symbols, lengths = sample(self.seed, self.sentence_indices(position))
+        return {**self.make_batch(symbols, lengths), "position": position}
 
 
 class CFGDataModule(ResumableStreamDataModule):

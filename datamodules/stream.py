@@ -1,14 +1,43 @@
 """What the streamed data modules share: rank/worker split, and resuming at the next batch.
 
-A subclass's training stream yields dicts with a ``position`` (the global batch number); the
-last position trained on is kept and saved in the checkpoint, together with the settings that
-define the stream (``stream_identity``), which must match when the run resumes.
+A module's training stream (a ``NumberedBatches``) yields dicts with a ``position`` (the global
+batch number); the last position trained on is kept and saved in the checkpoint, together with
+the settings that define the stream (``stream_identity``), which must match when the run resumes.
 """
 
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+
+class NumberedBatches(IterableDataset):
+    """The global batches ``first_position .. total_positions-1`` of one rank, each a dict with
+    its ``position``, split over the loader's workers."""
+
+    batches_per_epoch: int
+    epochs: int
+    first_position: int
+
+    def batch(self, position: int) -> dict:
+        """Global batch ``position``'s share of this rank, with ``position`` among its keys."""
+        raise NotImplementedError
+
+    @property
+    def total_positions(self) -> int:
+        return self.batches_per_epoch * self.epochs
+
+    def __len__(self) -> int:
+        # The whole stream, also when resumed: Lightning counts the epoch's batches on from its
+        # restored progress, and sizes the schedule (estimated_stepping_batches) by this length.
+        return self.total_positions
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # The DataLoader takes batches from its workers in turn, so this keeps stream order.
+        for position in range(self.first_position + worker, self.total_positions, n_workers):
+            yield self.batch(position)
 
 
 class ResumableStreamDataModule(L.LightningDataModule):

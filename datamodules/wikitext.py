@@ -23,16 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from datamodules.stream import ResumableStreamDataModule
+from datamodules.stream import NumberedBatches, ResumableStreamDataModule
+from oe.files import write_atomically
 from oe.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_record
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writing = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a cut-off file is never cached
-    try:
-        tokenizer.save(str(writing))
-        os.replace(writing, path)
-    finally:
-        writing.unlink(missing_ok=True)
+    write_atomically(path, lambda writing: tokenizer.save(str(writing)))  # a cut-off file is never cached
     return tokenizer
 
 
-class BlockStream(IterableDataset):
+class BlockStream(NumberedBatches):
     """Batches ``first_position .. total_positions-1`` of packed blocks for one rank."""
 
     def __init__(self, tokens_path: Path, docs_path: Path, block_size: int, batch_size: int,
@@ -106,15 +100,6 @@ class BlockStream(IterableDataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}
 
-    @property
-    def total_positions(self) -> int:
-        return self.batches_per_epoch * self.epochs
-
-    def __len__(self) -> int:
-        # The whole stream, also when resumed: Lightning counts the epoch's batches on from its
-        # restored progress, and sizes the schedule (estimated_stepping_batches) by this length.
-        return self.total_positions
-
     def blocks_of(self, position: int) -> np.ndarray:
         epoch, j = divmod(position, self.batches_per_epoch)
         first = (j * self.world_size + self.rank) * self.batch_size
@@ -130,12 +115,6 @@ class BlockStream(IterableDataset):
         docs = np.searchsorted(doc_starts, index, side="right") - 1
         return {"input_ids": torch.from_numpy(np.asarray(tokens[index], dtype=np.int64)),
                 "doc_ids": torch.from_numpy(docs.astype(np.int64)), "position": position}
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for position in range(self.first_position + worker, self.total_positions, n_workers):
-            yield self.batch(position)
 
 
 class WikitextDataModule(ResumableStreamDataModule):
@@ -269,11 +248,10 @@ class WikitextDataModule(ResumableStreamDataModule):
             flat.append(np.asarray(ids, dtype=np.int32))
         if not flat:
             raise ValueError(f"the {split} split holds no text")
-        tokens_path.parent.mkdir(parents=True, exist_ok=True)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        np.save(tokens_path.with_suffix(".tmp.npy"), np.concatenate(flat))
-        np.save(docs_path, starts)
-        tokens_path.with_suffix(".tmp.npy").rename(tokens_path)
+        # The starts first: a cache counts as written once its tokens file is there.
+        write_atomically(docs_path, lambda writing: _save_array(writing, starts))
+        write_atomically(tokens_path, lambda writing: _save_array(writing, np.concatenate(flat)))
         log.info("%s: %d articles, %d tokens -> %s", split, len(lengths), starts[-1] + lengths[-1],
                  tokens_path)
 
@@ -325,6 +303,11 @@ class WikitextDataModule(ResumableStreamDataModule):
     def tokenizer_record(self) -> dict[str, str]:
         """The tokenizer, as the model's checkpoints record it (oe.distributed.checkpoint.TokenizerRecord)."""
         return tokenizer_record(self.tokenizer, self.tokenizer_file)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as stream:  # np.save on a name would add ".npy" to it
+        np.save(stream, array)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

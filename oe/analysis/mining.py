@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from oe.files import write_atomically
 
 
 def pack_width(vocab_size: int) -> int:
@@ -139,13 +140,11 @@ def count_ngrams(tokens: np.ndarray, doc_starts: np.ndarray, orders: list[int], 
 def write_mined(path: str | Path, counters: dict[int, PrunedCounter], top_k: int, meta: dict,
                 decode=None) -> Path:
     """Write the mined n-grams to ``path``: whole or not at all (a temporary file, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "top_k": top_k, "orders": sorted(counters),
             "max_undercount": {str(n): c.max_undercount for n, c in counters.items()},
             "prunes": {str(n): c.prunes for n, c in counters.items()}}
-    writing = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(writing: Path) -> None:
         with writing.open("w") as f:
             f.write(json.dumps({"meta": meta}) + "\n")
             for n in sorted(counters):
@@ -154,28 +153,8 @@ def write_mined(path: str | Path, counters: dict[int, PrunedCounter], top_k: int
                     if decode is not None:
                         row["text"] = decode(tokens)
                     f.write(json.dumps(row) + "\n")
-        os.replace(writing, path)
-    finally:
-        writing.unlink(missing_ok=True)
-    return path
 
-
-def check_output_path(path: str | Path) -> Path:
-    """``path`` as a file this process can create or replace; ValueError (naming it) otherwise.
-
-    Run before the work, so that a bad ``--out`` costs nothing; creates the missing folders.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name, e.g. {path / 'mined.jsonl'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out {path}: its folder {path.parent} cannot be created "
-                         f"({err.strerror})") from err
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"--out {path}: not writable here; give a path in a writable folder")
-    return path
+    return write_atomically(path, write)
 
 
 def check_corpus_files(paths: list[str]) -> None:

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from oe.evaluation.examples import FORMAT, write_example_tasks
 from oe.evaluation.tasks import TASKS, TaskDataError, default_tasks, load_items
 from oe.cli.flags import Parser
+from oe.cli.paths import check_output_dir, check_output_file
+from oe.files import write_text_atomically
 
 # torch and the scorer are imported after the command line is parsed: --help answers at once.
 
@@ -91,26 +91,6 @@ def run_dir_of(ckpt: str | Path) -> Path | None:
     run = folder.parent
     wrote = [run / "csv", run / "wandb", run / "finished.json"]
     return run if any(p.exists() for p in wrote) else None
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    """Create ``path``'s folder and write a scratch file there, so that a path that cannot be
-    written fails now, not after the work."""
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file path such as {path}/results.json")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as err:
-        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write to a scratch file beside ``path``, then rename: a reader sees the old or the new file."""
-    scratch = path.with_name(f".{path.name}.partial")
-    scratch.write_text(json.dumps(payload, indent=2))
-    os.replace(scratch, path)
 
 
 @dataclass
@@ -168,7 +148,8 @@ def start_wandb(target: WandbTarget, config: dict):
     from oe.training.wandb_logger import choose_mode
 
     if target.directory is not None:
-        check_writable_file(target.directory / "wandb" / "probe", "the W&B folder")
+        check_output_dir(target.directory / "wandb", "the W&B folder")
+        (target.directory / "wandb").mkdir(parents=True, exist_ok=True)
     kwargs = dict(project=target.project, name=target.name, group=target.group,
                   mode=choose_mode(), dir=None if target.directory is None else str(target.directory))
     try:
@@ -274,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run_dir / "eval" / f"{Path(args.ckpt).stem}.json"
     try:
         if out is not None:
-            check_writable_file(out, "--out")
+            check_output_file(out, "--out", "results.json")
         results = Results(str(args.ckpt or args.pretrained), step=None)
         items = {}
         for task in args.tasks:  # every task's data before the model: missing data shows now
@@ -318,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
             results.tasks[task] = result
             if out is not None:
-                write_json_atomically(out, results.payload())
+                write_text_atomically(out, json.dumps(results.payload(), indent=2))
             if wandb_run is not None:
                 log_task(wandb_run, task, result, results.step)
     finally:

@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import WandbLogger
 from oe.cli.config import CLI_KWARGS, NAMED_CALLBACKS, FitArguments, error_line
 from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError,
                                       check_tables, checkpoint_problem, read_checkpoint)
+from oe.files import write_text_atomically
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
 from oe.training.precision import check_precision
@@ -186,9 +187,7 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
     summary = {"global_step": trainer.global_step, "seconds": time.time() - started,
                "metrics": metrics, "interrupted": trainer.interrupted}
     if not trainer.interrupted:  # whole or not at all: oe report and oe sweep read it
-        writing = root / f".finished.json.{os.getpid()}.tmp"
-        writing.write_text(json.dumps(summary, indent=2))
-        os.replace(writing, root / "finished.json")
+        write_text_atomically(root / "finished.json", json.dumps(summary, indent=2))
 
 
 def _config_defaults(model_class: type) -> dict[str, Any]:

@@ -25,8 +25,8 @@ import argparse
 import sys
 import numpy as np
 
-from oe.analysis.mining import (check_corpus_files, check_output_path, count_ngrams,
-                                write_mined)
+from oe.analysis.mining import check_corpus_files, count_ngrams, write_mined
+from oe.cli.paths import check_output_file
 
 
 def _datamodule(args):
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.exceptions import DatasetGenerationError
 
     try:
-        check_output_path(args.out)  # before the work: a bad --out costs nothing
+        check_output_file(args.out, "--out", "mined.jsonl")  # before the work: a bad --out costs nothing
         dm = _datamodule(args)
         tokens_path, starts_path = dm.token_files("train")
     except (ValueError, FileNotFoundError) as err:

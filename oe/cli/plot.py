@@ -13,7 +13,7 @@ import sys
 from oe.analysis.plot import plot_curves
 from oe.analysis.report import (STEP, TOKENS, ReportError, choose_metrics, expand_run_dirs,
                                 read_run, values_at_step)
-from oe.cli.paths import check_output_dir
+from oe.cli.paths import check_output_file
 from oe.cli.report import add_curve_arguments, metric_list
 from oe.cli.flags import Parser
 
@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     x = STEP if args.x == STEP else TOKENS
     try:
-        if args.out.is_dir():
-            raise ReportError(f"--out {args.out} is a folder; give a file such as {args.out}/curves.png")
-        check_output_dir(args.out.parent, "--out")
+        check_output_file(args.out, "--out", "curves.png")
         runs = [read_run(p) for p in expand_run_dirs(args.runs)]
         if not runs:
             raise ReportError("give one or more runs")

@@ -124,16 +124,6 @@ class LanguageModel(L.LightningModule):
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(tokens, doc_ids)
 
-    def _targets(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None,
-                 isolate: bool) -> torch.Tensor:
-        """Next-token targets [B, T-1] of rows ``ids`` [B, T]; pad, and with ``isolate`` a
-        target in another document (EOS -> next BOS of a packed row), are not counted."""
-        targets = ids[:, 1:]
-        ignore = targets == self.pad_id
-        if isolate:
-            ignore |= row_doc_ids[:, 1:] != row_doc_ids[:, :-1]
-        return targets.masked_fill(ignore, IGNORE_INDEX)
-
     def _pass(self, ids: torch.Tensor, row_doc_ids: torch.Tensor | None, isolate: bool,
               embedded: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor,
                                                                 list[HeadLoss]]:
@@ -141,8 +131,9 @@ class LanguageModel(L.LightningModule):
         the memory of inner blocks), its number of targets, and the extra heads' losses."""
         doc_ids = None if row_doc_ids is None or not isolate else row_doc_ids[:, :-1]
         hidden = self.model.hidden(embedded, doc_ids=doc_ids, memory=memory)
-        loss_sum, n_tokens = summed_cross_entropy(self.model.logits(hidden),
-                                                  self._targets(ids, row_doc_ids, isolate))
+        # Next-token targets; with ``isolate``, none in another document (EOS -> next BOS).
+        targets = shifted_targets(ids, 1, self.pad_id, row_doc_ids if isolate else None)
+        loss_sum, n_tokens = summed_cross_entropy(self.model.logits(hidden), targets)
         if self.heads is None:
             return loss_sum, n_tokens, []
         # The extra heads read the very hidden states and input embeddings of the main path.
@@ -171,7 +162,8 @@ class LanguageModel(L.LightningModule):
                        isolate: bool) -> torch.Tensor:
         """Counted targets of the next-token head and of each extra head (in ``losses`` order),
         float64 on the batch's device (no host synchronisation)."""
-        counts = [(self._targets(ids, row_doc_ids, isolate) != IGNORE_INDEX).sum()]
+        next_token = shifted_targets(ids, 1, self.pad_id, row_doc_ids if isolate else None)
+        counts = [(next_token != IGNORE_INDEX).sum()]
         if self.heads is not None:
             length = ids.shape[1] - 1
             config = self.heads.config

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from oe.distributed.checkpoint import checkpoint_problem
+from oe.files import write_text_atomically
 
 LOCK_FILE = ".lock"
 WANDB_ID_FILE = "wandb_id"  # the run's W&B id: a resumed run logs to the same W&B run
@@ -136,10 +137,7 @@ def keep_wandb_run(config: Namespace, resuming: bool) -> str | None:
     else:
         run_id = new_wandb_id()
     if launching_process() and run_id != stored:
-        stored_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = stored_file.with_name(f".{WANDB_ID_FILE}.tmp")
-        temporary.write_text(f"{run_id}\n")
-        os.replace(temporary, stored_file)
+        write_text_atomically(stored_file, f"{run_id}\n")
     for logger in loggers:
         logger.init_args.id = run_id
     return run_id

@@ -142,9 +142,9 @@ def test_bad_corpus_and_output_fail_before_the_work_and_write_nothing(mined, tmp
     cases = [(["--train_file", str(tmp_path / "blank.txt")], "holds no text"),
              (["--train_file", str(tmp_path / "binary.txt")], "is not UTF-8 text"),
              (["--train_file", str(tmp_path)], "is a directory; give text files"),
-             (["--train_file", good, "--out", str(tmp_path)], "--out .* is a directory"),
+             (["--train_file", good, "--out", str(tmp_path)], "--out .* is a folder"),
              (["--train_file", good, "--out", str(tmp_path / "blank.txt" / "m.jsonl")],
-              "cannot be created")]
+              "cannot be written: .*blank.txt is a file")]
     for args, message in cases:
         if "--out" not in args:
             args = [*args, "--out", str(tmp_path / "mined.jsonl")]

@@ -250,4 +250,4 @@ def test_out_is_checked_before_anything_is_read(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main([str(tmp_path / "nothing-here"), "--out", str(blocker / "report")]) == 2
-    assert "cannot be created" in capsys.readouterr().err  # not the missing runs
+    assert "cannot be written" in capsys.readouterr().err  # not the missing runs
