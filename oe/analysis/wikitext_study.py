@@ -227,7 +227,7 @@ def render_study(*, command: str, device: str, steps: int, paired: dict[str, dic
 
 
 def law_section(fits) -> list[str]:
-    """The m-law's lines from ``oe.analysis.report.fit_groups``' group of each recipe's runs."""
+    """The m-law's lines from ``oe.analysis.statistics.fit_groups``' group of each recipe's runs."""
     lines = ["## The m-law", ""]
     for recipe, group in fits.items():
         fit, ms = group.fit, sorted({run.modulus for run in group.runs})

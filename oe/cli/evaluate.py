@@ -132,7 +132,7 @@ class WandbTarget:
 
 def training_wandb_run(run_dir: Path) -> WandbTarget | None:
     """The W&B run a training run folder logged to: its newest run file (online or offline)."""
-    from oe.analysis.report import read_wandb_info, wandb_run_files
+    from oe.analysis.runs import read_wandb_info, wandb_run_files
 
     files = wandb_run_files(run_dir)
     if not files:

@@ -135,7 +135,8 @@ def write_outputs(runs_dir: Path, out: Path, command: str) -> None:
 def law_fit(recipe: str, runs: dict[str, list[tuple[int, Path]]], out: Path):
     """``oe report`` over the recipe's m-law runs (its own folder of curves, fit and report.md);
     the group it fitted (its runs and fit)."""
-    from oe.analysis.report import fit_groups, read_run
+    from oe.analysis.runs import read_run
+    from oe.analysis.statistics import fit_groups
     from oe.cli.report import main as report
 
     folders = [folder for arm in law_arms(recipe) for _, folder in runs.get(arm, [])]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 from oe.analysis.plot import plot_curves
-from oe.analysis.report import (STEP, TOKENS, ReportError, choose_metrics, expand_run_dirs,
-                                read_run, values_at_step)
+from oe.analysis.report import choose_metrics, values_at_step
+from oe.analysis.runs import STEP, TOKENS, ReportError, expand_run_dirs, read_run
 from oe.cli.paths import check_output_file
 from oe.cli.report import add_curve_arguments, metric_list
 from oe.cli.flags import Parser

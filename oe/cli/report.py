@@ -25,8 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from oe.analysis.report import (DEFAULT_METRICS, STEP, TOKENS, ReportError, expand_run_dirs,
-                                read_run, read_wandb_group, render)
+from oe.analysis.report import DEFAULT_METRICS, render
+from oe.analysis.runs import STEP, TOKENS, ReportError, expand_run_dirs, read_run, read_wandb_group
 from oe.cli.paths import check_output_dir
 from oe.cli.flags import Parser
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from oe.analysis.report import fit_log_linear
+from oe.analysis.statistics import fit_log_linear
 from oe.cli.flags import Parser
 
 OVERLAY = "overlay.yaml"

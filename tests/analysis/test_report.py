@@ -10,7 +10,10 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from oe.analysis.report import PAPER_SLOPE, ReportError, fit_log_linear, read_csv_history, read_run_dir, student_t_quantile
+from oe.analysis.plot import read_csv_history
+from oe.analysis.report import PAPER_SLOPE
+from oe.analysis.runs import ReportError, read_run_dir
+from oe.analysis.statistics import fit_log_linear, student_t_quantile
 from oe.cli.report import main
 
 
@@ -32,6 +35,22 @@ def make_run(root: Path, name: str, group: str, m: int | None,
 @pytest.mark.parametrize("dof, expected", [(1, 12.7062), (2, 4.3027), (10, 2.2281), (100, 1.9840)])
 def test_student_t_quantile_matches_tables(dof, expected):
     assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-3)
+
+
+def test_quantile_and_fit_agree_with_scipy():
+    """scipy is not a dependency of oe (the statistics are computed in oe.analysis.statistics);
+    where it is installed (the dev extras bring it), both agree with scipy.stats."""
+    stats = pytest.importorskip("scipy.stats")
+    for dof, p in [(1, 0.975), (3, 0.975), (7, 0.9), (30, 0.99)]:
+        assert student_t_quantile(p, dof) == pytest.approx(stats.t.ppf(p, dof), rel=1e-4)
+    rng = np.random.default_rng(1)
+    m = [1009, 10007, 100003, 1000003, 1009, 100003]
+    loss = [2.0 - 0.03 * math.log10(x) + rng.normal(0, 0.01) for x in m]
+    ours, theirs = fit_log_linear(m, loss), stats.linregress(np.log10(m), loss)
+    assert (ours.slope, ours.intercept) == pytest.approx((theirs.slope, theirs.intercept), rel=1e-9)
+    assert ours.slope_stderr == pytest.approx(theirs.stderr, rel=1e-9)
+    half = stats.t.ppf(0.975, len(m) - 2) * theirs.stderr
+    assert ours.ci95 == pytest.approx((theirs.slope - half, theirs.slope + half), rel=1e-4)
 
 
 def test_fit_recovers_the_slope_and_its_interval_covers_it():
@@ -173,7 +192,7 @@ def _csv(path: Path, rows: list[dict]) -> None:
 
 
 def test_evidence_layouts_are_read_and_seeds_form_one_series(tmp_path):
-    from oe.analysis.report import expand_run_dirs, read_run
+    from oe.analysis.runs import expand_run_dirs, read_run
 
     flat = tmp_path / "cpu_tiny"  # docs/evidence/cfg3f_cpu_tiny: one CSV file per run
     folders = tmp_path / "gpu"    # docs/evidence/cfg3f_gpu: one folder with metrics.csv per run
@@ -210,7 +229,7 @@ def test_evaluation_results_in_the_run_folder_reach_the_downstream_table(tmp_pat
 
 
 def test_fit_per_group_at_the_aligned_step(tmp_path):
-    from oe.analysis.report import fit_groups
+    from oe.analysis.statistics import fit_groups
 
     runs_dir = tmp_path / "runs"
     for k in (1, 2):
