@@ -127,6 +127,16 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+def read_fit_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``read_checkpoint``, of a checkpoint that records the hyper-parameters its model is
+    rebuilt from (one written by oe fit, or its export); one CheckpointError otherwise."""
+    checkpoint = read_checkpoint(path, mmap)
+    if "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
+                              f"checkpoint written by oe fit")
+    return checkpoint
+
+
 def table_dir(checkpoint_path: str | Path, checkpoint: Mapping[str, Any] | None = None) -> Path:
     """Where the tables of checkpoint ``checkpoint_path`` live: the folder it records.
 

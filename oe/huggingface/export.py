@@ -30,9 +30,9 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 from oe.distributed.checkpoint import (MODEL_PREFIX, SPECIAL_TOKENS_KEY, TABLE_KEY, TOKENIZER_KEY,
-                                       CheckpointError, read_checkpoint, table_dir)
+                                       read_fit_checkpoint, table_dir)
 from oe.distributed.parallelize import table_owners
-from oe.models.build import build_arguments, build_model, model_kind
+from oe.models.build import build_model, model_kind, trained_model_arguments
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
 from oe.tokenizer import checkpoint_tokenizer
 
@@ -43,22 +43,6 @@ _REMOTE_CODE = '''"""An exported oe model: its classes live in the installed oe 
 
 from oe.huggingface.modeling import OEConfig, OEForCausalLM  # noqa: F401
 '''
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path``, tensors memory-mapped (a large plain table is not read whole)."""
-    checkpoint = read_checkpoint(path, mmap=True)
-    if "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
-                              "checkpoint written by oe fit")
-    return checkpoint
-
-
-def inference_arguments(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """``build_model``'s arguments for the checkpoint's network: its own shape, no pretrained source."""
-    arguments = build_arguments(checkpoint["hyper_parameters"], where=f"{path}: model")
-    arguments.update(pretrained=None, freeze_backbone=False)
-    return arguments
 
 
 def kind_of(arguments: dict[str, Any]) -> str:
@@ -92,8 +76,9 @@ def export_hf(checkpoint_path: str | Path, out: str | Path, tokenizer: str | Non
     ``tokenizer``: a tokenizer.json, its directory or a hub id (default: the one the checkpoint
     records). ``with_tokenizer`` False writes no tokenizer files (a model trained on token ids).
     """
-    checkpoint = _read_checkpoint(checkpoint_path)
-    arguments = inference_arguments(checkpoint, checkpoint_path)
+    # Tensors memory-mapped: a large plain table is not read whole.
+    checkpoint = read_fit_checkpoint(checkpoint_path, mmap=True)
+    arguments = trained_model_arguments(checkpoint["hyper_parameters"], f"{checkpoint_path}: model")
     check_expressible(arguments)
     tokenizer_object = (_tokenizer(checkpoint, checkpoint_path, tokenizer, arguments["vocab_size"])
                         if with_tokenizer else None)

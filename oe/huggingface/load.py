@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, CheckpointError,
-                                       read_checkpoint, single_device_checkpoint)
+from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY,
+                                       read_fit_checkpoint, single_device_checkpoint)
 from oe.huggingface.export import INDEX_FILE
-from oe.models.build import build_arguments, build_model
+from oe.models.build import build_model, trained_model_arguments
 from oe.models.gpt import GPT
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from oe.tokenizer import checkpoint_tokenizer
@@ -55,9 +55,7 @@ def network_of(section: Mapping[str, Any], state: Mapping[str, torch.Tensor], wh
     Errors name the section as ``where`` and the weights as ``source`` ("``source`` does not
     load into the model ``described_by``").
     """
-    arguments = build_arguments(section, where=where)
-    arguments.update(pretrained=None, freeze_backbone=False, heads=None)  # weights follow
-    model = build_model(**arguments).gpt
+    model = build_model(**trained_model_arguments(section, where, heads=False)).gpt
     own = {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if missing or unexpected:
@@ -90,10 +88,7 @@ def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = read_checkpoint(path)
-    if "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} records no hyper_parameters; expected a "
-                              f"checkpoint written by oe fit")
+    checkpoint = read_fit_checkpoint(path)
     tables = tuple(f"{prefix}." for prefix in checkpoint.get(TABLE_KEY) or {})
     if tables and not any(k.startswith(tables) for k in checkpoint["state_dict"]):
         checkpoint = single_device_checkpoint(path)  # the rows live in the table folder

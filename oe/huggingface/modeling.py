@@ -23,7 +23,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from oe.models.build import build_arguments, build_model
+from oe.models.build import build_model, trained_model_arguments
 
 MODEL_TYPE = "oe_gpt"
 
@@ -78,9 +78,7 @@ class OEForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: OEConfig) -> None:
         super().__init__(config)
-        arguments = build_arguments(config.oe_model, where="config.json: oe_model")
-        arguments.update(pretrained=None, freeze_backbone=False)
-        built = build_model(**arguments)
+        built = build_model(**trained_model_arguments(config.oe_model, "config.json: oe_model"))
         self.model = built.gpt
         self.heads = built.heads
         self.post_init()

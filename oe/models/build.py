@@ -139,6 +139,19 @@ def build_arguments(section: Mapping[str, Any], where: str = "model") -> dict[st
     return arguments
 
 
+def trained_model_arguments(section: Mapping[str, Any], where: str = "model",
+                            heads: bool = True) -> dict[str, Any]:
+    """``build_model``'s arguments for a trained network from the model section it was saved
+    with (a checkpoint's hyper-parameters, an export's config): its recorded shape, no
+    pretrained source read again, nothing frozen (its weights follow). ``heads`` False leaves
+    out the training-only heads (evaluation and generation need only the network)."""
+    arguments = build_arguments(section, where)
+    arguments.update(pretrained=None, freeze_backbone=False)
+    if not heads:
+        arguments["heads"] = None
+    return arguments
+
+
 def _dataclass_of(cls: type, value: Any, where: str) -> Any:
     if value is None or isinstance(value, cls):
         return value

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from oe.cli.export import main as export_main
-from oe.distributed.checkpoint import TABLE_KEY, check_tables, checkpoint_problem, table_signature
+from oe.distributed.checkpoint import (TABLE_KEY, CheckpointError, check_tables, checkpoint_problem,
+                                       table_signature)
 from oe.huggingface.load import load_for_evaluation
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig
@@ -53,6 +54,14 @@ def test_a_checkpoint_is_complete_only_with_its_table_folder(tmp_path) -> None:
     sharded = tmp_path / "sharded.ckpt"
     torch.save({"state_dict": {}, TABLE_KEY: table_signature(_model())}, sharded)
     assert "table folder" in checkpoint_problem(sharded) and "is missing" in checkpoint_problem(sharded)
+
+
+def test_a_checkpoint_without_hyper_parameters_is_named_by_every_reader(tmp_path) -> None:
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": {}}, bare)
+    with pytest.raises(CheckpointError, match=f"checkpoint {bare} records no hyper_parameters"):
+        load_for_evaluation(bare)
+    assert export_main(["--format", "hf", str(bare), str(tmp_path / "hf")]) == 2
 
 
 # -- export of a checkpoint written by two ranks ------------------------------------------------
