@@ -73,9 +73,37 @@ def test_fused_optimisers_by_device() -> None:
         fused_params("lamb", 0.1, 0.0, cpu)
 
 
-def test_optimizer_state_per_row() -> None:
-    assert [state_floats_per_row(o, 64) for o in ("sgd", "rowwise_adagrad", "adagrad", "adam")] \
-        == [0, 1, 64, 128]
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad", "adagrad"])
+def test_state_per_row_is_what_the_fused_optimizer_keeps(optimizer: str) -> None:
+    """``oe plan``'s optimiser state per row is what TorchRec's fused optimiser holds for a
+    sharded table after a training step."""
+    import lightning as L
+
+    from oe.distributed.parallelize import sharded_collections
+
+    model = tiny_language_model(11, OverEncodingConfig(orders=[2, 3], k=2, modulus=101,
+                                                       table_optimizer=optimizer))
+    batches = [{"input_ids": torch.randint(1, 11, (2, 9), generator=torch.Generator().manual_seed(0))}]
+    L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(
+        model, torch.utils.data.DataLoader(batches, batch_size=None))
+    (collection,) = sharded_collections(model).values()
+    state = collection.fused_optimizer.state_dict()["state"]
+    for table in model.model.embedding.tables:
+        held = sum(shard.tensor.numel()  # this (only) rank's shards: what it holds
+                   for t in state.get(f"embeddings.{table.name}.weight", {}).values()
+                   for shard in t.local_shards())
+        assert held == table.modulus * state_floats_per_row(optimizer, table.width), table.name
+
+
+def test_adams_state_per_row_is_its_two_moments() -> None:
+    """Adam's fused tables are GPU-only; its figure is torch's Adam state on a table."""
+    table = torch.nn.Embedding(7, 5)
+    adam = torch.optim.Adam(table.parameters())
+    table(torch.tensor([1, 2])).sum().backward()
+    adam.step()
+    held = sum(t.numel() for t in adam.state[table.weight].values() if t.dim() > 0)
+    assert held == 7 * state_floats_per_row("adam", 5)
 
 
 def _model(modulus: int = 101, vocab: int = 11, k: int = 2) -> LanguageModel:
