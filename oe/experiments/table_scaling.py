@@ -57,12 +57,22 @@ def _overlay(path: Path, data: dict, run_root: Path) -> Path:
     return path
 
 
+def _table_run(root: Path, config: str, data: dict, args: list[str]) -> float:
+    """One run of trained tables over the frozen backbone, from scratch in ``root``: its
+    validation loss."""
+    shutil.rmtree(root, ignore_errors=True)
+    summary = _fit(["--config", config, "--config", str(_overlay(root / OVERLAY, data, root)),
+                    *args], root)
+    return summary["metrics"]["val/loss"]
+
+
 def frozen_loss(source: str, datamodule) -> float:
     """Validation loss of the frozen backbone alone (what every table run starts from)."""
     import torch
 
     from oe.models.build import build_model
-    from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
+    from oe.models.heads import shifted_targets
+    from oe.models.losses import summed_cross_entropy
 
     gpt = build_model(vocab_size=datamodule.vocab_size, pad_id=datamodule.pad_id,
                       pretrained=source).gpt.eval()
@@ -70,7 +80,7 @@ def frozen_loss(source: str, datamodule) -> float:
     with torch.no_grad():
         for batch in datamodule.val_stream():
             ids, doc_ids = batch["input_ids"], batch.get("doc_ids")
-            targets = ids[:, 1:].masked_fill(ids[:, 1:] == datamodule.pad_id, IGNORE_INDEX)
+            targets = shifted_targets(ids, 1, datamodule.pad_id)
             logits = gpt(ids[:, :-1], None if doc_ids is None else doc_ids[:, :-1])
             loss_sum, n = summed_cross_entropy(logits, targets)
             total, count = total + float(loss_sum), count + n
@@ -170,15 +180,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3a. Hashed Over-Encoding tables, zero-initialised.
     for m in moduli:
-        root = work / f"hashed_m{m}"
-        shutil.rmtree(root, ignore_errors=True)
-        summary = _fit(["--config", "configs/wikitext_gpt2_oe.yaml",
-                        "--config", str(_overlay(root / OVERLAY, data, root)), *common,
-                        "--model.over_encoding.modulus", str(m),
-                        "--model.over_encoding.table_lr", str(args.hashed_table_lr),
-                        ], root)
-        results["hashed"].append({"rows": m, "val_loss": summary["metrics"]["val/loss"]})
-        print(f"hashed m={m}: val loss {results['hashed'][-1]['val_loss']:.4f}")
+        loss = _table_run(work / f"hashed_m{m}", "configs/wikitext_gpt2_oe.yaml", data,
+                          [*common, "--model.over_encoding.modulus", str(m),
+                           "--model.over_encoding.table_lr", str(args.hashed_table_lr)])
+        results["hashed"].append({"rows": m, "val_loss": loss})
+        print(f"hashed m={m}: val loss {loss:.4f}")
 
     # 3b. Frequent n-gram rows, mined from the training text.
     mined = work / "mined.jsonl"
@@ -188,16 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                    "--top_k", str(max(top_ks)), "--capacity", str(max(4 * max(top_ks), 10**6)),
                    "--out", str(mined)])
     for k in top_ks:
-        root = work / f"frequent_k{k}"
-        shutil.rmtree(root, ignore_errors=True)
-        summary = _fit(["--config", "configs/wikitext_gpt2_frequent.yaml",
-                        "--config", str(_overlay(root / OVERLAY, data, root)), *common,
-                        "--model.frequent_ngrams.path", str(mined),
-                        "--model.frequent_ngrams.top_k", str(k),
-                        "--model.frequent_ngrams.table_lr", str(args.frequent_table_lr),
-                        ], root)
-        results["frequent"].append({"rows": k, "val_loss": summary["metrics"]["val/loss"]})
-        print(f"frequent K={k}: val loss {results['frequent'][-1]['val_loss']:.4f}")
+        loss = _table_run(work / f"frequent_k{k}", "configs/wikitext_gpt2_frequent.yaml", data,
+                          [*common, "--model.frequent_ngrams.path", str(mined),
+                           "--model.frequent_ngrams.top_k", str(k),
+                           "--model.frequent_ngrams.table_lr", str(args.frequent_table_lr)])
+        results["frequent"].append({"rows": k, "val_loss": loss})
+        print(f"frequent K={k}: val loss {loss:.4f}")
 
     results["seconds"] = time.time() - started
     for kind in ("hashed", "frequent"):
