@@ -28,6 +28,7 @@ from callbacks.downstream import DownstreamEvaluation
 from callbacks.generation import GenerationAccuracy
 from callbacks.ngram_stats import NgramTableStats
 from oe.cli.flags import program_name
+from oe.cli.yaml_files import read_yaml
 from oe.training.lm import LanguageModel
 from oe.training.rundir import place_run
 
@@ -40,12 +41,7 @@ class ConfigError(ValueError):
 
 def read_layer(path: Path) -> dict:
     """One config file as a mapping, checked; ``base`` paths made relative to the working folder."""
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    content = read_yaml(path, f"--config {path}", ConfigError)
     if content is None:
         raise ConfigError(f"--config {path}: the file is empty; a config is a mapping of sections "
                           f"such as trainer, model and data")

@@ -76,12 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out(out, Path(args.checkpoint), args.format, args.overwrite)
         message = export(args, out)
-    except CheckpointWriteError as err:
+    except (CheckpointWriteError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, CheckpointWriteError) else 2  # 1: not written; 2: bad input
     print(message)
     return 0
 

@@ -31,10 +31,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from oe.cli import fit_command
 from oe.cli.flags import Parser
+from oe.cli.yaml_files import read_yaml
 
 KEYS = {"name", "base_configs", "grid", "overrides", "description"}
 # Short names for the usual sweep axes in point names; others use their last dotted part.
@@ -99,12 +98,7 @@ def point_name(values: dict[str, object]) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; raise SweepError naming the file and field on bad input."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML: {err}") from err
+    raw = read_yaml(path, f"sweep file {path}", SweepError)
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: expected a mapping with keys {sorted(KEYS)}")
     unknown = sorted(set(raw) - KEYS)
