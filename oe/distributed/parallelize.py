@@ -9,6 +9,10 @@ optimiser therefore never sees the tables, and a step costs the same whatever th
 
 Initial values come from a generator keyed by (seed, table, row block), never by rank: a table
 sharded over any number of ranks starts from the same values, and no two shards are alike.
+
+Nothing here knows of Lightning: ``shard_embedding`` shards an embedding given its settings
+(``TableSharding``) and a device; when a run shards, and with which settings, is decided in
+``oe.training.sharding``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -27,11 +30,6 @@ from torchrec.distributed.sharding_plan import construct_module_sharding_plan, r
 from torchrec.distributed.types import ShardingEnv
 
 from oe.models.embedding import OverEncoding, OverEncodingConfig, table_rows
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from oe.training.lm import LanguageModel
 
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")  # fused, for sharded tables
 PLAIN_TABLE_OPTIMIZERS = ("adamw", "sgd")  # for tables that stay ordinary parameters
@@ -260,36 +258,6 @@ def shard_embedding(embedding: OverEncoding, sharding: TableSharding, device: to
     if isinstance(embedding.ngram, ShardedEmbeddingCollection):
         return
     embedding.ngram = shard_tables(embedding.ngram, sharding, device, embedding.initial_rows)
-
-
-def parallelize_tables(lm: LanguageModel, trainer: L.Trainer | None) -> None:
-    """Shard ``lm``'s Over-Encoding tables for training by ``trainer``, or leave them be.
-
-    Training shards the tables row-wise over all ranks (one rank too), their optimiser fused into
-    the backward pass, and tells DDP to leave them alone. Outside fit (evaluation, generation),
-    and with ``over_encoding.shard_tables`` false, the plain tables serve.
-    """
-    from oe.distributed.strategy import ShardedTableStrategy  # it imports this module
-
-    config = lm.over_encoding
-    if config is None or not config.shard_tables or trainer is None or trainer.state.fn != "fit":
-        return
-    if trainer.checkpoint_callbacks and not isinstance(trainer.strategy, ShardedTableStrategy):
-        raise ValueError(
-            "sharded n-gram tables are checkpointed only by trainer.strategy "
-            "oe.distributed.strategy.ShardedTableStrategy (the OE configs' default); with "
-            f"{type(trainer.strategy).__name__} the table optimiser state (and on several "
-            "ranks, other ranks' rows) would be lost. Set that strategy, or "
-            "model.over_encoding.shard_tables false for small tables"
-        )
-    dense = lm.optimizer_config
-    sharding = TableSharding(
-        optimizer=table_optimizer(config), lr=table_lr(config, dense.lr),
-        weight_decay=config.table_weight_decay, seed=lm.model.embedding.table_seed,
-        init_std=config.init_std, betas=table_betas(config, dense.betas),
-    )
-    shard_embedding(lm.model.embedding, sharding, lm.device)
-    lm._ddp_params_and_buffers_to_ignore = table_parameter_names(lm)
 
 
 def table_owners(module: nn.Module) -> dict[str, OverEncoding]:

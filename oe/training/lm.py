@@ -2,7 +2,8 @@
 
 The kinds differ only in the input embedding, chosen by ``over_encoding`` (None: the
 baseline). The network comes from ``oe.models.build.build_model`` and the tables' sharding from
-``oe.distributed.parallelize``; training, validation, optimisation and logging are written once here.
+``oe.training.sharding`` (through ``oe.distributed.parallelize``); training, validation,
+optimisation and logging are written once here.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import lightning as L
 import torch
 
 from oe.distributed.checkpoint import record_special_tokens, record_tokenizer
-from oe.distributed.parallelize import (parallelize_tables, set_table_lr, sharded_collections,
-                                        table_betas, table_lr, table_optimizer)
+from oe.distributed.parallelize import (set_table_lr, sharded_collections, table_betas, table_lr,
+                                        table_optimizer)
 from oe.models.build import build_model, model_kind, table_parameters
 from oe.models.embedding import OverEncodingConfig
 from oe.models.frequent_ngrams import FrequentNgramConfig
 from oe.models.gpt import BackboneConfig, Memory, memory_rows
 from oe.models.heads import HeadLoss, OutputHeadsConfig, shifted_targets
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
+from oe.training.sharding import shard_tables_for_fit
 
 
 @dataclass
@@ -296,7 +298,7 @@ class LanguageModel(L.LightningModule):
         return table_parameters(self.model)
 
     def configure_model(self) -> None:
-        parallelize_tables(self, self._trainer)  # the tables' sharding: oe.distributed.parallelize
+        shard_tables_for_fit(self, self._trainer)  # the tables' sharding: oe.training.sharding
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_tokenizer(checkpoint, self.trainer.datamodule)  # what evaluation reads it with

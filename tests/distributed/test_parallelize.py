@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone, tiny_language_model
+from tests.conftest import tiny_language_model
 from oe.models.embedding import (ROW_BLOCK, OverEncoding, OverEncodingConfig, deferred_ngram_tables,
                           table_rows)
 from oe.training.lm import LanguageModel
@@ -106,11 +106,6 @@ def test_adams_state_per_row_is_its_two_moments() -> None:
     assert held == 7 * state_floats_per_row("adam", 5)
 
 
-def _model(modulus: int = 101, vocab: int = 11, k: int = 2) -> LanguageModel:
-    return tiny_language_model(vocab, OverEncodingConfig(orders=[2, 3], k=k, modulus=modulus),
-                               backbone=tiny_backbone(block_size=1024))
-
-
 def test_plan_at_the_papers_scale(capsys) -> None:
     code = plan_main(["--config", "configs/cfg_oe3.yaml", "--world-size", "64", "--modulus",
                       "12800001", "--n-embd", "2048", "--n-head", "16", "--vocab-size", "50257"])
@@ -128,18 +123,6 @@ def test_plan_refuses_an_unsplittable_world_size(capsys) -> None:
                       "--vocab-size", "6"])
     assert code == 2
     assert "cannot be split row-wise over 2000 ranks" in capsys.readouterr().err
-
-
-def test_training_sharded_tables_with_a_lossy_checkpointing_strategy_is_refused(tmp_path) -> None:
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    batches = [{"input_ids": torch.randint(1, 11, (2, 9))} for _ in range(2)]
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match="checkpointed only by trainer.strategy"):
-        trainer.fit(_model(), DataLoader(batches, batch_size=None))
 
 
 def test_oe_fit_builds_sharded_tables_without_values() -> None:
