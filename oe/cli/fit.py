@@ -37,6 +37,7 @@ from oe.files import write_text_atomically
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel
 from oe.training.precision import check_precision
+from oe.training.progress import default_progress_bar
 from oe.training.rundir import (RunFolderError, checkpoint_files, keep_wandb_run,
                                 launching_process, lock_run_folder, newest_checkpoint,
                                 refuse_used_folder, requeue_resume_path)
@@ -153,7 +154,9 @@ class FitCLI(FitArguments):
                  if self.config_init.get(key) is not None]
         listed = listed if isinstance(listed, list) else [listed]
         self.clean_stop = CleanStop()
-        trainer = super().instantiate_trainer(callbacks=[*listed, *named, self.clean_stop], **kwargs)
+        bar = default_progress_bar(self.config_init.trainer.get("enable_progress_bar"), listed)
+        trainer = super().instantiate_trainer(
+            callbacks=[*listed, *named, self.clean_stop, *([bar] if bar else [])], **kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no half-written last.ckpt
         return trainer
