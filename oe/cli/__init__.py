@@ -1,4 +1,5 @@
-"""The command layer: ``oe SUBCOMMAND ...``, and ``python -m oe.SUBCOMMAND ...`` for each.
+"""The command layer: ``oe SUBCOMMAND ...`` (also ``python -m oe SUBCOMMAND ...``), and
+``python -m oe.SUBCOMMAND ...`` for each but ``cfg`` (``oe.cfg`` is the grammar itself).
 
 Only this layer (with the benchmarks and the experiments) may import ``datamodules`` and
 ``callbacks``; the library below it never does.
