@@ -68,9 +68,11 @@ def resolve_file(source: str, filename: str) -> Path:
     except Exception as err:  # offline, unknown repo, missing file: one message for all
         why = (f"the hub ({hub_host()}) cannot be reached and no copy is cached" if offline
                else f"{type(err).__name__}: {err}")
+        instead = (f"a {TOKENIZER_FILE} or a local directory holding one"
+                   if filename == TOKENIZER_FILE
+                   else f"a local directory with {CONFIG_FILE} and {WEIGHTS_FILE}")
         raise FileNotFoundError(
-            f"could not get {filename} of hub model {source!r} ({why}); give a local directory "
-            f"with config.json and model.safetensors instead"
+            f"could not get {filename} of hub model {source!r} ({why}); give {instead} instead"
         ) from err
 
 
