@@ -294,11 +294,13 @@ def plan_tables(
         else:
             modulus = config.modulus + 2 * i
             if modulus % vocab_size == 0:
+                moduli = ", ".join(["m"] + [f"m+{2 * j}" for j in range(1, len(slots))])
+                if len(slots) > 4:
+                    moduli = f"m, m+2, ..., m+{2 * (len(slots) - 1)}"
                 raise ValueError(
                     f"over_encoding.modulus: table {i} (order {order}, slice {s}) would use "
                     f"modulus {modulus}, a multiple of the vocabulary size {vocab_size}; pick m "
-                    f"so that m, m+2, ..., m+{2 * (len(slots) - 1)} are not multiples of "
-                    f"{vocab_size}"
+                    f"so that none of {moduli} is a multiple of {vocab_size}"
                 )
             spec = NgramHash("polynomial", order, modulus)
         prefix = "" if layer == table_layers[0] else f"layer{layer}_"

@@ -101,6 +101,15 @@ def test_construction_errors_name_the_field(config, field):
         plan_tables(config, vocab_size=6, dim=128)
 
 
+def test_a_modulus_that_is_a_multiple_of_the_vocabulary_names_each_table_modulus():
+    # configs/wikitext_oe3.yaml (m = 12.8M) with the quick preset's BPE of 4,096 ids
+    with pytest.raises(ValueError, match=r"would use modulus 12800000, a multiple of the "
+                       r"vocabulary size 4096; pick m so that none of m, m\+2 is a multiple"):
+        plan_tables(OverEncodingConfig(orders=[2, 3], modulus=12_800_000), 4096, 128)
+    with pytest.raises(ValueError, match=r"none of m, m\+2, \.\.\., m\+14 is"):
+        plan_tables(OverEncodingConfig(orders=[2, 3], k=4, modulus=4096), 4096, 128)
+
+
 def test_moduli_are_distinct_across_the_model():
     tables = plan_tables(OverEncodingConfig(orders=[2, 3], k=4, modulus=12_800_001), 50257, 768)
     assert len({t.modulus for t in tables}) == 8
