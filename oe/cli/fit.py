@@ -32,7 +32,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from oe.cli.config import CLI_KWARGS, NAMED_CALLBACKS, FitArguments, error_line
 from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError,
-                                      check_tables, checkpoint_problem, read_checkpoint)
+                                      checkpoint_problem, read_checkpoint)
+from oe.distributed.table_state import check_tables
 from oe.files import write_text_atomically
 from oe.models.embedding import deferred_ngram_tables
 from oe.training.lm import LanguageModel

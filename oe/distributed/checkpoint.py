@@ -1,4 +1,4 @@
-"""Checkpoints of a model with n-gram tables: the format, its checks and export to one process.
+"""Checkpoints of a model with n-gram tables: the file format and its checks.
 
 A training checkpoint ``X.ckpt`` is Lightning's dense state (written by rank 0) plus, when the
 tables are sharded, a table folder beside it: every rank's rows and their fused-optimiser state,
@@ -12,10 +12,12 @@ previous one once complete. ``X.ckpt`` names its folder (``TABLE_DIR_KEY``) and 
 the step it was written at (``PAIR_FILE``), so a load never pairs the rows of one step with the
 weights of another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
 
-``single_device_checkpoint`` turns such a checkpoint into one plain state dict (every table row,
-no optimiser state) that loads in one process; ``oe.huggingface.load`` builds the network of
-any checkpoint of ``oe.cli.fit`` (plain or exported) from it. ``checkpoint_problem`` says
-whether a checkpoint is complete (a run resumes only from one that is).
+This module is the file format: the entries, reading a file and checking its table folder
+(``checkpoint_problem``: is it complete? a run resumes only from one that is), and writing a
+file atomically. The tables' signature and state are ``oe.distributed.table_state``; the export
+to one plain state dict (every table row, no optimiser state) that loads in one process is
+``oe.distributed.export``; ``oe.huggingface.load`` builds the network of any checkpoint of
+``oe.cli.fit`` (plain or exported).
 
 The tokenizer a model was trained with is recorded under ``TOKENIZER_KEY`` by the data module
 that offers it (``TokenizerRecord``), so that evaluation reads text the same way.
@@ -32,14 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from torch import nn
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torchrec.distributed.embedding import ShardedEmbeddingCollection
-
-from oe.distributed.parallelize import local_shard, row_split, table_optimizer, table_owners
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
@@ -47,9 +43,6 @@ SPECIAL_TOKENS_KEY = "special_token_ids"  # the data's BOS, EOS and padding ids 
 TABLE_DIR_KEY = "table_dir"  # the checkpoint's entry naming its table folder (beside the file)
 PAIR_FILE = "pair.json"  # in a table folder: the checkpoint file and step it was written for
 MODEL_PREFIX = "model."  # the GPT's keys in the LightningModule's state dict
-# What an exported checkpoint keeps beside the weights: enough to rebuild and to read text.
-KEPT = ("hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step",
-        "datamodule_hyper_parameters", TABLE_KEY, TOKENIZER_KEY, SPECIAL_TOKENS_KEY)
 
 
 class CheckpointError(ValueError):
@@ -255,149 +248,6 @@ def first_line(err: BaseException) -> str:
 def temporary_name(path: Path) -> Path:
     """Where ``path`` is written before it is complete (a hidden name no loader picks up)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-# -- the tables' signature and state ----------------------------------------------------------
-
-def table_signature(module: nn.Module) -> dict[str, dict]:
-    """What a checkpoint's tables must agree with: vocabulary, orders, k, moduli, optimiser."""
-    return {
-        prefix: {
-            "vocab_size": owner.vocab_size,
-            "orders": sorted(owner.config.orders),
-            "k": owner.config.k,
-            "modulus": owner.config.modulus,
-            "hash": owner.config.hash,
-            "signed": owner.config.signed,  # the same rows mean other things with the sign trick
-            "tables": [[t.name, t.modulus, t.width] for t in owner.tables],
-            "table_optimizer": table_optimizer(owner.config),
-        }
-        for prefix, owner in table_owners(module).items()
-    }
-
-
-def table_state(module: nn.Module) -> dict[str, dict]:
-    """The tables of ``module`` (sharded or not) and, when sharded, their optimiser state.
-
-    Values are the live tensors (or ShardedTensors over them), as torch.distributed.checkpoint
-    wants them for saving and for loading in place.
-    """
-    state = {}
-    for prefix, owner in table_owners(module).items():
-        state[f"{prefix}.tables"] = dict(owner.ngram.state_dict())
-        if isinstance(owner.ngram, ShardedEmbeddingCollection):
-            state[f"{prefix}.optimizer"] = owner.ngram.fused_optimizer.state_dict()["state"]
-    return state
-
-
-def load_table_state(module: nn.Module, state: dict[str, dict]) -> None:
-    """Copy ``state`` (as from ``table_state``, then filled by DCP) into the module's tables."""
-    for prefix, owner in table_owners(module).items():
-        owner.ngram.load_state_dict(state[f"{prefix}.tables"])
-        if isinstance(owner.ngram, ShardedEmbeddingCollection):
-            owner.ngram.fused_optimizer.load_state_dict({"state": state[f"{prefix}.optimizer"]})
-
-
-@torch.no_grad()
-def load_full_tables(module: nn.Module, full: dict[str, torch.Tensor]) -> None:
-    """Copy whole tables (``{state key: [rows, width]}``) into the module: own rows when sharded."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    for prefix, owner in table_owners(module).items():
-        for t in owner.tables:
-            key = f"{prefix}.embeddings.{t.name}.weight"
-            if key not in full:
-                raise ValueError(f"the checkpoint has no {key}")
-            if tuple(full[key].shape) != (t.modulus, t.width):
-                raise ValueError(f"{key} is {tuple(full[key].shape)} in the checkpoint, "
-                                 f"({t.modulus}, {t.width}) in the model")
-        for t in owner.tables:
-            source = full[f"{prefix}.embeddings.{t.name}.weight"]
-            if isinstance(owner.ngram, ShardedEmbeddingCollection):
-                start, count = row_split(t.modulus, world)[rank]
-                local_shard(owner.ngram, t.name).copy_(source[start : start + count])
-            else:
-                owner.ngram.embeddings[t.name].weight.copy_(source)
-
-
-def check_tables(checkpoint: Mapping[str, Any], module: nn.Module, path: str | Path) -> None:
-    """One ValueError unless ``checkpoint``'s n-gram tables fit ``module``'s exactly."""
-    ours = table_signature(module)
-    theirs = checkpoint.get(TABLE_KEY)
-    if theirs is None:
-        full = [k for k in checkpoint.get("state_dict", {})
-                if any(k.startswith(f"{p}.") for p in ours)]
-        if ours and not full:
-            raise ValueError(
-                f"checkpoint {path} holds no n-gram tables (neither {TABLE_KEY!r} nor the table "
-                f"weights); it was not written by this model kind"
-            )
-        return
-    if not ours:
-        raise ValueError(f"checkpoint {path} holds n-gram tables, but this model has none")
-    for prefix, mine in ours.items():
-        saved = theirs.get(prefix)
-        if saved is None:
-            raise ValueError(f"checkpoint {path} has no tables for {prefix}")
-        # written before there were other hash families, or the sign trick
-        saved = {"hash": "polynomial", "signed": False, **saved}
-        diff = [f"{key}: checkpoint {saved.get(key)!r}, model {value!r}"
-                for key, value in mine.items() if saved.get(key) != value]
-        if diff:
-            raise ValueError(
-                f"checkpoint {path} was written for other n-gram tables ({'; '.join(diff)}); "
-                "model.over_encoding (orders, k, modulus, hash, signed, table_optimizer) and "
-                "data.vocab_size "
-                "must match the checkpoint"
-            )
-    if TABLE_KEY in checkpoint and not any(
-        k.startswith(tuple(f"{p}." for p in ours)) for k in checkpoint.get("state_dict", {})
-    ):
-        check_table_files(path, checkpoint)
-
-
-# -- export: one process, every row -----------------------------------------------------------
-
-def read_tables(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The dense checkpoint and every tensor of its table directory, whole, by flat DCP key.
-
-    Keys read ``<collection>.tables.embeddings.<table>.weight`` for the rows and
-    ``<collection>.optimizer.embeddings.<table>.weight.<state>`` for the optimiser state.
-    Runs in one process, no process group needed.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = read_checkpoint(path)
-    if TABLE_KEY not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} has no sharded n-gram tables ({TABLE_KEY!r} missing)")
-    directory = check_table_files(path, checkpoint)
-    metadata = dcp.FileSystemReader(str(directory)).read_metadata()
-    tensors = {
-        key: torch.empty(meta.size, dtype=meta.properties.dtype)
-        for key, meta in metadata.state_dict_metadata.items()
-        if isinstance(meta, TensorStorageMetadata)
-    }
-    load_table_files(tensors, path, checkpoint)
-    return checkpoint, tensors
-
-
-def single_device_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The exported checkpoint: dense state and every table row in one state dict.
-
-    Optimiser and loop states are left out; ``LanguageModel.load_from_checkpoint`` and
-    ``oe.huggingface.load.load_for_evaluation`` read it in one process.
-    """
-    checkpoint, tensors = read_tables(path)
-    state = dict(checkpoint["state_dict"])
-    for prefix, signature in checkpoint[TABLE_KEY].items():
-        for name, _rows, _width in signature["tables"]:
-            state[f"{prefix}.embeddings.{name}.weight"] = tensors[
-                f"{prefix}.tables.embeddings.{name}.weight"
-            ]
-    out = {k: v for k, v in checkpoint.items() if k in KEPT}
-    out["state_dict"] = state
-    return out
 
 
 # -- the tokenizer record ----------------------------------------------------------------------

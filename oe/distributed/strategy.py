@@ -15,7 +15,8 @@ pair or the new one, both complete.
 
 Before anything is loaded the checkpoint's tables (vocabulary, orders, k, moduli, widths,
 optimiser) are compared with the model's: a mismatch is one ValueError and the model is left as
-it was. The format and its checks live in ``oe.distributed.checkpoint``.
+it was. The format and its checks live in ``oe.distributed.checkpoint``, the tables' signature
+and state in ``oe.distributed.table_state``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
 from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, AtomicCheckpointIO,
-                                      CheckpointWriteError, check_tables, first_line,
-                                      is_write_failure, load_full_tables, write_failure,
-                                      load_table_files, load_table_state, read_checkpoint,
-                                      table_signature, table_state)
+                                      CheckpointWriteError, first_line, is_write_failure,
+                                      load_table_files, read_checkpoint, write_failure)
+from oe.distributed.table_state import (check_tables, load_full_tables, load_table_state,
+                                        table_signature, table_state)
 from oe.distributed.parallelize import sharded_collections, table_owners
 
 
@@ -181,7 +182,7 @@ class ShardedTableStrategy(DDPStrategy):
             raise RuntimeError(
                 f"checkpoint {self._loading_from}: missing keys {missing}, unexpected {unexpected}"
             )
-        # A single-device checkpoint (oe.distributed.checkpoint.single_device_checkpoint): every
+        # A single-device checkpoint (oe.distributed.export.single_device_checkpoint): every
         # row, no optimiser state.
         if full:
             load_full_tables(module, full)

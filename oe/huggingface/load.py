@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from oe.distributed.checkpoint import (MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY,
-                                       read_fit_checkpoint, single_device_checkpoint)
+from oe.distributed.checkpoint import MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, read_fit_checkpoint
+from oe.distributed.export import single_device_checkpoint
 from oe.huggingface.export import INDEX_FILE
 from oe.models.build import build_model, trained_model_arguments
 from oe.models.gpt import GPT

@@ -20,7 +20,8 @@ from oe.analysis.report import read_wandb_run
 from oe.cli import fit_command
 from oe.cli.fit import FitCLI
 from oe.cli.fit import main as fit_main
-from oe.distributed.checkpoint import TABLE_KEY, table_signature
+from oe.distributed.checkpoint import TABLE_KEY
+from oe.distributed.table_state import table_signature
 from oe.models.embedding import OverEncodingConfig
 from tests.conftest import tiny_language_model
 

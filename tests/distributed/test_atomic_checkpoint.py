@@ -17,7 +17,8 @@ import oe.distributed.checkpoint as checkpoint_module
 import oe.distributed.strategy as strategy_module
 from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, CheckpointError,
                                        CheckpointWriteError, check_table_files, read_checkpoint,
-                                       read_tables, table_dir)
+                                       table_dir)
+from oe.distributed.export import read_tables
 from oe.distributed.strategy import ShardedTableStrategy
 from oe.models.embedding import OverEncodingConfig, deferred_ngram_tables
 from tests.conftest import tiny_language_model

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from oe.cli.export import main as export_main
-from oe.distributed.checkpoint import (TABLE_KEY, CheckpointError, check_tables, checkpoint_problem,
-                                       table_signature)
+from oe.distributed.checkpoint import TABLE_KEY, CheckpointError, checkpoint_problem
+from oe.distributed.table_state import check_tables, table_signature
 from oe.huggingface.load import load_for_evaluation
 from oe.models.embedding import OverEncodingConfig
 from oe.models.gpt import BackboneConfig

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from oe.cli import fit_command
-from oe.distributed.checkpoint import read_tables, table_dir
+from oe.distributed.checkpoint import table_dir
+from oe.distributed.export import read_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "distributed" / "sharding_worker.py"

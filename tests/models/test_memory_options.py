@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe.distributed.checkpoint import TABLE_KEY, check_tables, table_signature
+from oe.distributed.checkpoint import TABLE_KEY
+from oe.distributed.table_state import check_tables, table_signature
 from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.build import build_model
 from oe.models.embedding import OverEncoding, OverEncodingConfig

@@ -15,7 +15,8 @@ import torch
 from oe.models.build import build_model
 from oe.models.embedding import (OverEncoding, OverEncodingConfig, deferred_ngram_tables,
                                  plan_tables, table_size_warnings)
-from oe.distributed.checkpoint import TABLE_KEY, check_tables, table_signature
+from oe.distributed.checkpoint import TABLE_KEY
+from oe.distributed.table_state import check_tables, table_signature
 from oe.distributed.parallelize import TableSharding, shard_embedding
 from oe.models.gpt import BackboneConfig
 from oe.models.ngram import KEY_MODULUS, SIGN_PRIME, ngram_ids, ngram_signs, sign_key
