@@ -10,6 +10,8 @@ loop; evaluation, the memory estimate, experiments and benchmarks build it here 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +114,22 @@ def model_kind(over_encoding: OverEncodingConfig | None, frequent_ngrams: Freque
 
 # -- a model section read as a mapping (a YAML file, a checkpoint's hyper-parameters) -----------
 
-_SECTIONS: dict[str, type] = {"backbone": BackboneConfig, "over_encoding": OverEncodingConfig,
-                              "heads": OutputHeadsConfig, "frequent_ngrams": FrequentNgramConfig}
-_PLAIN = ("vocab_size", "pad_id", "pretrained", "freeze_backbone")
+def _model_settings() -> tuple[dict[str, type], tuple[str, ...]]:
+    """``build_model``'s parameters, the one list of model settings: those typed by a config
+    dataclass (sections, read from mappings) and the plain ones."""
+    hints = typing.get_type_hints(build_model)
+    sections, plain = {}, []
+    for name in inspect.signature(build_model).parameters:
+        types = [t for t in typing.get_args(hints[name]) or (hints[name],)
+                 if dataclasses.is_dataclass(t)]
+        if types:
+            sections[name] = types[0]
+        else:
+            plain.append(name)
+    return sections, tuple(plain)
+
+
+_SECTIONS, _PLAIN = _model_settings()
 # Training-only fields, and what Lightning's CLI adds to the hyper-parameters it records.
 _NOT_BUILT = ("optimizer", "_instantiator", "_class_path")
 

@@ -143,3 +143,17 @@ def test_micro_batches_carry_the_inner_layers_memory(option, sharded, tmp_path):
         torch.testing.assert_close(split[0][name], grad, rtol=1e-4, atol=1e-7, msg=name)
     for name, param in whole[1].items():
         torch.testing.assert_close(split[1][name], param, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_model_settings_are_build_models_own():
+    """LanguageModel takes exactly build_model's settings, with the same defaults (plus its
+    optimiser): the checkpoint's hyper-parameters rebuild the network through build_model."""
+    import inspect
+
+    from oe.models.build import build_model
+
+    ours = inspect.signature(LanguageModel).parameters
+    built = inspect.signature(build_model).parameters
+    assert set(ours) - {"optimizer"} == set(built)
+    for name, parameter in built.items():
+        assert ours[name].default == parameter.default or name == "vocab_size", name
