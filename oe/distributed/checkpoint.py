@@ -26,7 +26,6 @@ that offers it (``TokenizerRecord``), so that evaluation reads text the same way
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from oe.files import write_atomically
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
@@ -222,16 +223,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         path = Path(path)
-        writing = temporary_name(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(writing: Path) -> None:
             with open(writing, "wb") as stream:
                 torch.save(checkpoint, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(writing, path)
+
+        try:  # a kill leaves the temporary file to the next save to remove
+            write_atomically(path, save, durable=True)
         except BaseException as err:
-            writing.unlink(missing_ok=True)  # a kill leaves it to the next save to remove
             if not is_write_failure(err):
                 raise
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
@@ -243,11 +242,6 @@ def first_line(err: BaseException) -> str:
     """The line of an error worth showing: its last non-empty line (DCP lists tracebacks)."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(err).__name__
-
-
-def temporary_name(path: Path) -> Path:
-    """Where ``path`` is written before it is complete (a hidden name no loader picks up)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 # -- the tokenizer record ----------------------------------------------------------------------
