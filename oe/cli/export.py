@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_checkpoint(args: argparse.Namespace, out: Path) -> str:
-    from oe.distributed.checkpoint import TABLE_KEY, AtomicCheckpointIO
+    from oe.distributed.checkpoint import TABLE_KEY
     from oe.distributed.export import single_device_checkpoint
+    from oe.training.checkpoint_io import AtomicCheckpointIO
 
     exported = single_device_checkpoint(args.checkpoint)
     AtomicCheckpointIO().save_checkpoint(exported, out)  # whole or not at all

@@ -31,11 +31,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 
 from oe.cli.config import CLI_KWARGS, NAMED_CALLBACKS, FitArguments, error_line
-from oe.distributed.checkpoint import (AtomicCheckpointIO, CheckpointWriteError,
-                                      checkpoint_problem, read_checkpoint)
+from oe.distributed.checkpoint import CheckpointWriteError, checkpoint_problem, read_checkpoint
 from oe.distributed.table_state import check_tables
 from oe.files import write_text_atomically
 from oe.models.embedding import deferred_ngram_tables
+from oe.training.checkpoint_io import AtomicCheckpointIO
 from oe.training.lm import LanguageModel
 from oe.training.precision import check_precision
 from oe.training.progress import default_progress_bar

@@ -6,18 +6,19 @@ written with torch.distributed.checkpoint (DCP), which reshards on load. Its ent
 is the tables' signature (vocabulary, orders, k, moduli, widths, optimiser); a checkpoint is
 loaded only into a model whose signature is the same.
 
-Saving is atomic (``oe.distributed.strategy``): each save writes a table folder of its own,
+Saving is atomic (``oe.training.strategy``): each save writes a table folder of its own,
 ``X.ckpt.tables.<step>.<id>``, and then ``X.ckpt`` under a temporary name, renamed over the
 previous one once complete. ``X.ckpt`` names its folder (``TABLE_DIR_KEY``) and the folder names
 the step it was written at (``PAIR_FILE``), so a load never pairs the rows of one step with the
 weights of another. Checkpoints written before this scheme have their tables in ``X.ckpt.tables``.
 
 This module is the file format: the entries, reading a file and checking its table folder
-(``checkpoint_problem``: is it complete? a run resumes only from one that is), and writing a
-file atomically. The tables' signature and state are ``oe.distributed.table_state``; the export
-to one plain state dict (every table row, no optimiser state) that loads in one process is
-``oe.distributed.export``; ``oe.huggingface.load`` builds the network of any checkpoint of
-``oe.cli.fit`` (plain or exported).
+(``checkpoint_problem``: is it complete? a run resumes only from one that is), and what a failed
+write means (``write_failure``). Lightning's writer of the file, made atomic, is
+``oe.training.checkpoint_io``. The tables' signature and state are
+``oe.distributed.table_state``; the export to one plain state dict (every table row, no
+optimiser state) that loads in one process is ``oe.distributed.export``; ``oe.huggingface.load``
+builds the network of any checkpoint of ``oe.cli.fit`` (plain or exported).
 
 The tokenizer a model was trained with is recorded under ``TOKENIZER_KEY`` by the data module
 that offers it (``TokenizerRecord``), so that evaluation reads text the same way.
@@ -34,9 +35,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed.checkpoint as dcp
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-from oe.files import write_atomically
 
 TABLE_KEY = "sharded_ngram_tables"  # the checkpoint's entry describing its tables
 TOKENIZER_KEY = "tokenizer"  # the checkpoint's entry naming the tokenizer: TokenizerRecord
@@ -211,31 +209,6 @@ def load_table_files(state: dict[str, Any], path: str | Path, checkpoint: Mappin
         raise CheckpointError(f"checkpoint {path}: the tables in {directory} cannot be read "
                               f"({type(err).__name__}: {first[-1] if first else ''}); a shard "
                               f"is corrupt") from err
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file beside the target, renamed over it once complete.
-
-    A kill or a full disk leaves the previous file as it was (and at worst a ``.X.tmp`` file,
-    removed by the next save); a failed write is one CheckpointWriteError.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
-                        storage_options: Any | None = None) -> None:
-        path = Path(path)
-
-        def save(writing: Path) -> None:
-            with open(writing, "wb") as stream:
-                torch.save(checkpoint, stream)
-
-        try:  # a kill leaves the temporary file to the next save to remove
-            write_atomically(path, save, durable=True)
-        except BaseException as err:
-            if not is_write_failure(err):
-                raise
-            kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise CheckpointWriteError(f"could not write checkpoint {path}: "
-                                       f"{write_failure(err)}{kept}") from None
 
 
 def first_line(err: BaseException) -> str:

@@ -136,6 +136,13 @@ class DocumentMask:
                                      "rows on the flex attention path")
                 y = _flex_attention(q.device)(q, k, v, block_mask=self.block_mask)
             return y.transpose(1, 2).reshape(batch, length, heads * dim)
+        return self._attend_unpacked(qkv, dropout)
+
+    # The groups are a per-batch Python list (their count and lengths change with every batch):
+    # traced, each batch would be a new graph. Compiled blocks call it as an opaque function.
+    @torch.compiler.disable
+    def _attend_unpacked(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        batch, length, _, heads, dim = qkv.shape
         # One scatter of queries, keys and values together into the groups' slots.
         flat = qkv.reshape(batch * length, 3, heads, dim)
         # Under CPU bf16 autocast the attention itself runs in fp32: PyTorch's CPU flash kernel

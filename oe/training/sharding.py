@@ -14,7 +14,7 @@ import lightning as L
 
 from oe.distributed.parallelize import (TableSharding, shard_embedding, table_betas, table_lr,
                                         table_optimizer, table_parameter_names)
-from oe.distributed.strategy import ShardedTableStrategy
+from oe.training.strategy import ShardedTableStrategy
 
 if TYPE_CHECKING:
     from oe.training.lm import LanguageModel
@@ -33,7 +33,7 @@ def shard_tables_for_fit(lm: LanguageModel, trainer: L.Trainer | None) -> None:
     if trainer.checkpoint_callbacks and not isinstance(trainer.strategy, ShardedTableStrategy):
         raise ValueError(
             "sharded n-gram tables are checkpointed only by trainer.strategy "
-            "oe.distributed.strategy.ShardedTableStrategy (the OE configs' default); with "
+            "oe.training.strategy.ShardedTableStrategy (the OE configs' default); with "
             f"{type(trainer.strategy).__name__} the table optimiser state (and on several "
             "ranks, other ranks' rows) would be lost. Set that strategy, or "
             "model.over_encoding.shard_tables false for small tables"

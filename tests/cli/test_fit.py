@@ -20,7 +20,7 @@ from oe.analysis.report import read_wandb_run
 from oe.cli import fit_command
 from oe.cli.fit import FitCLI
 from oe.cli.fit import main as fit_main
-from oe.distributed.checkpoint import TABLE_KEY
+from oe.distributed.checkpoint import TABLE_DIR_KEY, TABLE_KEY, check_table_files, read_checkpoint
 from oe.distributed.table_state import table_signature
 from oe.models.embedding import OverEncodingConfig
 from tests.conftest import tiny_language_model
@@ -188,3 +188,28 @@ def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_pat
     runs = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) >= 2
     assert {path.name for path in runs} == {f"run-{stored}.wandb"}
+
+
+def test_a_run_saved_with_the_former_strategy_path_resumes_from_its_config(tmp_path, monkeypatch):
+    """A run saved before ShardedTableStrategy moved to oe.training names it
+    ``oe.distributed.strategy.ShardedTableStrategy`` in its config.yaml; resumed from that file, it
+    runs on that class to its last step."""
+    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text(TINY_WITH_WANDB)
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
+    stop = ["--trainer.callbacks+=tests.cli.test_fit.StopAtStep", "--trainer.callbacks.step", "2"]
+    assert fit_main(["--config", "configs/cfg_oe2.yaml", "--config", str(config),
+                     "--run_dir", str(run), *stop]) == 128 + signal.SIGTERM
+    saved = run / "csv" / "version_0" / "config.yaml"
+    text = saved.read_text()
+    assert "class_path: oe.training.strategy.ShardedTableStrategy" in text
+    saved.write_text(text.replace("oe.training.strategy.", "oe.distributed.strategy."))
+    assert fit_main(["--config", str(saved), "--resume", "true"]) == 0
+    assert json.loads((run / "finished.json").read_text())["global_step"] == 4
+    # The strategy's own save: the dense file names the table folder every rank wrote.
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4 and TABLE_KEY in last and TABLE_DIR_KEY in last
+    assert check_table_files(run / "checkpoints" / "last.ckpt", last).is_dir()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from oe.models.embedding import OverEncodingConfig  # noqa: E402
 from oe.training.lm import LanguageModel, OptimizerConfig  # noqa: E402
 from oe.distributed.parallelize import local_shard, row_split  # noqa: E402
-from oe.distributed.strategy import ShardedTableStrategy  # noqa: E402
+from oe.training.strategy import ShardedTableStrategy  # noqa: E402
 from tests.conftest import FirstGradients, tiny_language_model  # noqa: E402
 
 VOCAB = 11

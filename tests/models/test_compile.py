@@ -9,6 +9,7 @@ import torch
 
 from datamodules.cfg import CFGStream
 from oe.models import compile as compile_module
+from oe.models.attention import DocumentMask
 from oe.models.embedding import TokenEmbedding
 from oe.models.gpt import GPT, BackboneConfig
 
@@ -70,3 +71,29 @@ def test_compilations_past_the_bound_are_named(monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records if "compiled" in r.getMessage()]
     assert len(warnings) == 1 and "the transformer blocks compiled 2 times" in warnings[0]
     assert "data.row_tokens" in warnings[0]
+
+
+def test_grouped_cpu_attention_compiles_once_for_batches_of_other_groups(monkeypatch):
+    # The CPU path groups each batch's sentences by length (a Python list that differs from batch
+    # to batch); compiled blocks leave it untraced, so new groups never mean a new graph.
+    monkeypatch.setattr(compile_module, "COMPILE_BACKEND", "eager")
+    torch.manual_seed(0)
+    config = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=1024, compile=True)
+    compiled = GPT(config, TokenEmbedding(VOCAB, 16), VOCAB).eval()
+    compiled.document_attention = "unpacked"
+    eager = GPT(BackboneConfig(**{**vars(config), "compile": False}),
+                TokenEmbedding(VOCAB, 16), VOCAB).eval()
+    eager.load_state_dict(compiled.state_dict())
+    eager.document_attention = "unpacked"
+    stream = CFGStream(seed=0, batch_size=24, batches_per_epoch=5, epochs=1, packed=True,
+                       micro_batch_tokens=4096)
+    groups = set()
+    with torch.no_grad():
+        for batch in stream:
+            tokens, doc_ids = batch["input_ids"] % VOCAB, batch["doc_ids"]
+            torch.testing.assert_close(compiled(tokens, doc_ids, isolate_documents=True),
+                                       eager(tokens, doc_ids, isolate_documents=True))
+            groups.add(tuple(DocumentMask(doc_ids, "unpacked").groups))
+    assert len(groups) == 5  # every batch grouped its own way
+    blocks = compiled.__dict__["compiled_blocks"]
+    assert 1 <= blocks.recompilations <= compile_module.COMPILE_BOUND, blocks.recompilations

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-import oe.distributed.strategy as strategy_module
+import oe.training.strategy as strategy_module
 from oe.cli import fit_command
 from oe.cli.fit import main as fit_main
 from oe.training.rundir import is_complete

@@ -94,7 +94,7 @@ def test_micro_batch_budget_below_the_longest_row_is_named():
 
 def test_micro_batches_update_sharded_tables_once_per_step(tmp_path):
     """A fused table optimiser updates in backward: the embedding's backward runs once a step."""
-    from oe.distributed.strategy import ShardedTableStrategy
+    from oe.training.strategy import ShardedTableStrategy
 
     def model() -> LanguageModel:
         torch.manual_seed(0)
@@ -124,7 +124,7 @@ MEMORY_OPTIONS = {
 @pytest.mark.parametrize("option", list(MEMORY_OPTIONS))
 def test_micro_batches_carry_the_inner_layers_memory(option, sharded, tmp_path):
     """Each micro-batch takes the memory of its own rows: the update is the whole batch's."""
-    from oe.distributed.strategy import ShardedTableStrategy
+    from oe.training.strategy import ShardedTableStrategy
 
     def model() -> LanguageModel:
         torch.manual_seed(0)

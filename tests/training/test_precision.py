@@ -143,7 +143,7 @@ def test_bf16_micro_batches_with_every_memory_option_give_fp32s_first_gradients(
                                                                                tmp_path):
     """Packed micro-batches, inner-layer memory, per-layer tables, gate, plain or sharded tables:
     the first step's gradients under bf16-mixed point where fp32's do, and the tables stay fp32."""
-    from oe.distributed.strategy import ShardedTableStrategy
+    from oe.training.strategy import ShardedTableStrategy
     from oe.models.embedding import OverEncodingConfig
     from tests.training.test_lm import MEMORY_OPTIONS, _train
 

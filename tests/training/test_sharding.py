@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchrec.distributed.embedding import ShardedEmbeddingCollection
 
-from oe.distributed.strategy import ShardedTableStrategy
+from oe.training.strategy import ShardedTableStrategy
 from oe.models.embedding import OverEncodingConfig
 from tests.conftest import tiny_backbone, tiny_language_model
 

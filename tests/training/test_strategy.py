@@ -1,10 +1,13 @@
-"""Atomic checkpoints of sharded tables: a failed save keeps the previous pair; a bad pair is one line."""
+"""ShardedTableStrategy: atomic checkpoints of sharded tables (a failed save keeps the previous
+pair; a bad pair is one line), and its former class path in saved configs."""
 
 from __future__ import annotations
 
 import errno
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -13,14 +16,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-import oe.distributed.checkpoint as checkpoint_module
-import oe.distributed.strategy as strategy_module
+import oe.training.checkpoint_io as checkpoint_io_module
+import oe.training.strategy as strategy_module
 from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, CheckpointError,
                                        CheckpointWriteError, check_table_files, read_checkpoint,
                                        table_dir)
 from oe.distributed.export import read_tables
-from oe.distributed.strategy import ShardedTableStrategy
 from oe.models.embedding import OverEncodingConfig, deferred_ngram_tables
+from oe.training.strategy import ShardedTableStrategy
 from tests.conftest import tiny_language_model
 
 VOCAB = 11
@@ -80,7 +83,7 @@ def test_a_save_replaces_the_pair_and_leaves_nothing_else(tmp_path) -> None:
 @pytest.mark.parametrize("what", ["tables", "main file"])
 def test_a_failed_save_keeps_the_previous_checkpoint(what: str, tmp_path, monkeypatch) -> None:
     calls = {"n": 0}
-    real = strategy_module.dcp.save if what == "tables" else checkpoint_module.torch.save
+    real = strategy_module.dcp.save if what == "tables" else checkpoint_io_module.torch.save
 
     def second_fails(*args, **kwargs):
         if what == "main file" and not (isinstance(args[0], dict) and "state_dict" in args[0]):
@@ -93,7 +96,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(what: str, tmp_path, monkey
     if what == "tables":
         monkeypatch.setattr(strategy_module.dcp, "save", second_fails)
     else:
-        monkeypatch.setattr(checkpoint_module.torch, "save", second_fails)
+        monkeypatch.setattr(checkpoint_io_module.torch, "save", second_fails)
     with pytest.raises(CheckpointWriteError, match="No space left on device.*previous last.ckpt is kept"):
         _fit(tmp_path, 6)
     monkeypatch.undo()
@@ -173,3 +176,18 @@ def test_teardown_of_a_run_that_failed_before_sharding_raises_nothing() -> None:
     strategy.connect(model)
     strategy.teardown()
     assert "cpu" not in model.__dict__  # the module's own .cpu is back
+
+
+def test_the_former_class_path_is_importable_once_the_config_loader_is() -> None:
+    """Configs saved before the strategy moved to oe.training name its former path, which
+    jsonargparse imports as a module path: in a fresh process, loading the one config loader is
+    enough for that path to give this class (a saved config resuming: tests/cli/test_fit.py)."""
+    probe = ("import importlib, oe.cli.config, oe.training.strategy as now\n"
+             "former = importlib.import_module('oe.distributed.strategy')\n"
+             "print(former.ShardedTableStrategy is now.ShardedTableStrategy, sorted(vars(former)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown, names = result.stdout.split(" ", 1)
+    assert shown == "True"
+    assert "ShardedTableStrategy" in names and "AtomicCheckpointIO" not in names  # the class alone

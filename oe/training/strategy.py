@@ -1,7 +1,8 @@
 """A Lightning strategy for row-wise sharded n-gram tables: DDP for the rest, lossless checkpoints.
 
-The model shards its tables in ``configure_model`` (``oe.distributed.parallelize``) and names their
-parameters in ``_ddp_params_and_buffers_to_ignore``, so DDP averages only the dense gradients.
+The model shards its tables in ``configure_model`` (``oe.training.sharding``, through
+``oe.distributed.parallelize``) and names their parameters in ``_ddp_params_and_buffers_to_ignore``,
+so DDP averages only the dense gradients.
 Lightning's own checkpointing would keep rank 0's file alone, losing every other rank's rows; here
 a checkpoint ``X.ckpt`` is the dense state (written by rank 0, as usual) plus a table folder,
 every rank's rows and fused-optimiser state written with torch.distributed.checkpoint (DCP).
@@ -17,6 +18,10 @@ Before anything is loaded the checkpoint's tables (vocabulary, orders, k, moduli
 optimiser) are compared with the model's: a mismatch is one ValueError and the model is left as
 it was. The format and its checks live in ``oe.distributed.checkpoint``, the tables' signature
 and state in ``oe.distributed.table_state``.
+
+The class was ``oe.distributed.strategy.ShardedTableStrategy`` before the distributed layer was
+freed of Lightning, and configs written then (every saved run's ``config.yaml``) name it so; that
+path stays an alias of this class (``FORMER_MODULE``, below).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import types
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,12 +40,13 @@ import torch
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import DDPStrategy
 
-from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, AtomicCheckpointIO,
-                                      CheckpointWriteError, first_line, is_write_failure,
-                                      load_table_files, read_checkpoint, write_failure)
+from oe.distributed.checkpoint import (PAIR_FILE, TABLE_DIR_KEY, TABLE_KEY, CheckpointWriteError,
+                                       first_line, is_write_failure, load_table_files,
+                                       read_checkpoint, write_failure)
+from oe.distributed.parallelize import sharded_collections, table_owners
 from oe.distributed.table_state import (check_tables, load_full_tables, load_table_state,
                                         table_signature, table_state)
-from oe.distributed.parallelize import sharded_collections, table_owners
+from oe.training.checkpoint_io import AtomicCheckpointIO
 
 
 def _leftovers(filepath: Path, keep: str | None) -> list[Path]:
@@ -191,3 +199,17 @@ class ShardedTableStrategy(DDPStrategy):
         load_table_files(state, self._loading_from, self._loaded or checkpoint)
         load_table_state(module, state)
         return None
+
+
+# Configs written before the move name the class ``oe.distributed.strategy.ShardedTableStrategy``.
+# jsonargparse (LightningCLI's parser) imports a ``class_path`` as module path + name and has no
+# aliases of its own, so that module name is registered here as a module that holds this class
+# alone, as Lightning keeps its own moved modules importable. It is registered here rather than
+# by a file in oe/distributed, which imports no Lightning; every config loader imports this
+# module first (oe.cli.config -> oe.training.lm -> oe.training.sharding -> here). A config keeps
+# the path it was given (a run resumed from an old config.yaml saves the former path again).
+FORMER_MODULE = "oe.distributed.strategy"
+_former = types.ModuleType(FORMER_MODULE, f"Former path of {__name__}.ShardedTableStrategy; "
+                                          f"kept for configs written before the move.")
+_former.ShardedTableStrategy = ShardedTableStrategy  # type: ignore[attr-defined]
+sys.modules.setdefault(FORMER_MODULE, _former)
