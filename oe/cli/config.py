@@ -29,6 +29,7 @@ from callbacks.generation import GenerationAccuracy
 from callbacks.ngram_stats import NgramTableStats
 from oe.cli.flags import program_name
 from oe.cli.yaml_files import read_yaml
+from oe.models.config import ModelConfig
 from oe.training.lm import LanguageModel
 from oe.training.rundir import place_run
 
@@ -211,38 +212,16 @@ def parse_with(parser, args: list[str]) -> Namespace:
 
 
 def check_model_values(config: Namespace) -> None:
-    """The n-gram table values a config can be checked for before anything is built.
-
-    Orders, k, modulus and the slice width are those ``plan_tables`` checks when the model is
-    built, and the order limit of the n-gram id function; here they fail the parse (and so a
-    sweep's check of its grid) instead of a run that has started. The one check left to the
-    build is a modulus that is a multiple of the vocabulary, which is known only from the data.
-    """
-    from oe.models.embedding import OverEncodingConfig, plan_tables  # heavy: torch
-    from oe.models.ngram import MAX_MODULUS, MAX_ORDER
-
-    model = config.get("model")
-    section = model.get("over_encoding") if model is not None else None
-    if section is None:
+    """The model section checked as every model is (``ModelConfig``), when the config is read:
+    a bad value fails the parse (and so a sweep's check of its grid) instead of a run that has
+    started. The fields linked from the data module (vocabulary, padding id) are not known
+    yet; the checks that need them run when the model is built."""
+    if config.get("model") is None:
         return
-    values = section.as_dict() if isinstance(section, Namespace) else dict(vars(section))
     try:
-        tables = OverEncodingConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model.over_encoding: {err}") from err
-    beyond = [order for order in tables.orders if order > MAX_ORDER]
-    if beyond:
-        raise ConfigError(f"model.over_encoding.orders holds {beyond}: n-gram orders run from 2 "
-                          f"to {MAX_ORDER}")
-    if tables.modulus >= MAX_MODULUS:
-        raise ConfigError(f"model.over_encoding.modulus must be below 2^40, got {tables.modulus}")
-    pretrained = model.get("pretrained") is not None  # the width then comes from the source
-    width = (tables.num_heads * max(1, len(tables.orders)) if pretrained
-             else int(model.backbone.n_embd))
-    try:
-        plan_tables(tables, vocab_size=2**31 - 1, dim=width)  # a prime: divides no modulus here
+        ModelConfig.from_section(model_section(config))
     except ValueError as err:
-        raise ConfigError(f"model.{err}") from err
+        raise ConfigError(str(err)) from err
 
 
 # Callbacks as named config fields: a layer sets the fields of one and keeps the others.

@@ -35,6 +35,7 @@ from oe.distributed.checkpoint import CheckpointWriteError, checkpoint_problem, 
 from oe.distributed.table_state import check_tables
 from oe.files import write_text_atomically
 from oe.models.embedding import deferred_ngram_tables
+from oe.models.config import ModelConfig
 from oe.training.checkpoint_io import AtomicCheckpointIO
 from oe.training.lm import LanguageModel
 from oe.training.precision import check_precision
@@ -195,9 +196,11 @@ def _mark_finished(trainer: L.Trainer, started: float) -> None:
 
 
 def _config_defaults(model_class: type) -> dict[str, Any]:
-    """Flat defaults of the config dataclasses the model takes (``model.over_encoding.hash``...)."""
+    """Flat defaults of the config dataclasses the model takes (``model.over_encoding.hash``...):
+    its ``ModelConfig``'s and its own (the optimiser)."""
     defaults: dict[str, Any] = {}
-    for name, hint in typing.get_type_hints(model_class.__init__).items():
+    hints = {**typing.get_type_hints(ModelConfig), **typing.get_type_hints(model_class.__init__)}
+    for name, hint in hints.items():
         for config_class in typing.get_args(hint) or (hint,):
             if is_dataclass(config_class):
                 defaults.update(_flat(config_class(), f"model.{name}"))

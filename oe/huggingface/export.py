@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from oe.distributed.checkpoint import (MODEL_PREFIX, SPECIAL_TOKENS_KEY, TABLE_KEY, TOKENIZER_KEY,
                                        read_fit_checkpoint, table_dir)
 from oe.distributed.parallelize import table_owners
-from oe.models.build import build_model, model_kind, trained_model_arguments
+from oe.models.build import build_model
+from oe.models.config import ModelConfig
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, save_gpt2
 from oe.tokenizer import checkpoint_tokenizer
 
@@ -45,25 +46,18 @@ from oe.huggingface.modeling import OEConfig, OEForCausalLM  # noqa: F401
 '''
 
 
-def kind_of(arguments: dict[str, Any]) -> str:
-    return model_kind(arguments.get("over_encoding"), arguments.get("frequent_ngrams"),
-                      arguments.get("heads"))
-
-
-def is_gpt2(arguments: dict[str, Any]) -> bool:
+def is_gpt2(config: ModelConfig) -> bool:
     """Whether the network is exactly GPT-2: token embedding, biases, tied head, no extra heads."""
-    backbone = arguments.get("backbone")
-    heads = arguments.get("heads")
-    return (arguments.get("over_encoding") is None and arguments.get("frequent_ngrams") is None
-            and (heads is None or heads.empty)
-            and (backbone is None or (backbone.bias and backbone.tie_embeddings)))
+    heads, backbone = config.heads, config.backbone
+    return (config.over_encoding is None and config.frequent_ngrams is None
+            and (heads is None or heads.empty) and backbone.bias and backbone.tie_embeddings)
 
 
-def check_expressible(arguments: dict[str, Any]) -> None:
+def check_expressible(config: ModelConfig) -> None:
     """One ValueError naming the kind when its network needs more than its hyper-parameters."""
-    if arguments.get("frequent_ngrams") is not None:
+    if config.frequent_ngrams is not None:
         raise ValueError(
-            f"--format hf cannot express model kind {kind_of(arguments)}: the frequent n-gram "
+            f"--format hf cannot express model kind {config.kind}: the frequent n-gram "
             "embedding is built from its mined n-gram file, which the format does not carry; "
             "export it with --format ckpt")
 
@@ -71,39 +65,39 @@ def check_expressible(arguments: dict[str, Any]) -> None:
 def export_hf(checkpoint_path: str | Path, out: str | Path, tokenizer: str | None = None,
               with_tokenizer: bool = True) -> tuple[str, str]:
     """Write the Hugging Face directory ``out`` for ``checkpoint_path``; returns the model's kind
-    (``oe.models.build.model_kind``) and the directory's model_type (``gpt2`` or ``oe_gpt``).
+    (``ModelConfig.kind``) and the directory's model_type (``gpt2`` or ``oe_gpt``).
 
     ``tokenizer``: a tokenizer.json, its directory or a hub id (default: the one the checkpoint
     records). ``with_tokenizer`` False writes no tokenizer files (a model trained on token ids).
     """
     # Tensors memory-mapped: a large plain table is not read whole.
     checkpoint = read_fit_checkpoint(checkpoint_path, mmap=True)
-    arguments = trained_model_arguments(checkpoint["hyper_parameters"], f"{checkpoint_path}: model")
-    check_expressible(arguments)
-    tokenizer_object = (_tokenizer(checkpoint, checkpoint_path, tokenizer, arguments["vocab_size"])
+    config = ModelConfig.from_section(checkpoint["hyper_parameters"], str(checkpoint_path)).trained()
+    check_expressible(config)
+    tokenizer_object = (_tokenizer(checkpoint, checkpoint_path, tokenizer, config.vocab_size)
                         if with_tokenizer else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    gpt2 = is_gpt2(arguments)
-    block_size = (_write_gpt2(checkpoint, arguments, out) if gpt2
-                  else _write_oe(checkpoint, checkpoint_path, arguments, out))
+    gpt2 = is_gpt2(config)
+    block_size = (_write_gpt2(checkpoint, config, out) if gpt2
+                  else _write_oe(checkpoint, checkpoint_path, config, out))
     eot = None
     if tokenizer_object is not None:
         eot = tokenizer_object.token_to_id(EOT)
         _write_tokenizer(tokenizer_object, out, block_size, eot is not None)
-    _add_token_ids(out / CONFIG_FILE, special_token_ids(checkpoint, arguments, eot))
+    _add_token_ids(out / CONFIG_FILE, special_token_ids(checkpoint, config, eot))
     readable_files(out)
-    return kind_of(arguments), "gpt2" if gpt2 else "oe_gpt"
+    return config.kind, "gpt2" if gpt2 else "oe_gpt"
 
 
-def special_token_ids(checkpoint: dict[str, Any], arguments: dict[str, Any],
+def special_token_ids(checkpoint: dict[str, Any], config: ModelConfig,
                       eot: int | None) -> dict[str, int]:
     """``bos_token_id``, ``eos_token_id`` and ``pad_token_id`` of the exported config: the ids the
     training data used (recorded in the checkpoint), else the tokenizer's ``<|endoftext|>`` for
     BOS and EOS; padding is the model's ``pad_id`` unless the data recorded one."""
     recorded = checkpoint.get(SPECIAL_TOKENS_KEY) or {}
     ids = {"bos_token_id": recorded.get("bos", eot), "eos_token_id": recorded.get("eos", eot),
-           "pad_token_id": recorded.get("pad", arguments.get("pad_id"))}
+           "pad_token_id": recorded.get("pad", config.pad_id)}
     return {key: int(value) for key, value in ids.items() if value is not None}
 
 
@@ -119,8 +113,8 @@ def readable_files(directory: Path) -> None:
 
 # -- a baseline: GPT-2 --------------------------------------------------------------------------
 
-def _write_gpt2(checkpoint: dict[str, Any], arguments: dict[str, Any], out: Path) -> int:
-    model = build_model(**arguments).gpt
+def _write_gpt2(checkpoint: dict[str, Any], config: ModelConfig, out: Path) -> int:
+    model = build_model(config).gpt
     state = _model_state(checkpoint)
     model.load_state_dict(state)
     save_gpt2(model, out)
@@ -134,10 +128,10 @@ def _model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 # -- any other kind: oe_gpt -----------------------------------------------------------------------
 
-def _write_oe(checkpoint: dict[str, Any], path: str | Path, arguments: dict[str, Any], out: Path) -> int:
-    from oe.huggingface.modeling import OEConfig, OEForCausalLM, model_section
+def _write_oe(checkpoint: dict[str, Any], path: str | Path, model: ModelConfig, out: Path) -> int:
+    from oe.huggingface.modeling import OEConfig, OEForCausalLM
 
-    section = model_section(arguments)
+    section = model.section()
     config = OEConfig(oe_model=section, architectures=["OEForCausalLM"],
                       auto_map={"AutoConfig": "modeling_oe.OEConfig",
                                 "AutoModelForCausalLM": "modeling_oe.OEForCausalLM"})
@@ -153,7 +147,7 @@ def _write_oe(checkpoint: dict[str, Any], path: str | Path, arguments: dict[str,
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing[:4])}"
                          + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-                         + f"; expected every weight of a {kind_of(arguments)} model")
+                         + f"; expected every weight of a {model.kind} model")
     files = ["model-dense.safetensors"]
     weight_map = {k: "model-dense.safetensors" for k in dense}
     _check_shapes(dense, expected, path)

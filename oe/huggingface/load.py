@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from oe.distributed.checkpoint import MODEL_PREFIX, TABLE_KEY, TOKENIZER_KEY, read_fit_checkpoint
 from oe.distributed.export import single_device_checkpoint
 from oe.huggingface.export import INDEX_FILE
-from oe.models.build import build_model, trained_model_arguments
+from oe.models.build import build_model
+from oe.models.config import ModelConfig
 from oe.models.gpt import GPT
 from oe.models.pretrained import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from oe.tokenizer import checkpoint_tokenizer
@@ -52,10 +53,9 @@ def network_of(section: Mapping[str, Any], state: Mapping[str, torch.Tensor], wh
     """The network a ``model`` section describes, with the weights of ``state`` (a
     LightningModule's keys: ``model.`` + the network's); the training-only heads are left out.
 
-    Errors name the section as ``where`` and the weights as ``source`` ("``source`` does not
-    load into the model ``described_by``").
-    """
-    model = build_model(**trained_model_arguments(section, where, heads=False)).gpt
+    Errors name the section's file as ``where`` (then its field, ``ModelConfig.from_section``)
+    and the weights as ``source`` ("``source`` does not load into the model ``described_by``")."""
+    model = build_model(ModelConfig.from_section(section, where).trained(heads=False)).gpt
     own = {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if missing or unexpected:
@@ -73,7 +73,7 @@ def _load_oe(directory: Path, config: dict) -> GPT:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found (listed by {index.name})")
         state.update(load_file(str(directory / name)))
-    return network_of(config.get("oe_model") or {}, state, f"{directory / CONFIG_FILE}: oe_model",
+    return network_of(config.get("oe_model") or {}, state, f"{directory / CONFIG_FILE} (oe_model)",
                       str(directory), "its config describes")
 
 
@@ -93,7 +93,7 @@ def load_for_evaluation(path: str | Path) -> tuple[GPT, dict[str, str] | None]:
     if tables and not any(k.startswith(tables) for k in checkpoint["state_dict"]):
         checkpoint = single_device_checkpoint(path)  # the rows live in the table folder
     model = network_of(checkpoint["hyper_parameters"], checkpoint["state_dict"],
-                       f"{path}: model", f"checkpoint {path}", "its hyper-parameters describe")
+                       f"checkpoint {path}", f"checkpoint {path}", "its hyper-parameters describe")
     return model, checkpoint.get(TOKENIZER_KEY)
 
 

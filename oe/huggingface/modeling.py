@@ -14,7 +14,6 @@ tokens of the row (``ngram_context``, taken from the whole ``input_ids`` in
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -23,13 +22,15 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from oe.models.build import build_model, trained_model_arguments
+from oe.models.build import build_model
+from oe.models.config import ModelConfig
 
 MODEL_TYPE = "oe_gpt"
 
 
 class OEConfig(PretrainedConfig):
-    """``oe_model``: the model section ``build_model`` reads (vocab_size, pad_id, backbone, ...)."""
+    """``oe_model``: the model's settings, ``ModelConfig``'s fields (vocab_size, pad_id,
+    backbone, ...)."""
 
     model_type = MODEL_TYPE
 
@@ -47,12 +48,6 @@ class OEConfig(PretrainedConfig):
             if value is not None:
                 kwargs.setdefault(name, value)
         super().__init__(**kwargs)
-
-
-def model_section(arguments: dict[str, Any]) -> dict[str, Any]:
-    """``build_model``'s keyword arguments as plain JSON values (dataclasses become mappings)."""
-    return {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-            for key, value in arguments.items()}
 
 
 class _CacheView:
@@ -78,7 +73,7 @@ class OEForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: OEConfig) -> None:
         super().__init__(config)
-        built = build_model(**trained_model_arguments(config.oe_model, "config.json: oe_model"))
+        built = build_model(ModelConfig.from_section(config.oe_model, "config.json: oe_model").trained())
         self.model = built.gpt
         self.heads = built.heads
         self.post_init()

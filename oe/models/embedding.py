@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from oe.models.ngram import (HASH_FAMILIES, NgramHash, hashed_ids, last_hashed_ids,
-                             last_ngram_signs, ngram_signs, primes_from, sign_key, xor_multipliers)
+from oe.models.ngram import (NgramHash, hashed_ids, last_hashed_ids, last_ngram_signs,
+                             ngram_signs, primes_from, sign_key, xor_multipliers)
 
 log = logging.getLogger(__name__)
 
@@ -100,55 +100,6 @@ class OverEncodingConfig:
     @property
     def num_heads(self) -> int:
         return self.k if self.heads is None else self.heads
-
-
-def check_over_encoding(config: OverEncodingConfig, n_layer: int | None = None) -> None:
-    """One ValueError naming the first bad field of ``config``; ``n_layer`` bounds ``layers``.
-
-    Called before anything is built (``oe.models.build.build_model``); ``plan_tables`` checks
-    the fields that need the vocabulary and the width.
-    """
-    if config.hash not in HASH_FAMILIES:
-        raise ValueError(f"over_encoding.hash must be one of {', '.join(HASH_FAMILIES)}, "
-                         f"got {config.hash!r}")
-    if config.gate and not config.orders:
-        raise ValueError("over_encoding.gate needs n-gram tables to gate, but "
-                         "over_encoding.orders is empty")
-    if config.heads is not None and config.heads < 1:
-        raise ValueError(f"over_encoding.heads must be >= 1, got {config.heads}")
-    if config.heads is not None and config.k not in (1, config.heads):
-        raise ValueError(f"over_encoding.heads ({config.heads}) and over_encoding.k ({config.k}) "
-                         "name the same number (hashes per order); set one of them")
-    if not config.layers:
-        raise ValueError("over_encoding.layers must list at least one block index (0: the input)")
-    if len(set(config.layers)) != len(config.layers):
-        raise ValueError(f"over_encoding.layers repeats a block: {config.layers}")
-    outside = [layer for layer in config.layers
-               if layer < 0 or (n_layer is not None and layer >= n_layer)]
-    if outside:
-        bound = f"0..{n_layer - 1} (model.backbone.n_layer is {n_layer})" if n_layer else ">= 0"
-        raise ValueError(f"over_encoding.layers holds {outside}, outside the backbone's blocks "
-                         f"{bound}")
-    if config.table_init not in TABLE_INITS:
-        raise ValueError(f"over_encoding.table_init must be one of {', '.join(TABLE_INITS)}, "
-                         f"got {config.table_init!r}")
-    if config.table_init == "token_mean" and config.hash != "polynomial":
-        raise ValueError("over_encoding.table_init token_mean reads row r as the n-gram whose "
-                         f"polynomial id is r; hash {config.hash!r} has no such inverse: use "
-                         "hash polynomial, or table_init normal or zero")
-    if config.combine not in COMBINES:
-        raise ValueError(f"over_encoding.combine must be one of {', '.join(COMBINES)}, "
-                         f"got {config.combine!r}")
-    if config.combine == "rmsnorm_sum" and config.layers != [0]:
-        raise ValueError("over_encoding.combine rmsnorm_sum fuses the input embedding with the "
-                         f"memory, so over_encoding.layers must be [0], got {config.layers}")
-    scale = config.ngram_scale
-    if scale != "sqrt_d" and (isinstance(scale, (str, bool)) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale) or scale <= 0):
-        raise ValueError(f"over_encoding.ngram_scale must be a number > 0 or 'sqrt_d', got {scale!r}")
-    if config.combine == "rmsnorm_sum" and scale != 1.0:
-        raise ValueError(f"over_encoding.ngram_scale ({scale!r}) has no effect under combine "
-                         "rmsnorm_sum, whose RMSNorm removes any scale of the memory; leave it at 1")
 
 
 COMBINES = ("mean", "sum", "rmsnorm_sum")
@@ -251,37 +202,16 @@ class NgramTable:
 def plan_tables(
     config: OverEncodingConfig, vocab_size: int, dim: int
 ) -> list[NgramTable]:
-    """The n-gram tables of a model, or a ValueError naming the offending field.
+    """The n-gram tables of a model of width ``dim`` whose settings ``ModelConfig`` checked
+    (``oe.models.config``); a ValueError naming ``model.over_encoding.modulus`` when a table's
+    modulus is a multiple of the vocabulary (a check that needs the vocabulary).
 
     Tables of the first injection layer are named ``ngram{order}_{head}`` whatever that layer;
     per-layer sets after it ``layer{l}_ngram{order}_{head}``. Table i has modulus m + 2i
     (polynomial) or the i-th prime >= m (multiply_xor), and its own multipliers.
     """
-    check_over_encoding(config)
     heads = config.num_heads
-    if config.k < 1:
-        raise ValueError(f"over_encoding.k must be >= 1, got {config.k}")
-    if config.modulus < 1:
-        raise ValueError(f"over_encoding.modulus must be >= 1, got {config.modulus}")
-    if not config.orders:
-        raise ValueError("over_encoding.orders must list at least one n-gram order (>= 2)")
-    for order in config.orders:
-        if order < 2:
-            raise ValueError(
-                f"over_encoding.orders holds {order}: n-gram orders must be >= 2 "
-                "(the 1-gram embedding is always present)"
-            )
-    if len(set(config.orders)) != len(config.orders):
-        raise ValueError(f"over_encoding.orders repeats an order: {config.orders}")
-    n_slices = heads * len(config.orders)
-    field_name = "k" if config.heads is None else "heads"
-    if dim % n_slices:
-        raise ValueError(
-            f"model width {dim} is not divisible by over_encoding.{field_name} * "
-            f"len(over_encoding.orders) = {heads} * {len(config.orders)}; choose "
-            f"{field_name} so that the slice width is whole"
-        )
-    width = dim // n_slices
+    width = dim // (heads * len(config.orders))
     table_layers = config.layers if config.per_layer_tables else config.layers[:1]
     slots = [(layer, order, s) for layer in table_layers
              for order in sorted(config.orders) for s in range(heads)]
@@ -298,7 +228,7 @@ def plan_tables(
                 if len(slots) > 4:
                     moduli = f"m, m+2, ..., m+{2 * (len(slots) - 1)}"
                 raise ValueError(
-                    f"over_encoding.modulus: table {i} (order {order}, slice {s}) would use "
+                    f"model.over_encoding.modulus: table {i} (order {order}, slice {s}) would use "
                     f"modulus {modulus}, a multiple of the vocabulary size {vocab_size}; pick m "
                     f"so that none of {moduli} is a multiple of {vocab_size}"
                 )

@@ -92,13 +92,7 @@ class FrequentNgramEmbedding(nn.Module):
     """The 1-gram embedding plus one row per mined frequent n-gram."""
 
     def __init__(self, vocab_size: int, dim: int, config: FrequentNgramConfig, pad_id: int = 0) -> None:
-        super().__init__()
-        if config.top_k < 1:
-            raise ValueError(f"frequent_ngrams.top_k must be >= 1, got {config.top_k}")
-        if not config.orders or min(config.orders) < 2 or len(set(config.orders)) != len(config.orders):
-            raise ValueError(f"frequent_ngrams.orders must be distinct orders >= 2, got {config.orders}")
-        if config.init not in ("mean", "zero"):
-            raise ValueError(f"frequent_ngrams.init must be 'mean' or 'zero', got {config.init!r}")
+        super().__init__()  # ``config`` checked by ModelConfig (oe.models.config)
         self.config = config
         self.vocab_size = vocab_size
         self.pad_id = pad_id

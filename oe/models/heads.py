@@ -66,6 +66,7 @@ class OutputHeadsConfig:
 
 
 def check_heads(config: OutputHeadsConfig) -> None:
+    """The first bad field of ``model.heads``, as one ValueError naming it (``ModelConfig``'s check)."""
     offsets, lambdas = list(config.od_offsets), list(config.lambdas)
     if len(lambdas) != len(offsets):
         raise ValueError(
@@ -173,8 +174,7 @@ class OutputHeads(nn.Module):
 
     def __init__(self, config: OutputHeadsConfig, backbone: BackboneConfig,
                  vocab_size: int, pad_id: int = 0) -> None:
-        super().__init__()
-        check_heads(config)
+        super().__init__()  # ``config`` checked by ModelConfig (oe.models.config)
         self.config = config
         self.pad_id = pad_id
         self.od = nn.ModuleDict({

@@ -1,17 +1,20 @@
 """The LightningModule shared by every model kind: baseline and Over-Encoding.
 
 The kinds differ only in the input embedding, chosen by ``over_encoding`` (None: the
-baseline). The network comes from ``oe.models.build.build_model`` and the tables' sharding from
+baseline). The model's settings are ``oe.models.config.ModelConfig``'s fields (taken as keywords
+beside the optimiser, so a config's ``model`` section stays flat), the network comes from
+``oe.models.build.build_model`` and the tables' sharding from
 ``oe.training.sharding`` (through ``oe.distributed.parallelize``); training, validation,
 optimisation and logging are written once here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -19,11 +22,10 @@ import torch
 from oe.distributed.checkpoint import record_special_tokens, record_tokenizer
 from oe.distributed.parallelize import (set_table_lr, sharded_collections, table_betas, table_lr,
                                         table_optimizer)
-from oe.models.build import build_model, model_kind, table_parameters
-from oe.models.embedding import OverEncodingConfig
-from oe.models.frequent_ngrams import FrequentNgramConfig
-from oe.models.gpt import BackboneConfig, Memory, memory_rows
-from oe.models.heads import HeadLoss, OutputHeadsConfig, shifted_targets
+from oe.models.build import build_model, table_parameters
+from oe.models.config import ModelConfig
+from oe.models.gpt import Memory, memory_rows
+from oe.models.heads import HeadLoss, shifted_targets
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
 from oe.training.sharding import shard_tables_for_fit
 
@@ -67,47 +69,36 @@ class LanguageModel(L.LightningModule):
     """A GPT-2 language model; Over-Encoding when ``over_encoding`` is given.
 
     Args:
-        vocab_size: token ids are ``0 .. vocab_size-1`` (linked from the data module).
-        pad_id: padding id, never counted in the loss (linked from the data module).
-        backbone: the transformer's shape.
-        over_encoding: the n-gram tables; None for the baseline.
-        heads: training-only extra heads (Over-Decoding, MTP); None for the next-token head alone.
         optimizer: dense optimiser and schedule.
-        frequent_ngrams: mined n-gram rows (oe.analysis.mining) instead of hashed tables; None: none.
-        pretrained: GPT-2 weights in HF format (hub id or local directory) for the backbone,
-            whose shape then comes from the checkpoint; n-gram tables start afresh.
-        freeze_backbone: train only the n-gram tables (and their projection).
+        **settings: the model's settings, the fields of ``oe.models.config.ModelConfig``
+            (vocab_size, pad_id, backbone, over_encoding, heads, frequent_ngrams, pretrained,
+            freeze_backbone); LightningCLI reads them from the ``ModelConfig(**settings)`` call
+            below, so a config's ``model`` section lists them beside ``optimizer``.
     """
 
-    def __init__(
-        self,
-        vocab_size: int = 6,
-        pad_id: int = 0,
-        backbone: BackboneConfig = BackboneConfig(),
-        over_encoding: OverEncodingConfig | None = None,
-        heads: OutputHeadsConfig | None = None,
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        frequent_ngrams: FrequentNgramConfig | None = None,
-        pretrained: str | None = None,
-        freeze_backbone: bool = False,
-    ) -> None:
+    def __init__(self, *, optimizer: OptimizerConfig = OptimizerConfig(), **settings: Any) -> None:
         super().__init__()
         if optimizer.warmup_steps < 0 or optimizer.lr <= 0:
             raise ValueError("model.optimizer.lr must be > 0 and warmup_steps >= 0")
+        config = ModelConfig(**settings)
+        # Every setting is recorded, defaults included, as a checkpoint's hyper-parameters:
+        # save_hyperparameters reads ``settings`` from this frame (under LightningCLI it
+        # records the parsed section instead).
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         self.save_hyperparameters()
-        built = build_model(vocab_size, pad_id, backbone, over_encoding, heads, frequent_ngrams,
-                            pretrained, freeze_backbone)
-        if pretrained is not None:
+        built = build_model(config)
+        if config.pretrained is not None:
             # A checkpoint of this model rebuilds the same shape without the source (the CLI
             # records configs as mappings, a direct call as dataclasses).
             given = self.hparams.get("backbone")
             self.hparams["backbone"] = asdict(built.backbone) if isinstance(given, dict) else built.backbone
-        self.vocab_size = vocab_size
-        self.pad_id = pad_id
+        self.model_config = config
+        self.vocab_size = config.vocab_size
+        self.pad_id = config.pad_id
         self.backbone_config = built.backbone
-        self.over_encoding = over_encoding
-        self.frequent_ngrams = frequent_ngrams
-        self.heads_config = heads
+        self.over_encoding = config.over_encoding
+        self.frequent_ngrams = config.frequent_ngrams
+        self.heads_config = config.heads
         self.optimizer_config = optimizer
         self.model = built.gpt
         self.heads = built.heads
@@ -121,7 +112,7 @@ class LanguageModel(L.LightningModule):
 
     @property
     def kind(self) -> str:
-        return model_kind(self.over_encoding, self.frequent_ngrams, self.heads_config)
+        return self.model_config.kind
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(tokens, doc_ids)

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from oe.models.build import build_arguments, build_model, model_kind, table_parameters
+from oe.models.build import build_arguments, build_model, table_parameters
+from oe.models.config import ModelConfig
 from oe.models.embedding import OverEncoding, OverEncodingConfig, TokenEmbedding
 from oe.models.frequent_ngrams import FrequentNgramConfig, FrequentNgramEmbedding
 from oe.models.gpt import BackboneConfig
@@ -63,10 +64,10 @@ def test_each_embedding_kind_builds(mined) -> None:
 
 def test_model_kind_names_embedding_and_heads(mined) -> None:
     od = OutputHeadsConfig(od_offsets=[2, 3], lambdas=[0.5, 0.5])
-    assert model_kind(None, None, None) == "baseline"
-    assert model_kind(OverEncodingConfig(orders=[3, 2]), None, od) == "oe123+od3"
-    assert model_kind(None, mined, OutputHeadsConfig()) == "frequent123"
-    assert LanguageModel(VOCAB, backbone=TINY, over_encoding=OE, heads=od).kind == "oe123+od3"
+    assert ModelConfig().kind == "baseline"
+    assert ModelConfig(over_encoding=OverEncodingConfig(orders=[3, 2]), heads=od).kind == "oe123+od3"
+    assert ModelConfig(frequent_ngrams=mined, heads=OutputHeadsConfig()).kind == "frequent123"
+    assert LanguageModel(vocab_size=VOCAB, backbone=TINY, over_encoding=OE, heads=od).kind == "oe123+od3"
 
 
 def test_bad_combinations_name_the_field(mined) -> None:
@@ -80,7 +81,7 @@ def test_language_model_holds_what_build_model_builds() -> None:
     torch.manual_seed(3)
     built = build_model(VOCAB, backbone=TINY, over_encoding=OE)
     torch.manual_seed(3)
-    lm = LanguageModel(VOCAB, backbone=TINY, over_encoding=OE)
+    lm = LanguageModel(vocab_size=VOCAB, backbone=TINY, over_encoding=OE)
     assert lm.model.state_dict().keys() == built.gpt.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(),
                                                   built.gpt.state_dict().values()))
@@ -94,7 +95,7 @@ def test_pretrained_gives_shape_and_weights(gpt2_dir) -> None:
     with torch.no_grad():
         assert torch.allclose(built.gpt.eval()(_tokens()), source(_tokens()), atol=1e-6)
     # A checkpoint rebuilds the shape without the source: the hyper-parameters hold it.
-    lm = LanguageModel(VOCAB, pretrained=str(path))
+    lm = LanguageModel(vocab_size=VOCAB, pretrained=str(path))
     assert lm.hparams["backbone"] == built.backbone
     with pytest.raises(ValueError, match="model.backbone.n_embd is 64"):
         build_model(VOCAB, backbone=BackboneConfig(n_embd=64), pretrained=str(path))

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe.models.build import build_arguments, build_model, model_kind
+from oe.models.build import build_arguments, build_model
+from oe.models.config import ModelConfig
 from oe.models.embedding import OverEncodingConfig
 from oe.models.heads import OutputHeads, OutputHeadsConfig, check_heads, total_loss
 from oe.models.losses import IGNORE_INDEX, summed_cross_entropy
@@ -35,9 +36,10 @@ def model_pair(over_encoding: OverEncodingConfig | None, heads: OutputHeadsConfi
                seed: int = 0) -> tuple[LanguageModel, LanguageModel]:
     """A model without heads and one with them, sharing every weight of the main path."""
     torch.manual_seed(seed)
-    plain = LanguageModel(6, PAD, TINY, over_encoding)
+    plain = LanguageModel(vocab_size=6, pad_id=PAD, backbone=TINY, over_encoding=over_encoding)
     torch.manual_seed(seed + 1)
-    with_heads = LanguageModel(6, PAD, TINY, over_encoding, heads)
+    with_heads = LanguageModel(vocab_size=6, pad_id=PAD, backbone=TINY, over_encoding=over_encoding,
+                               heads=heads)
     missing, unexpected = with_heads.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("heads.") for k in missing)
     return plain, with_heads
@@ -140,7 +142,7 @@ def reference_mtp(model: LanguageModel, ids: torch.Tensor,
 def test_extra_losses_equal_a_hand_computed_reference(low_rank):
     torch.manual_seed(3)
     heads = OutputHeadsConfig(od_offsets=[2, 3], lambdas=[1.0, 0.5], low_rank=low_rank, mtp=True)
-    model = LanguageModel(6, PAD, TINY, OE, heads)
+    model = LanguageModel(vocab_size=6, pad_id=PAD, backbone=TINY, over_encoding=OE, heads=heads)
     with torch.no_grad():
         extra = {h.name: h for h in model._loss({"input_ids": BATCH})[2]}
         for j in (2, 3):
@@ -160,7 +162,7 @@ def test_extra_losses_equal_a_hand_computed_reference(low_rank):
 def test_targets_never_cross_a_document_boundary():
     torch.manual_seed(4)
     heads = OutputHeadsConfig(od_offsets=[2, 3], lambdas=[1.0, 1.0], mtp=True)
-    model = LanguageModel(6, PAD, TINY, None, heads)
+    model = LanguageModel(vocab_size=6, pad_id=PAD, backbone=TINY, heads=heads)
     # Two documents packed in one row, then padding.
     ids = torch.tensor([[BOS, 1, 2, EOS, BOS, 3, 3, 1, EOS, PAD]])
     doc_ids = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]])
@@ -178,7 +180,7 @@ def test_targets_never_cross_a_document_boundary():
 def test_more_padding_changes_no_loss():
     torch.manual_seed(5)
     heads = OutputHeadsConfig(od_offsets=[2, 3], lambdas=[1.0, 1.0], mtp=True)
-    model = LanguageModel(6, PAD, TINY, OE, heads)
+    model = LanguageModel(vocab_size=6, pad_id=PAD, backbone=TINY, over_encoding=OE, heads=heads)
     padded = torch.cat([BATCH, torch.zeros(3, 6, dtype=torch.long)], dim=1)
     with torch.no_grad():
         a, b = model._loss({"input_ids": BATCH}), model._loss({"input_ids": padded})
@@ -214,7 +216,7 @@ def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=f"model.heads.{field}"):
         check_heads(OutputHeadsConfig(**bad))
     with pytest.raises(ValueError, match=f"model.heads.{field}"):
-        OutputHeads(OutputHeadsConfig(**bad), TINY, 6)
+        ModelConfig(backbone=TINY, heads=OutputHeadsConfig(**bad))
 
 
 @pytest.mark.parametrize("name, kind, width", [
@@ -228,8 +230,7 @@ def test_configs_build_the_model_they_name(name, kind, width):
     arguments = build_arguments({**model_section(config), "vocab_size": 6, "pad_id": PAD})
     with torch.device("meta"):
         built = build_model(**arguments)
-    assert model_kind(arguments["over_encoding"], arguments["frequent_ngrams"],
-                      arguments["heads"]) == kind
+    assert ModelConfig(**arguments).kind == kind
     assert built.heads is not None and built.backbone.n_embd == width
 
 

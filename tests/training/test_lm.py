@@ -145,15 +145,23 @@ def test_micro_batches_carry_the_inner_layers_memory(option, sharded, tmp_path):
         torch.testing.assert_close(split[1][name], param, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_the_model_settings_are_build_models_own():
-    """LanguageModel takes exactly build_model's settings, with the same defaults (plus its
-    optimiser): the checkpoint's hyper-parameters rebuild the network through build_model."""
-    import inspect
+def test_the_model_section_is_model_configs_fields_and_the_optimizer():
+    """LightningCLI reads the model section from ModelConfig (through LanguageModel's
+    ``**settings``): its fields, flat, with their defaults and help, beside the optimiser; the
+    hyper-parameters a checkpoint keeps are every one of them."""
+    import dataclasses
 
-    from oe.models.build import build_model
+    from oe.cli.config import fit_parser
+    from oe.models.config import ModelConfig
 
-    ours = inspect.signature(LanguageModel).parameters
-    built = inspect.signature(build_model).parameters
-    assert set(ours) - {"optimizer"} == set(built)
-    for name, parameter in built.items():
-        assert ours[name].default == parameter.default or name == "vocab_size", name
+    parser = fit_parser()
+    defaults = parser.get_defaults().model
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    linked = {"vocab_size", "pad_id"}  # from the data module
+    assert {key.split(".")[0] for key in defaults.keys()} == (fields - linked) | {"optimizer"}
+    assert defaults.backbone.as_dict() == dataclasses.asdict(ModelConfig().backbone)
+    assert defaults.over_encoding is None and defaults.freeze_backbone is False
+    assert "the n-gram tables" in parser.format_help()  # ModelConfig's own help
+    model = LanguageModel(backbone=BACKBONE)
+    assert set(model.hparams) == fields | {"optimizer"}
+    assert ModelConfig.from_section(model.hparams) == model.model_config
