@@ -2,7 +2,7 @@
 
 - A run folder of ``oe.fit``: ``csv/version_*/metrics.csv`` with its ``config.yaml``, or its W&B
   runs (``wandb/[offline-]run-*/run-*.wandb``, read here without W&B's service) when there is no
-  CSV; a folder holding ``metrics.csv`` itself (``docs/evidence/cfg3f_gpu/*``); a lone CSV file
+  CSV, of the id the folder's ``wandb_id`` names (``run_wandb_files``); a folder holding ``metrics.csv`` itself (``docs/evidence/cfg3f_gpu/*``); a lone CSV file
   (``docs/evidence/cfg3f_cpu_tiny/*.csv``). Each with the results ``oe.evaluate`` wrote into it
   (``eval/*.json``, as ``downstream/<task>/<metric>`` at the checkpoint's step).
 - Discovery: a folder of such runs counts as all of them (``expand_run_dirs``); every run of a
@@ -23,6 +23,9 @@ from oe.analysis.plot import History, csv_version, default_label, merge_csv_vers
 
 TOKENS = "train/tokens"
 STEP = "step"
+# The run's W&B id, which oe fit writes into the run folder (oe.training.rundir.keep_wandb_run);
+# named here again so that reading runs imports no training code (Lightning).
+WANDB_ID_FILE = "wandb_id"
 
 
 class ReportError(ValueError):
@@ -176,6 +179,23 @@ def wandb_run_files(path: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.parent.name.rsplit("run-", 1)[-1])
 
 
+def run_wandb_files(path: Path) -> list[Path]:
+    """The W&B files of run folder ``path``'s own W&B run, oldest first: the training and any
+    evaluation logged into it (one id), named by the folder's ``wandb_id``; ReportError if the
+    folder holds W&B runs but none of that id."""
+    files = wandb_run_files(path)
+    id_file = path / WANDB_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+        own = [f for f in files if f.name == f"run-{run_id}.wandb"]
+        if files and not own:
+            raise ReportError(f"{id_file} names W&B run {run_id!r}, but {path / 'wandb'} holds "
+                              f"only {', '.join(sorted({f.name for f in files}))}")
+        return own
+    # Runs written before oe fit kept the id in the folder: the newest run file's id.
+    return [f for f in files if f.name == files[-1].name] if files else []
+
+
 def _has_wandb_run(path: Path) -> bool:
     return bool(wandb_run_files(path))
 
@@ -229,9 +249,8 @@ def read_run(path: Path) -> Run:
         history = {}
     info: dict = {}
     # A run's W&B id may have several files: the training run and evaluations logged into it.
-    wandb_files = wandb_run_files(path)
-    if wandb_files:
-        same_id = [f for f in wandb_files if f.name == wandb_files[-1].name]  # the newest run's
+    same_id = run_wandb_files(path)
+    if same_id:
         if history and config:  # the CSV has it all: only the name, group and tags from W&B
             info = read_wandb_info(same_id[0])
         else:

@@ -131,10 +131,11 @@ class WandbTarget:
 
 
 def training_wandb_run(run_dir: Path) -> WandbTarget | None:
-    """The W&B run a training run folder logged to: its newest run file (online or offline)."""
-    from oe.analysis.runs import read_wandb_info, wandb_run_files
+    """The W&B run a training run folder logged to (online or offline): the one its ``wandb_id``
+    names (``oe.analysis.runs.run_wandb_files``)."""
+    from oe.analysis.runs import read_wandb_info, run_wandb_files
 
-    files = wandb_run_files(run_dir)
+    files = run_wandb_files(run_dir)
     if not files:
         return None
     info = read_wandb_info(files[-1])
