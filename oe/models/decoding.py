@@ -6,6 +6,12 @@ batch of prompts of one length: one pass over the prompts fills the cache, then 
 the newest token from the last few (``forward_last``) and attends to the cache. With
 ``HostTables`` the n-gram rows of the newest token are gathered on the host and moved to the
 device as soon as that token is sampled, before the step that needs them.
+
+Rows end at different lengths (cfg3f sentences run from a few tokens to hundreds). Once a quarter
+of the rows still computed have sampled EOS, the cache keeps only the running rows, so a batch
+costs about the work of its own rows rather than that of its longest row each step. The sampler
+still draws for every row (an ended row certainly draws EOS), so dropping rows leaves the random
+stream, and with it every sample, as it was.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class Sampling:
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
 
 
+# Running rows are dropped from the cache once they are at most this share of those computed.
+KEEP_ROWS_BELOW = 0.75
+
+
 def sample_next(logits: torch.Tensor, sampling: Sampling,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Next tokens [B] from logits [B, V]."""
@@ -60,10 +70,12 @@ def sample_next(logits: torch.Tensor, sampling: Sampling,
 def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),
            generator: torch.Generator | None = None, eos_id: int | None = None,
            host_tables: HostTables | None = None,
-           all_done: Callable[[bool], bool] = bool) -> torch.Tensor:
+           all_done: Callable[[bool], bool] = bool, drop_ended_rows: bool = True) -> torch.Tensor:
     """The tokens [B, <= max_new_tokens] sampled after ``prompts`` [B, P] (equal lengths).
 
     Stops early once every row has sampled ``eos_id``; rows that ended earlier repeat it.
+    ``drop_ended_rows``: stop computing rows that ended (the module's docstring); False computes
+    every row to the end, the same samples at more cost.
     ``host_tables``: the model's n-gram tables in host memory (``HostTables``).
     ``all_done`` turns this process's "every row ended" into the stopping decision, asked after
     each step but the last: with sharded n-gram tables every rank must take as many steps, so
@@ -92,22 +104,38 @@ def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sam
     recent = torch.cat([pad, prompts], dim=1)[:, -context:]
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    computed = torch.arange(batch, device=device)  # the rows the cache and the logits hold
     for t in range(max_new_tokens):
-        nxt = sample_next(logits, sampling, generator)
+        nxt = sample_next(_every_row(logits, computed, batch, eos_id), sampling, generator)
         if eos_id is not None:
             nxt = nxt.masked_fill(done, eos_id)
         out[:, t] = nxt
         if t == max_new_tokens - 1:
             break
         recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
-        # The next step's rows, looked up the moment its token is known.
-        rows = None if host_tables is None else host_tables.last_rows(recent)
         if eos_id is not None:
             done |= nxt == eos_id
+            running = computed[~done[computed]]
+            if drop_ended_rows and 0 < len(running) <= KEEP_ROWS_BELOW * len(computed):
+                cache.keep(torch.searchsorted(computed, running))
+                computed = running
+        # The next step's rows, looked up the moment its token is known.
+        rows = None if host_tables is None else host_tables.last_rows(recent[computed])
         if all_done(bool(done.all()) if eos_id is not None else False):
             return out[:, : t + 1]
-        logits = model.step(recent, cache, rows)
+        logits = model.step(recent[computed], cache, rows)
     return out
+
+
+def _every_row(logits: torch.Tensor, computed: torch.Tensor, batch: int,
+               eos_id: int | None) -> torch.Tensor:
+    """Logits [batch, V] from those of the ``computed`` rows; the others have ended and draw EOS."""
+    if len(computed) == batch:
+        return logits
+    every = logits.new_full((batch, logits.shape[1]), float("-inf"))
+    every[:, eos_id] = 0.0
+    every[computed] = logits
+    return every
 
 
 def sample_from_bos(model: GPT, batch: int, bos_id: int, eos_id: int | None, max_new_tokens: int,

@@ -82,6 +82,15 @@ class KVCache:
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the cached positions of batch rows ``rows`` only (a batch whose other rows ended)."""
+        kept = []
+        for cached in (self.keys, self.values):
+            smaller = cached.new_empty((cached.shape[0], len(rows), *cached.shape[2:]))
+            smaller[:, :, :, :self.length] = cached[:, :, :, :self.length].index_select(1, rows)
+            kept.append(smaller)
+        self.keys, self.values = kept
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         self.keys[layer, :, :, self.length:end] = k

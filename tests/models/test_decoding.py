@@ -10,7 +10,7 @@ import torch
 from oe.models.build import build_model
 from oe.models.decoding import Sampling, decode, sample_from_bos, sample_next
 from oe.models.embedding import HostTables, OverEncodingConfig
-from oe.models.gpt import BackboneConfig
+from oe.models.gpt import BackboneConfig, KVCache
 
 VOCAB = 13
 BACKBONE = BackboneConfig(n_layer=2, n_head=2, n_embd=16, block_size=48)
@@ -106,3 +106,33 @@ def test_all_done_decides_when_decoding_stops():
     out = decode(gpt, PROMPTS, 6, Sampling(), torch.Generator().manual_seed(0), eos_id=None,
                  all_done=lambda done: asked.append(done) or len(asked) == 2)
     assert out.shape == (3, 2) and asked == [False, False]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_dropping_ended_rows_keeps_every_sample(config, monkeypatch):
+    # 64 rows from BOS, ending at many lengths: the cache sheds ended rows several times over.
+    kept = []
+    keep = KVCache.keep
+    monkeypatch.setattr(KVCache, "keep", lambda cache, rows: kept.append(len(rows)) or keep(cache, rows))
+    gpt = _gpt(config)
+    prompts = torch.full((64, 1), 4)
+    sampling = Sampling(temperature=1.0, top_k=10)
+    every_row = decode(gpt, prompts, 40, sampling, torch.Generator().manual_seed(5), eos_id=5,
+                       drop_ended_rows=False)
+    dropped = decode(gpt, prompts, 40, sampling, torch.Generator().manual_seed(5), eos_id=5)
+    ended = (every_row == 5).long().argmax(dim=1)
+    assert len(set(ended[(every_row == 5).any(dim=1)].tolist())) > 5  # rows end at many lengths
+    assert torch.equal(dropped, every_row)
+    assert len(kept) > 2 and kept == sorted(kept, reverse=True), kept
+
+
+def test_dropping_ended_rows_keeps_the_host_tables_rows():
+    on_device = _gpt(CONFIGS[1])
+    on_host = copy.deepcopy(on_device)
+    host_tables = HostTables(on_host.embedding, "cpu")
+    prompts = torch.full((48, 1), 4)
+    expected = decode(on_device, prompts, 30, Sampling(), torch.Generator().manual_seed(2),
+                      eos_id=5, drop_ended_rows=False)
+    got = decode(on_host, prompts, 30, Sampling(), torch.Generator().manual_seed(2), eos_id=5,
+                 host_tables=host_tables)
+    assert torch.equal(got, expected)
