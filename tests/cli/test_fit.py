@@ -164,14 +164,21 @@ data:
 """
 
 
-def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_path, monkeypatch,
-                                                                        capsys):
+def _tiny_offline_run(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A run folder and the tiny overlay (W&B offline, no W&B settings from the environment),
+    with the working folder at the repository's root."""
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text(TINY_WITH_WANDB)
     for name in [n for n in os.environ if n.startswith("WANDB_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(ROOT)
+    return run, config
+
+
+def test_a_resumed_run_logs_to_the_same_wandb_run_and_keeps_its_schedule(tmp_path, monkeypatch,
+                                                                        capsys):
+    run, config = _tiny_offline_run(tmp_path, monkeypatch)
     args = ["--config", "configs/cfg_oe2.yaml", "--config", str(config), "--run_dir", str(run)]
     stop = ["--trainer.callbacks+=tests.cli.test_fit.StopAtStep",
             "--trainer.callbacks.step", "2"]
@@ -194,12 +201,7 @@ def test_a_run_saved_with_the_former_strategy_path_resumes_from_its_config(tmp_p
     """A run saved before ShardedTableStrategy moved to oe.training names it
     ``oe.distributed.strategy.ShardedTableStrategy`` in its config.yaml; resumed from that file, it
     runs on that class to its last step."""
-    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
-    config.write_text(TINY_WITH_WANDB)
-    for name in [n for n in os.environ if n.startswith("WANDB_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.chdir(ROOT)
+    run, config = _tiny_offline_run(tmp_path, monkeypatch)
     stop = ["--trainer.callbacks+=tests.cli.test_fit.StopAtStep", "--trainer.callbacks.step", "2"]
     assert fit_main(["--config", "configs/cfg_oe2.yaml", "--config", str(config),
                      "--run_dir", str(run), *stop]) == 128 + signal.SIGTERM
