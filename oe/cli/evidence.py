@@ -34,6 +34,7 @@ from oe.analysis.evidence import (Calibration, EvidenceError, Spread, TABLE_METR
 from oe.analysis.plot import read_csv_history
 from oe.cli.flags import Parser
 from oe.cli.fit_runs import CSV_ONLY, device_name, run_fit
+from oe.files import write_atomically
 
 EXPERIMENTS = {"cfg3f": "configs/cfg_{kind}.yaml"}
 COST_ORDER = ["ot3", "od3", "oe3", "oe2", "baseline"]  # most expensive first: extra heads, tables
@@ -123,12 +124,21 @@ def calibrate(config: str, presets: list[str], run_dir: Path, steps: int, batch_
 
 
 def load_or_make_sizing(path: Path, request: dict, make) -> dict:
-    """The sizing saved for this set of runs, or a new one; a different request is an error."""
+    """The sizing saved for this set of runs, or a new one; a different request is an error.
+
+    Runs sized by the presets (no ``--minutes``) take the same steps however many kinds and seeds
+    the set has, so a set can grow by kinds or seeds and keep the runs it made."""
     if path.exists():
         sizing = json.loads(path.read_text())
-        if sizing["request"] != request:
-            raise EvidenceError(f"{path} was sized for {sizing['request']}, not {request}; use "
+        saved = sizing["request"]
+        growable = ("kinds", "seeds") if request["minutes"] is None else ()
+        if ({k: v for k, v in saved.items() if k not in growable}
+                != {k: v for k, v in request.items() if k not in growable}):
+            raise EvidenceError(f"{path} was sized for {saved}, not {request}; use "
                                 f"another --runs_dir or delete it")
+        if saved != request:
+            sizing["request"] = request
+            write_atomically(path, lambda file: file.write_text(json.dumps(sizing, indent=2)))
         return sizing
     sizing = {"request": request, **make()}
     path.parent.mkdir(parents=True, exist_ok=True)

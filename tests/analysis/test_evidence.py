@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,23 @@ def test_a_preset_by_name_sizes_the_runs_without_minutes(monkeypatch, capsys):
     assert main(["cfg3f", "--kinds", "baseline", "--preset", "configs/presets/evidence_gpu.yaml",
                  "--parallel", "0"]) == 2
     assert "--parallel >= 1" in capsys.readouterr().err
+
+
+def test_a_preset_sized_set_grows_by_kinds_and_seeds_but_a_timed_one_does_not(tmp_path):
+    from oe.cli.evidence import load_or_make_sizing
+
+    request = {"experiment": "cfg3f", "kinds": ["baseline", "oe3"], "seeds": [0], "presets": [],
+               "minutes": None, "validations": 5, "gen_samples": None, "gen_every": 4}
+    path = tmp_path / "sizing.json"
+    made = load_or_make_sizing(path, request, lambda: {"steps": 200, "calibration": None})
+    grown = {**request, "kinds": ["baseline", "oe3", "od3"], "seeds": [0, 1]}
+    again = load_or_make_sizing(path, grown, lambda: pytest.fail("sized anew"))
+    assert again["steps"] == made["steps"] == 200
+    assert json.loads(path.read_text())["request"] == grown  # the set it now holds
+    with pytest.raises(EvidenceError, match="was sized for"):
+        load_or_make_sizing(path, {**grown, "validations": 6}, lambda: {})
+    timed = {**request, "minutes": 30.0}
+    path.unlink()
+    load_or_make_sizing(path, timed, lambda: {"steps": 40, "calibration": None})
+    with pytest.raises(EvidenceError, match="was sized for"):  # a budget is split over the runs
+        load_or_make_sizing(path, {**timed, "seeds": [0, 1]}, lambda: {})
