@@ -151,14 +151,15 @@ class DocumentMask:
         compute = torch.float32 if flat.device.type == "cpu" else flat.dtype
         spread = flat.new_zeros(self.slot_count, 3, heads, dim, dtype=compute).index_copy(
             0, self.slots, flat.to(compute))
-        outputs, offset = [], 0
+        # split and unbind rather than slicing: their backward is one concatenation, where each
+        # slice's backward would fill a zero tensor as large as all groups and add into it.
+        groups = spread.split([documents * longest for documents, longest in self.groups])
+        outputs = []
         with torch.autocast("cpu", enabled=False):
-            for documents, longest in self.groups:
-                end = offset + documents * longest
-                group = spread[offset:end].view(documents, longest, 3, heads, dim)
-                q, k, v = (group[:, :, i].transpose(1, 2) for i in range(3))
+            for (documents, longest), group in zip(self.groups, groups):
+                group = group.view(documents, longest, 3, heads, dim)
+                q, k, v = (t.transpose(1, 2) for t in group.unbind(2))
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-                outputs.append(y.transpose(1, 2).reshape(end - offset, heads, dim))
-                offset = end
+                outputs.append(y.transpose(1, 2).reshape(documents * longest, heads, dim))
         y = torch.cat(outputs).index_select(0, self.slots)
         return y.view(batch, length, heads * dim).to(qkv.dtype)

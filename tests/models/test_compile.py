@@ -16,6 +16,15 @@ from oe.models.gpt import GPT, BackboneConfig
 VOCAB = 7
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    # Dynamo counts compilations per code object over the whole process: code compiled by an
+    # earlier test would count here too.
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _micro_batch_shapes(sentences: int, budget: int, batches: int) -> list[tuple[int, int]]:
     """Distinct [rows, width] inputs of batches of ``sentences`` packed into micro-batches of
     ``budget`` tokens, in the order a run meets them."""
