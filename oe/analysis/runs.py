@@ -2,7 +2,8 @@
 
 - A run folder of ``oe.fit``: ``csv/version_*/metrics.csv`` with its ``config.yaml``, or its W&B
   runs (``wandb/[offline-]run-*/run-*.wandb``, read here without W&B's service) when there is no
-  CSV, of the id the folder's ``wandb_id`` names (``run_wandb_files``); a folder holding ``metrics.csv`` itself (``docs/evidence/cfg3f_gpu/*``); a lone CSV file
+  CSV, of the id the folder's ``wandb_id`` names (``run_wandb_files``); a folder holding
+  ``metrics.csv`` itself (``docs/evidence/cfg3f_gpu/*``); a lone CSV file
   (``docs/evidence/cfg3f_cpu_tiny/*.csv``). Each with the results ``oe.evaluate`` wrote into it
   (``eval/*.json``, as ``downstream/<task>/<metric>`` at the checkpoint's step).
 - Discovery: a folder of such runs counts as all of them (``expand_run_dirs``); every run of a

@@ -113,15 +113,17 @@ def decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, sampling: Sam
         if t == max_new_tokens - 1:
             break
         recent = torch.cat([recent[:, 1:], nxt[:, None]], dim=1)
+        left = batch  # rows that have not sampled EOS
         if eos_id is not None:
             done |= nxt == eos_id
-            running = computed[~done[computed]]
-            if drop_ended_rows and 0 < len(running) <= KEEP_ROWS_BELOW * len(computed):
+            left = batch - int(done.sum())  # the step's one wait for the device
+            if drop_ended_rows and 0 < left <= KEEP_ROWS_BELOW * len(computed):
+                running = (~done).nonzero().squeeze(1)  # ended rows never run again
                 cache.keep(torch.searchsorted(computed, running))
                 computed = running
         # The next step's rows, looked up the moment its token is known.
         rows = None if host_tables is None else host_tables.last_rows(recent[computed])
-        if all_done(bool(done.all()) if eos_id is not None else False):
+        if all_done(left == 0):
             return out[:, : t + 1]
         logits = model.step(recent[computed], cache, rows)
     return out
