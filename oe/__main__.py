@@ -2,7 +2,7 @@
 
 import sys
 
-from oe.cli import main
+from oe.cli import process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(process())

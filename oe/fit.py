@@ -2,7 +2,7 @@
 
 import sys
 
-from oe.cli import run_module
+from oe.cli import process
 
 if __name__ == "__main__":
-    sys.exit(run_module("fit"))
+    sys.exit(process("fit"))

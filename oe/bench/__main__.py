@@ -53,6 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # as ``oe bench``: --verbose taken off, known warnings quiet
-    from oe.cli import run_module
+    from oe.cli import process
 
-    sys.exit(run_module("bench"))
+    sys.exit(process("bench"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def run_case(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss_sum, n_tokens, _ = model._loss(batch)
@@ -154,12 +156,13 @@ def run_case(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         ids = batch["input_ids"]
         memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else peak_rss_mib())
         print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
                           "tokens": int(n_tokens), "positions": ids.numel(),
-                          "rows": ids.shape[0], "peak_mib": memory,
+                          "rows": ids.shape[0], "peak_mib": memory, "page_faults": faults,
                           "flops": flops[step % len(data)],
                           # graphs the compiled blocks have needed so far (oe.models.compile)
                           "compilations": getattr(model.model.__dict__.get("compiled_blocks"),

@@ -63,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     return _run(name, rest, [sys.argv[0], name, *rest])
 
 
+def process(name: str | None = None) -> int:
+    """A process's entry: the ``oe`` command and ``python -m oe`` (``name`` None), or ``python -m
+    oe.NAME``. It first re-executes the process with tcmalloc where the system has it
+    (``oe.cli.allocator``), then runs ``main`` or ``run_module``; those two never re-execute, so
+    calling them inside another program (tests) leaves it as it is."""
+    from oe.cli import allocator
+
+    allocator.use_fast_allocator()
+    return main() if name is None else run_module(name)
+
+
 def run_module(name: str) -> int:
     """``python -m oe.NAME [options]``: the subcommand ``name`` with this process's arguments."""
     rest = console.take_verbose_flag(sys.argv[1:])
