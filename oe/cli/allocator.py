@@ -2,9 +2,10 @@
 
 A CPU training step allocates and frees large tensors all the time. glibc's malloc hands
 PyTorch's 64-byte-aligned requests fresh pages again and again (an aligned request does not fit
-the block the previous one freed), so each large tensor pays its page faults anew: on a packed
-bf16 step of the 2.4M cfg3f model about 50,000 faults, a fifth of the step (``oe bench train
---allocators system,tcmalloc``). tcmalloc reuses freed blocks.
+the block the previous one freed), so each large tensor pays its page faults anew: about 70,000
+per packed bf16 step of the 2.4M cfg3f model (global batch 64, one thread), against about 11,000
+under tcmalloc, which reuses freed blocks and took the step 1.6-1.8x faster (``oe bench
+allocator``, docs/benchmarks.md).
 
 Every process entry (``oe``, ``python -m oe``, ``python -m oe.NAME``) therefore re-executes
 itself once, before it imports torch, with tcmalloc preloaded (``LD_PRELOAD``) when the system

@@ -2,8 +2,9 @@
 
 ``bf16-mixed`` on a CPU autocasts matrix products to bfloat16 and keeps everything else fp32:
 the parameters and their AdamW state (so the n-gram table rows and their updates are exact fp32),
-the embeddings' lookups, layer norms, the softmax of attention (``oe.models.attention`` runs it
-in fp32 on the CPU) and the loss. It pays only on a CPU that computes bfloat16 natively
+the embeddings' lookups, layer norms, the softmax of attention (the CPU's packed attention,
+``oe.models.cpu_attention``, takes scores from bf16 products and normalises them in fp32) and
+the loss. It pays only on a CPU that computes bfloat16 natively
 (AVX512-BF16 or AMX on x86, the BF16 extension on Arm); elsewhere oneDNN emulates it, slower than
 fp32, which is said once (never a silent switch to fp32). Lightning would turn ``16-mixed`` into
 bf16 on a CPU by itself; that is refused, naming the field, so a config means what it says.
