@@ -105,3 +105,12 @@ def test_the_packed_cpu_path_in_bf16_matches_the_dense_fp32_reference():
     assert out.dtype == torch.bfloat16
     _close(out, reference)
     _close(half_grad, qkv_grad)
+
+
+@pytest.mark.parametrize("rows, keys", [(1, 1), (3, 3), (2, 5), (128, 300), (100, 2000)])
+def test_the_causal_bias_masks_keys_after_each_query(rows, keys):
+    bias = cpu_attention.causal_bias(rows, keys, torch.float32)
+    query = torch.arange(keys - rows, keys)[:, None]  # each row's position among the keys
+    allowed = torch.arange(keys)[None, :] <= query
+    assert bias.shape == (rows, keys)
+    assert torch.equal(bias == 0, allowed) and torch.isinf(bias[~allowed]).all()
