@@ -12,14 +12,13 @@ per allocator: useful tokens/s, minor page faults per step and peak resident mem
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 
 from oe.bench.common import write_json
-from oe.bench.train import KINDS
+from oe.bench.train import KINDS, take_turns
 from oe.cli.allocator import INSTALL_HINT, find_tcmalloc
 from oe.cli.table import print_table
 
@@ -50,24 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if tcmalloc is None:
         parser.error(f"no tcmalloc library was found ({INSTALL_HINT})")
     workers = {"system": _worker("", args), "tcmalloc": _worker(tcmalloc, args)}
-    steps: dict[str, list[dict]] = {name: [] for name in workers}
-    try:
-        for round_index in range(args.warmup + args.rounds):
-            for name, worker in workers.items():
-                worker.stdin.write("step\n")
-                worker.stdin.flush()
-                line = worker.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"the {name} worker stopped (its error is above)")
-                step = json.loads(line)
-                print(f"round {round_index + 1 - args.warmup}: {name} {step['seconds']:.2f} s, "
-                      f"{step['page_faults']:,} page faults", flush=True)
-                if round_index >= args.warmup:
-                    steps[name].append(step)
-    finally:
-        for worker in workers.values():
-            worker.stdin.close()
-            worker.wait()
+    steps = take_turns(workers, args.warmup, args.rounds,
+                       lambda step: f", {step['page_faults']:,} page faults")
     figures = {name: {"useful_tokens_per_s": statistics.median(s["tokens"] / s["seconds"]
                                                                for s in runs),
                       "page_faults_per_step": statistics.median(s["page_faults"] for s in runs),

@@ -202,6 +202,31 @@ def case_names(precisions: list[str], modes: list[str]) -> list[str]:
             if layout == "packed" or (precision, mode) == first]
 
 
+def take_turns(workers: dict[str, subprocess.Popen], warmup: int, rounds: int,
+               describe=lambda step: "") -> dict[str, list[dict]]:
+    """One step of each worker in turn per round (``run_case`` workers), ``warmup`` untimed
+    rounds then ``rounds`` timed ones; each worker's timed steps. Closes the workers."""
+    results: dict[str, list[dict]] = {name: [] for name in workers}
+    try:
+        for round_index in range(warmup + rounds):
+            for name, worker in workers.items():
+                worker.stdin.write("step\n")
+                worker.stdin.flush()
+                line = worker.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"the worker of {name} stopped (its error is above)")
+                step = json.loads(line)
+                print(f"round {round_index + 1 - warmup}: {name} {step['seconds']:.2f} s"
+                      f"{describe(step)}", flush=True)
+                if round_index >= warmup:
+                    results[name].append(step)
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait()
+    return results
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Every case of ``case_names`` in its own worker process, taking turns step by step;
     prints the table and returns the figures."""
@@ -213,24 +238,7 @@ def measure(args: argparse.Namespace) -> dict:
         command += ["--threads", str(args.threads)] if args.threads else []
         workers[case] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          text=True)
-    results: dict[str, list[dict]] = {case: [] for case in cases}
-    try:
-        for round_index in range(args.warmup + args.rounds):
-            for case, worker in workers.items():  # one step of each case in turn
-                worker.stdin.write("step\n")
-                worker.stdin.flush()
-                line = worker.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"the worker of {case} stopped")
-                step = json.loads(line)
-                print(f"round {round_index + 1 - args.warmup}: {case} {step['seconds']:.2f} s",
-                      flush=True)
-                if round_index >= args.warmup:
-                    results[case].append(step)
-    finally:
-        for worker in workers.values():
-            worker.stdin.close()
-            worker.wait()
+    results = take_turns(workers, args.warmup, args.rounds)
 
     device = torch.device(args.device)
     threads = args.threads or torch.get_num_threads()
