@@ -17,9 +17,9 @@ its work there:
   gradients of overlapping chunks summed in fp32.
 
 Exact attention (no approximation), at bf16's rounding: outputs and gradients within about 2% of
-the largest fp32 value on random inputs, as the flash kernel's in bf16. It keeps the
-probabilities of every chunk for the backward (bf16, about a quarter of the full causal square
-per head and document more than the flash kernel's saved tensors).
+the largest fp32 value on random inputs, as the flash kernel's in bf16. Its memory is the
+flash kernel's plus the kept probabilities: bf16, per head and document the chunks' share of the
+square (3/4 of it for 2 chunks, 2/3 for 3).
 """
 
 from __future__ import annotations
